@@ -1,0 +1,57 @@
+"""Reference kernels of the dense layer family: plain numpy, written to be read and to be the oracle.
+
+A kernel sees arrays and names, never a layer. Losses are squared errors summed over units and averaged over the
+batch, so d/dh ‖h − ĥ‖² = 2(h − ĥ)/B.
+"""
+
+import numpy as np
+
+from . import activations
+
+
+def forward(x, W, b, act, rng=None, sample=False):
+    """Pre-activation and output of h = s(x @ W + b)."""
+    a = x @ W
+    if b is not None:
+        a += b
+    return a, activations.apply(act, a, rng, sample)
+
+
+def feedback(h, V, c, act):
+    """g(h) = s̄(h @ V + c); feedback maps are deterministic, so stochastic units use their mean."""
+    return forward(h, V, c, act)[1]
+
+
+def local_delta(h, target):
+    """dℒ_local/dh for ℒ_local = ‖h − ĥ‖² (summed over units, averaged over the batch)."""
+    return 2 * (h - target) / h.shape[0]
+
+
+def param_grads(x, a, h, delta, act):
+    """Gradients of W, b from dℒ/dh = delta, through this layer's own non-linearity only."""
+    e = delta * activations.derivative(act, a, h)
+    return e, x.T @ e, e.sum(axis=0)
+
+
+def input_grad(e, W):
+    """dℒ/dx from the pre-activation error e: what backprop sends to the layer below."""
+    return e @ W.T
+
+
+def difference_target(x, h, target, V, c, fb_act):
+    """DTP: ĥ_{i-1} = h_{i-1} + g(ĥ_i) − g(h_i)."""
+    return x + feedback(target, V, c, fb_act) - feedback(h, V, c, fb_act)
+
+
+def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
+    """One step of DTP feedback training: minimise ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²), over V and c.
+
+    Returns (dV, dc, loss) with the loss summed over units and averaged over the batch.
+    """
+    x_noisy = x + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
+    _, h = forward(x_noisy, W, b, act, rng, sample=True)
+    q, r = forward(h, V, c, fb_act)
+    diff = r - x_noisy
+    e = (2 / x.shape[0]) * diff * activations.derivative(fb_act, q, r)
+    loss = float(np.einsum("ij,ij->", diff, diff) / x.shape[0])
+    return h.T @ e, e.sum(axis=0), loss

@@ -1,0 +1,64 @@
+"""Reference optimiser steps, in place on the parameter and its state arrays."""
+
+import numpy as np
+
+
+def sgd(p, g, state, spec, t):
+    if spec.weight_decay:
+        g = g + spec.weight_decay * p
+    if spec.momentum:
+        buf = state["momentum"]
+        buf *= spec.momentum
+        buf += g
+        g = buf
+    p -= spec.lr * g
+
+
+def rmsprop(p, g, state, spec, t):
+    """RMSprop with eps inside the square root (Graves 2013; Lee et al.'s DTP code), optionally centered."""
+    if spec.weight_decay:
+        g = g + spec.weight_decay * p
+    v = state["square_avg"]
+    v *= spec.alpha
+    v += (1 - spec.alpha) * g * g
+    if spec.centered:
+        m = state["grad_avg"]
+        m *= spec.alpha
+        m += (1 - spec.alpha) * g
+        step = g / np.sqrt(v - m * m + spec.eps)
+    else:
+        step = g / np.sqrt(v + spec.eps)
+    if spec.momentum:
+        buf = state["momentum"]
+        buf *= spec.momentum
+        buf += step
+        step = buf
+    p -= spec.lr * step
+
+
+def adam(p, g, state, spec, t):
+    """Adam with bias correction (Kingma & Ba 2015); t counts steps from 1."""
+    if spec.weight_decay:
+        g = g + spec.weight_decay * p
+    beta1, beta2 = spec.betas
+    m, v = state["m"], state["v"]
+    m *= beta1
+    m += (1 - beta1) * g
+    v *= beta2
+    v += (1 - beta2) * g * g
+    m_hat = m / (1 - beta1 ** t)
+    v_hat = v / (1 - beta2 ** t)
+    p -= spec.lr * m_hat / (np.sqrt(v_hat) + spec.eps)
+
+
+STEPS = {"sgd": sgd, "rmsprop": rmsprop, "adam": adam}
+
+
+def state_names(spec):
+    """Which state arrays (each shaped like the parameter) an optimiser keeps."""
+    if spec.type == "adam":
+        return ("m", "v")
+    names = ()
+    if spec.type == "rmsprop":
+        names = ("square_avg", "grad_avg") if spec.centered else ("square_avg",)
+    return names + (("momentum",) if spec.momentum else ())

@@ -1,0 +1,137 @@
+"""The `localnet` command: run, show and eval specs and runs; every expected failure is one line, no traceback."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .errors import LocalnetError, SpecError
+
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail_cleanly(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SpecError as exc:
+            err.print(f"[bold red]spec error:[/] {exc}", markup=True, soft_wrap=True)
+            sys.exit(2)
+        except LocalnetError as exc:
+            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(130)
+    return wrapper
+
+
+def _load(spec_path, overrides, backend=None):
+    from .spec import load_spec
+    overrides = list(overrides) + ([f"backend={backend}"] if backend else [])
+    return load_spec(spec_path, overrides)
+
+
+set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+                          help="Override a spec value, e.g. --set train.epochs=3 --set network.layers.h1.size=64.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="localnet")
+def main():
+    """Neural networks that learn with layer-local rules."""
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@set_option
+@click.option("--backend", help="Override the spec's backend.")
+@click.option("--runs-dir", default=lambda: os.environ.get("LOCALNET_RUNS", "runs"), show_default="runs",
+              help="Where run directories are created (or $LOCALNET_RUNS).")
+@_fail_cleanly
+def run(spec_path, overrides, backend, runs_dir):
+    """Train the network SPEC describes and write a run directory."""
+    from .training import train
+    spec = _load(spec_path, overrides, backend)
+    console.print(f"[bold]{spec.name}[/]: {spec.rule.name} on {spec.data.name}, "
+                  f"{len(spec.network.layers)} layers, {spec.train.epochs} epochs, batch {spec.train.batch_size}, "
+                  f"{spec.dtype}, seed {spec.seed}", soft_wrap=True)
+    progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, transient=True)
+
+    def on_epoch(r):
+        val = (f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:.2f}%"
+               if "val_accuracy" in r else "")
+        progress.console.print(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}  "
+                               f"train acc {100 * r['train_accuracy']:.2f}%{val}  {r['seconds']:.2f}s", soft_wrap=True)
+        progress.update(task, completed=0, epoch=r["epoch"] + 1)
+
+    with progress:
+        task = progress.add_task("train", total=None, epoch=1)
+        summary, run_dir = train(spec, runs_root=runs_dir, on_epoch=on_epoch,
+                                 on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    table = Table(title="summary", show_header=False, box=None)
+    for key in ("train", "validation", "test"):
+        if f"{key}_accuracy" in summary:
+            table.add_row(f"{key} accuracy", f"{100 * summary[key + '_accuracy']:.2f}%",
+                          f"loss {summary[key + '_loss']:.4f}")
+    if summary.get("seconds_per_epoch") is not None:
+        table.add_row("seconds / epoch", f"{summary['seconds_per_epoch']:.2f}", "(median, training only)")
+    console.print(table)
+    console.print(f"run directory: {run_dir.path}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@set_option
+@_fail_cleanly
+def show(spec_path, overrides):
+    """Print the layers, channels and schedule SPEC builds, without training."""
+    from .network import build
+    spec = _load(spec_path, overrides)
+    net = build(spec)
+    g = net.graph
+    layers = Table(title=f"{spec.name}: layers ({spec.rule.name}, backend {net.backend.NAME}, {spec.dtype})")
+    for col in ("layer", "in", "out", "activation", "feedback g", "forward opt.", "feedback opt."):
+        layers.add_column(col)
+    for name, layer in net.layers.items():
+        fo, bo = layer.forward_optimizer.spec, layer.feedback_optimizer
+        layers.add_row(name, str(layer.n_in), str(layer.size), layer.activation,
+                       f"{layer.feedback_activation} {layer.size}->{layer.n_in}" if layer.has_feedback else "-",
+                       f"{fo.type} {fo.lr:.3g}", f"{bo.spec.type} {bo.spec.lr:.3g}" if bo else "-")
+    console.print(layers)
+    channels = Table(title="channels")
+    for col in ("from", "to", "kind", "shape", "dtype"):
+        channels.add_column(col)
+    for c in g.channels:
+        channels.add_row(c.sender, c.receiver, c.kind, "x".join(map(str, c.shape)) or "scalar", c.dtype)
+    console.print(channels)
+    console.print("[bold]schedule[/]")
+    console.print("  forward:  " + " -> ".join(g.forward_order))
+    if g.feedback_layers:
+        console.print("  feedback: " + ", ".join(g.feedback_layers) +
+                      f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g})")
+    console.print("  backward: " + " -> ".join(n for n in g.backward_order if n != "input"))
+    console.print("  update:   " + ", ".join(g.layers))
+
+
+@main.command(name="eval")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
+@_fail_cleanly
+def eval_(run_dir, split):
+    """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
+    from .training import evaluate_run
+    result, run = evaluate_run(run_dir, split)
+    console.print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  ({run.path})")
+    reported = run.summary().get(f"{split}_accuracy")
+    if reported is not None:
+        console.print(f"training reported {100 * reported:.2f}%")

@@ -1,0 +1,169 @@
+"""Loading a named data set into fixed train / validation / test splits."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from . import fetch
+from .cifar import read_cifar10
+from .idx import read_idx
+
+FEATURES = {"digits": 64, "mnist": 784, "fashion-mnist": 784, "kmnist": 784, "cifar10": 3072}
+DATASETS = tuple(FEATURES)
+SCALES = ("unit", "standard", "none")
+N_CLASSES = 10
+DIGITS_FILE = Path(__file__).with_name("digits.npz")
+_TEST_SEED = 0  # fixed on purpose: the digits test split must be the same in every run
+_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Split:
+    """Features flattened to (N, D) so that every layer type sees the same input contract."""
+
+    x: np.ndarray  # (N, D) float features, C-contiguous
+    y: np.ndarray  # (N,) int64 class labels
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Splits fixed at load time, so that nothing downstream can leak test data into training."""
+
+    name: str
+    n_features: int
+    n_classes: int
+    train: Split
+    validation: Split | None  # None when no validation samples were asked for
+    test: Split
+
+
+def dataset_shape(name):
+    """(features, classes) of a data set, known without reading it, so a network can be built before its data."""
+    if name not in FEATURES:
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    return FEATURES[name], N_CLASSES
+
+
+def _load_digits(path):
+    """digits ships inside the package so that it works offline; path, if given, is a directory holding digits.npz."""
+    file = Path(path) / DIGITS_FILE.name if path is not None else DIGITS_FILE
+    try:
+        with np.load(file) as npz:
+            x, y = npz["images"], npz["labels"]
+    except (OSError, ValueError, KeyError) as e:  # BadZipFile is an OSError
+        raise DataError(f"{file}: cannot read digits data: {e}") from e
+    if x.ndim != 2 or y.shape != (len(x),):
+        raise DataError(f"{file}: expected images (N, 64) and labels (N,), found {x.shape} and {y.shape}")
+    return x, y, None, None, 16
+
+
+def _load_idx(name, path, download):
+    files = fetch.locate(name, path, download=download)
+    train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
+    for file, x, y in ((files[0], train_x, train_y), (files[2], test_x, test_y)):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{file}: images {x.shape} do not match labels {y.shape} of the same split")
+    return train_x.reshape(len(train_x), -1), train_y, test_x.reshape(len(test_x), -1), test_y, 255
+
+
+def _load_cifar10(name, path, download):
+    files = fetch.locate(name, path, download=download)
+    # One file is the archive; otherwise they are the unpacked batches of one directory.
+    return (*read_cifar10(files[0] if len(files) == 1 else files[0].parent), 255)
+
+
+def _load_raw(name, path, download):
+    """(train x, train y, test x or None, test y or None, largest possible feature value)."""
+    if name == "digits":
+        return _load_digits(path)
+    if name == "cifar10":
+        return _load_cifar10(name, path, download)
+    return _load_idx(name, path, download)
+
+
+def _check_count(what, value, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not low <= value < high:
+        raise DataError(f"{what} must be an integer in [{low}, {high}), got {value!r}")
+
+
+def _train_moments(x):
+    """Per-feature mean and std in float64, by row chunks so large sets need no float64 copy."""
+    mean = x.mean(axis=0, dtype=np.float64)
+    sq = np.zeros_like(mean)
+    for start in range(0, len(x), _CHUNK):
+        d = x[start : start + _CHUNK] - mean
+        sq += np.einsum("ij,ij->j", d, d)
+    std = np.sqrt(sq / len(x))
+    std[std == 0] = 1.0  # a constant feature carries no information; leave it at 0 rather than divide by 0
+    return mean, std
+
+
+def load_dataset(
+    name: str,
+    *,
+    path=None,
+    validation: int = 0,
+    test: int | None = None,
+    scale: str = "unit",
+    dtype=np.float32,
+    download: bool = True,
+) -> Dataset:
+    """Load a data set with deterministic splits, so that runs differing only in seed see the same data.
+
+    validation: the last `validation` samples of the official training set.
+    test: only for sets without an official test split (digits): that many samples, picked by a
+      permutation with a fixed seed; default 20 %.
+    scale: "unit" divides by the largest possible raw value, "standard" uses train-split statistics
+      only (no leakage from validation/test), "none" keeps raw values.
+    path: directory holding the data set's files, searched before $LOCALNET_DATA, the cache and
+      system directories.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if scale not in SCALES:
+        raise DataError(f"unknown scale {scale!r}; known: {', '.join(SCALES)}")
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise DataError(f"dtype must be a floating-point type, got {dtype}")
+    if test is not None and name != "digits":
+        raise DataError(f"{name} has an official test split; 'test' applies only to digits")
+
+    x, y, test_x, test_y, top = _load_raw(name, path, download)
+    if test_x is None:
+        n_test = round(0.2 * len(x)) if test is None else test
+        _check_count(f"{name}: test", n_test, 1, len(x))
+        is_test = np.zeros(len(x), dtype=bool)
+        is_test[np.random.default_rng(_TEST_SEED).permutation(len(x))[:n_test]] = True
+        x, y, test_x, test_y = x[~is_test], y[~is_test], x[is_test], y[is_test]
+    _check_count(f"{name}: validation", validation, 0, len(x))
+    if test_x.shape[1] != x.shape[1]:
+        raise DataError(f"{name}: test samples have {test_x.shape[1]} features, training samples {x.shape[1]}")
+    for labels in (y, test_y):
+        if len(labels) and (labels.min() < 0 or labels.max() >= N_CLASSES):
+            raise DataError(f"{name}: labels outside 0..{N_CLASSES - 1} (range {labels.min()}..{labels.max()})")
+
+    n_train = len(x) - validation
+    parts = {"train": (x[:n_train], y[:n_train]), "validation": (x[n_train:], y[n_train:]), "test": (test_x, test_y)}
+    if scale == "standard":
+        mean, std = _train_moments(parts["train"][0])
+        mean, std = mean.astype(dtype), std.astype(dtype)
+
+    def split(features, labels):
+        out = features.astype(dtype)
+        if scale == "unit":
+            out /= dtype.type(top)
+        elif scale == "standard":
+            out -= mean
+            out /= std
+        return Split(np.ascontiguousarray(out), np.ascontiguousarray(labels, dtype=np.int64))
+
+    return Dataset(
+        name=name,
+        n_features=x.shape[1],
+        n_classes=N_CLASSES,
+        train=split(*parts["train"]),
+        validation=split(*parts["validation"]) if validation else None,
+        test=split(*parts["test"]),
+    )

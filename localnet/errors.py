@@ -1,0 +1,43 @@
+"""One exception hierarchy, so the CLI can turn any expected failure into one clear line."""
+
+
+class LocalnetError(Exception):
+    """Base of every error localnet raises on purpose; the CLI prints it without a traceback."""
+
+
+class SpecError(LocalnetError):
+    """A spec that cannot describe a runnable network: names file, line, key path, expected and found."""
+
+    def __init__(self, message, *, file=None, line=None, path=(), expected=None, found=None):
+        self.file, self.line, self.path = file, line, tuple(path)
+        self.expected, self.found = expected, found
+        self.detail = message
+        super().__init__(self._format())
+
+    def _format(self):
+        where = str(self.file) if self.file else "<spec>"
+        if self.line is not None:
+            where += f":{self.line}"
+        key = ".".join(str(p) for p in self.path) or "<top>"
+        msg = f"{where}: {key}: {self.detail}"
+        if self.expected is not None:
+            msg += f"; expected {self.expected}"
+        if self.found is not None:
+            msg += f", found {self.found}"
+        return msg
+
+
+class GraphError(LocalnetError):
+    """The channels of a network do not form a valid graph (missing producer, kind/shape mismatch, cycle)."""
+
+
+class DataError(LocalnetError):
+    """A data set is missing, corrupt, or fails its checksum; the message names where localnet looked."""
+
+
+class RunError(LocalnetError):
+    """A run directory is missing, incomplete or does not match what was asked of it."""
+
+
+class LocalityError(LocalnetError):
+    """A layer tried to reach state that is not its own or not in its inbox."""

@@ -1,0 +1,166 @@
+"""The network graph: which channels exist, checked once at build time, and a deterministic schedule.
+
+Nodes are `input` (the data source), the layers and `loss`; edges are channels with a kind, a per-sample shape
+and a dtype. Every check failure names the spec line that declared the offending channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import networkx as nx
+
+from .channels import Channel
+from .messages import BACKWARD_KINDS, FORWARD_KINDS
+from .rules import get_rule
+from .spec import Spec
+
+INPUT, LOSS = "input", "loss"
+
+
+@dataclass(frozen=True)
+class NetworkGraph:
+    graph: nx.MultiDiGraph
+    layers: tuple  # layer names, in spec order
+    n_in: dict  # layer name -> size of its input
+    forward_order: tuple  # nodes in the order the forward phase runs them
+    backward_order: tuple  # nodes in the order the backward phase runs them
+    feedback_layers: tuple  # layers that own a feedback map g
+
+    @property
+    def channels(self):
+        return [d["channel"] for _, _, d in sorted(self.graph.edges(data=True), key=lambda e: e[2]["index"])]
+
+    def inbound(self, node, kinds):
+        return [d["channel"] for _, _, d in self.graph.in_edges(node, data=True) if d["channel"].kind in kinds]
+
+    def outbound(self, node, kinds):
+        return [d["channel"] for _, _, d in self.graph.out_edges(node, data=True) if d["channel"].kind in kinds]
+
+
+def _declared_edges(spec):
+    """(sender, receiver, kind, key path of the declaration) for each channel, from `channels` or `chain`."""
+    net = spec.network
+    if net.channels is not None:
+        return [(c.from_, c.to, c.kind, ("network", "channels", i)) for i, c in enumerate(net.channels)]
+    chain = net.chain or (INPUT, *(layer.name for layer in net.layers), LOSS)
+    where = ("network", "chain")
+    if len(chain) < 3 or chain[0] != INPUT or chain[-1] != LOSS:
+        raise spec_error(spec, where, "a chain runs from `input` through the layers to `loss`",
+                         expected="[input, <layer>, ..., loss]", found=list(chain))
+    top_kind, down_kind = get_rule(spec.rule.name).chain_kinds(spec.rule.first_target)
+    edges = [(a, b, "activation", where) for a, b in zip(chain, chain[1:])]
+    edges.append((INPUT, LOSS, "label", where))
+    edges.append((LOSS, chain[-2], top_kind, where))
+    edges += [(b, a, down_kind, where) for a, b in reversed(list(zip(chain[1:-2], chain[2:-1])))]
+    return edges
+
+
+def spec_error(spec, path, message, expected=None, found=None):
+    from .spec.validate import Context
+    ctx = spec.origin or Context()
+    return ctx.error(path, message, expected=expected, found=found)
+
+
+def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
+    rule = get_rule(spec.rule.name)
+    order = [INPUT, *(layer.name for layer in spec.network.layers), LOSS]
+    rank = {name: i for i, name in enumerate(order)}
+    sizes = {INPUT: n_features, **{layer.name: layer.size for layer in spec.network.layers}}
+    edges = _declared_edges(spec)
+
+    g = nx.MultiDiGraph()
+    g.add_nodes_from(order)
+    for sender, receiver, kind, where in edges:
+        for end in (sender, receiver):
+            if end not in rank:
+                raise spec_error(spec, where, f"channel names an unknown node {end!r}",
+                                 expected="one of " + ", ".join(order))
+        if sender == receiver:
+            raise spec_error(spec, where, f"channel from {sender!r} to itself")
+
+    # the forward phase first: it fixes each layer's input size
+    producers = {}
+    for sender, receiver, kind, where in edges:
+        if kind not in FORWARD_KINDS:
+            continue
+        if kind == "label" and (sender, receiver) != (INPUT, LOSS):
+            raise spec_error(spec, where, "labels go from `input` to `loss` only", found=f"{sender} -> {receiver}")
+        if kind == "activation" and (receiver == INPUT or sender == LOSS):
+            raise spec_error(spec, where, "activations flow from `input` or a layer into a layer or `loss`",
+                             found=f"{sender} -> {receiver}")
+        if (receiver, kind) in producers:
+            raise spec_error(spec, where, f"{receiver!r} would get its {kind} from two senders",
+                             expected="one producer per input port",
+                             found=f"{producers[receiver, kind]!r} and {sender!r}")
+        producers[receiver, kind] = sender
+    for name in order[1:]:
+        for kind in ("activation", "label") if name == LOSS else ("activation",):
+            if (name, kind) not in producers:
+                raise spec_error(spec, ("network",), f"{name!r} receives no {kind}",
+                                 expected=f"a channel of kind {kind} into {name!r}")
+    n_in = {name: sizes[producers[name, "activation"]] for name in order[1:]}
+    if n_in[LOSS] != n_classes:
+        raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
+                         f"{spec.data.name}", expected=f"{n_classes} units (one per class)", found=n_in[LOSS])
+
+    backward_in = {}
+    for index, (sender, receiver, kind, where) in enumerate(edges):
+        if kind in BACKWARD_KINDS:
+            allowed = rule.backward_kinds(sender == LOSS)
+            if kind not in allowed:
+                raise spec_error(spec, where, f"rule {rule.name!r} cannot send a {kind} from {sender!r}",
+                                 expected=" or ".join(allowed), found=kind)
+            if receiver in (INPUT, LOSS) or producers.get((sender, "activation")) != receiver:
+                raise spec_error(spec, where, f"a {kind} channel runs against an activation channel, from a "
+                                 "node back to the layer it receives its activation from",
+                                 found=f"{sender} -> {receiver}")
+            if receiver in backward_in:
+                raise spec_error(spec, where, f"{receiver!r} would get targets or gradients from two senders",
+                                 expected="one producer per input port",
+                                 found=f"{backward_in[receiver]!r} and {sender!r}")
+            backward_in[receiver] = sender
+            shape = (n_in[sender],)
+        elif kind == "label":
+            shape = ()
+        else:
+            shape = (sizes[sender],)
+        dtype = "int64" if kind == "label" else spec.dtype
+        g.add_edge(sender, receiver, key=kind, index=index,
+                   channel=Channel(sender, receiver, kind, shape, dtype))
+    for name in order[1:-1]:
+        if name not in backward_in:
+            raise spec_error(spec, ("network",), f"layer {name!r} receives no target or gradient, so it could "
+                             "never learn", expected=f"a target or gradient channel into {name!r}")
+
+    schedules = []
+    for kinds in (FORWARD_KINDS, BACKWARD_KINDS):
+        phase = nx.DiGraph()
+        phase.add_nodes_from(order)
+        phase.add_edges_from((u, v) for u, v, k in g.edges(keys=True) if k in kinds)
+        try:
+            cycle = nx.find_cycle(phase)
+        except nx.NetworkXNoCycle:
+            cycle = None
+        if cycle:
+            path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+            raise spec_error(spec, ("network",), f"the {kinds[0]} phase has a cycle: {path}",
+                             expected="an acyclic graph in each phase")
+        schedules.append(tuple(nx.lexicographical_topological_sort(phase, key=rank.__getitem__)))
+
+    feedback = ()
+    if rule.uses_feedback:
+        # a layer needs g when it passes a *target* it received down to the layer below
+        feedback = tuple(name for name in order[1:-1]
+                         if any(c.kind == "target" for c in _out(g, name))
+                         and backward_in_kind(g, name) == "target")
+    return NetworkGraph(g, tuple(order[1:-1]), n_in, schedules[0], schedules[1], feedback)
+
+
+def _out(g, name):
+    return [d["channel"] for _, _, d in g.out_edges(name, data=True)]
+
+
+def backward_in_kind(g, name):
+    kinds = [d["channel"].kind for _, _, d in g.in_edges(name, data=True) if d["channel"].kind in BACKWARD_KINDS]
+    return kinds[0] if kinds else None

@@ -1,0 +1,29 @@
+"""The global loss node: receives h_L and labels, and sends the first target or ℒ's gradient down."""
+
+from .base import Node
+
+LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse"}
+
+
+class LossNode(Node):
+    def __init__(self, name, loss, target_step, kernels, down_kinds):
+        self.name = name
+        self.down_kinds = frozenset(down_kinds)
+        self._loss = getattr(kernels, LOSSES[loss])
+        self.target_step = target_step
+        self.value = self.correct = None
+        self._h = self._grad = None
+
+    def forward(self, inbox, train):
+        self._h = inbox["activation"]
+        self.value, self._grad, self.correct = self._loss(self._h, inbox["label"])
+        return {}
+
+    def backward(self, inbox):
+        out = {}
+        if "gradient" in self.down_kinds:
+            out["gradient"] = self._grad
+        if "target" in self.down_kinds:
+            # the first target is one step down ℒ's gradient: ĥ_L = h_L − η̂ ∂ℒ/∂h_L
+            out["target"] = self._h - self.target_step * self._grad
+        return out

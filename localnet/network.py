@@ -1,0 +1,151 @@
+"""Build a runnable network from a spec, and the Python API around it (the builder and simulator, in Nengo's
+terms: the spec is the model, `build` makes the objects, the engine runs them)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import backends
+from .engines import LocalEngine
+from .errors import LocalnetError
+from .graph import INPUT, LOSS, build_graph
+from .layers.dense import DenseLayer
+from .layers.loss import LossNode
+from .layers.source import InputNode
+from .messages import BACKWARD_KINDS
+from .rules import get_rule
+from .spec import Spec, load_spec
+
+
+def build(spec, seed=None, *, n_features=None, n_classes=None) -> "Network":
+    """A freshly initialised network for `spec` (a Spec, a path or a dict); `seed` overrides the spec's seed.
+
+    The input and output sizes come from the spec's data set unless given.
+    """
+    if not isinstance(spec, Spec):
+        spec = load_spec(spec)
+    if n_features is None or n_classes is None:
+        from .data import dataset_shape
+        shape = dataset_shape(spec.data.name)
+        n_features = shape[0] if n_features is None else n_features
+        n_classes = shape[1] if n_classes is None else n_classes
+    return Network(spec, spec.seed if seed is None else seed, n_features, n_classes)
+
+
+class Network:
+    def __init__(self, spec: Spec, seed: int, n_features: int, n_classes: int):
+        self.spec, self.seed = spec, seed
+        self.dtype = np.dtype(spec.dtype)
+        self.backend = backends.get_backend(spec.backend)
+        self.graph = build_graph(spec, n_features, n_classes)
+        self.n_features, self.n_classes = n_features, n_classes
+        rule = get_rule(spec.rule.name)
+        r = spec.rule
+        seeds = np.random.SeedSequence(seed).spawn(len(spec.network.layers))
+        nodes = {INPUT: InputNode(INPUT),
+                 LOSS: LossNode(LOSS, spec.network.loss, r.target_step, self.backend.loss,
+                                _down_kinds(self.graph, LOSS))}
+        for layer_spec, layer_seed in zip(spec.network.layers, seeds):
+            name = layer_spec.name
+            feedback = None
+            if name in self.graph.feedback_layers:
+                feedback = layer_spec.feedback or spec.network.feedback
+            fb_opt = (feedback.optimizer if feedback and feedback.optimizer else spec.optimizer.feedback)
+            nodes[name] = DenseLayer(
+                name, self.graph.n_in[name], layer_spec, feedback=feedback,
+                forward_optimizer=layer_spec.optimizer or spec.optimizer.forward, feedback_optimizer=fb_opt,
+                rule=rule, target_step=r.target_step, feedback_noise=r.feedback_noise,
+                feedback_iterations=r.feedback_iterations, init=spec.network.init, dtype=self.dtype,
+                kernels=self.backend, seed=layer_seed, down_kinds=_down_kinds(self.graph, name))
+        self.layers = {name: nodes[name] for name in self.graph.layers}
+        self.loss = nodes[LOSS]
+        self.engine = LocalEngine(self.graph, nodes)
+
+    # -- the step ------------------------------------------------------------------------------------------
+    def _batch(self, x, y=None):
+        x = np.ascontiguousarray(x, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise LocalnetError(f"input batch must have shape (batch, {self.n_features}), got {x.shape}")
+        if y is None:
+            y = np.zeros(len(x), np.int64)
+        y = np.ascontiguousarray(y, dtype=np.int64)
+        if y.shape != (len(x),):
+            raise LocalnetError(f"labels must have shape ({len(x)},), got {y.shape}")
+        return x, y
+
+    def forward(self, x, train=False) -> list:
+        """Activations h_1..h_L for a batch (stochastic units give their mean unless `train`)."""
+        x, y = self._batch(x)
+        self.engine.forward(x, y, train)
+        return [layer.h for layer in self.layers.values()]
+
+    def targets(self, x, y) -> list:
+        """The targets ĥ_1..ĥ_L the rule would send for this batch, with no parameter change.
+
+        A layer that receives a gradient δ instead (backprop; the output layer in Lee et al.'s setting) reports
+        the equivalent target h − η̂ δ.
+        """
+        self.engine.forward(*self._batch(x, y), train=True)
+        self.engine.backward()
+        for layer in self.layers.values():
+            layer.grads = None
+        return [layer.target for layer in self.layers.values()]
+
+    def train_step(self, x, y) -> dict:
+        """One step of the rule on a batch: forward, feedback training, targets, forward update."""
+        self.engine.forward(*self._batch(x, y), train=True)
+        self.engine.train_feedback()
+        return self._learn()
+
+    def feedback_step(self, x, y) -> dict:
+        """Forward, then feedback training only (the first pass of the `alternate_epoch` schedule)."""
+        self.engine.forward(*self._batch(x, y), train=True)
+        self.engine.train_feedback()
+        return self._metrics()
+
+    def forward_step(self, x, y) -> dict:
+        """Forward, targets and forward update only (the second pass of the `alternate_epoch` schedule)."""
+        self.engine.forward(*self._batch(x, y), train=True)
+        return self._learn()
+
+    def _learn(self):
+        self.engine.backward()
+        self.engine.update()
+        return self._metrics()
+
+    def _metrics(self):
+        return {"loss": self.loss.value, "correct": self.loss.correct}
+
+    def evaluate(self, x, y, batch_size=1000) -> dict:
+        """Mean loss and accuracy in evaluation mode (no sampling, no learning)."""
+        total_loss = correct = 0.0
+        for start in range(0, len(x), batch_size):
+            xb, yb = self._batch(x[start:start + batch_size], y[start:start + batch_size])
+            self.engine.forward(xb, yb, train=False)
+            total_loss += self.loss.value * len(xb)
+            correct += self.loss.correct
+        n = max(len(x), 1)
+        return {"loss": total_loss / n, "accuracy": correct / n}
+
+    # -- parameters ----------------------------------------------------------------------------------------
+    def parameters(self) -> dict:
+        """Copies of every layer's parameters: W, b and, where a feedback map exists, V, c."""
+        return {name: {k: v.copy() for k, v in layer.parameters().items()} for name, layer in self.layers.items()}
+
+    def load_parameters(self, params: dict):
+        """Overwrite parameters in place from a dict shaped like `parameters()`; every key must match."""
+        if set(params) != set(self.layers):
+            raise LocalnetError(f"parameters name layers {sorted(params)}, the network has {sorted(self.layers)}")
+        for name, layer in self.layers.items():
+            own = layer.parameters()
+            if set(params[name]) != set(own):
+                raise LocalnetError(f"layer {name!r}: parameters {sorted(params[name])}, expected {sorted(own)}")
+            for key, value in params[name].items():
+                value = np.asarray(value)
+                if value.shape != own[key].shape:
+                    raise LocalnetError(f"layer {name!r}, {key}: shape {value.shape}, expected {own[key].shape}")
+                own[key][...] = value
+
+
+def _down_kinds(graph, name):
+    return {c.kind for c in graph.outbound(name, BACKWARD_KINDS)}

@@ -1,0 +1,19 @@
+"""Difference target propagation (Lee, Zhang, Fischer & Bengio 2015, Algorithm 1)."""
+
+from .base import Rule
+
+
+class DifferenceTargetPropagation(Rule):
+    name = "dtp"
+    uses_feedback = True
+
+    def chain_kinds(self, first_target):
+        # with the first target on the last hidden layer, the output layer learns from ℒ's gradient itself
+        return ("target" if first_target == "output" else "gradient"), "target"
+
+    def backward_kinds(self, from_loss):
+        return ("target", "gradient") if from_loss else ("target",)
+
+    def target_below(self, k, x, h, target, V, c, fb_act):
+        # ĥ_{i-1} = h_{i-1} + g_i(ĥ_i) − g_i(h_i): the correction cancels g's reconstruction error
+        return k.difference_target(x, h, target, V, c, fb_act)

@@ -1,0 +1,125 @@
+"""Specs: YAML in, a validated and frozen `Spec` out, or one SpecError that names file, line and key."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import yaml
+
+from ..errors import SpecError
+from . import names
+from .schema import (ChannelSpec, DataSpec, FeedbackSpec, LayerSpec, NetworkSpec, OptimizerSpec,
+                     OptimizersSpec, RuleSpec, Spec, TrainSpec)
+from .validate import Context, convert, describe, to_data
+from .yamlio import load_yaml, read_yaml
+
+__all__ = ["load_spec", "dump_spec", "parse_override", "Spec", "ChannelSpec", "DataSpec", "FeedbackSpec",
+           "LayerSpec", "NetworkSpec", "OptimizerSpec", "OptimizersSpec", "RuleSpec", "TrainSpec"]
+
+
+def parse_override(text):
+    """`a.b.c=value` from the command line: the value is read as a YAML scalar (so 0.1 is a number)."""
+    if "=" not in text:
+        raise SpecError("an override must look like key.path=value", file="--set", found=repr(text))
+    key, _, raw = text.partition("=")
+    path = tuple(p for p in key.strip().split(".") if p)
+    if not path:
+        raise SpecError("empty key path in override", file="--set", found=repr(text))
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def _apply_override(data, path, value, ctx):
+    """Set one key path; a list step may be an index or the `name` of one of its items (layers.h1.size)."""
+    node = data
+    for depth, step in enumerate(path):
+        last = depth == len(path) - 1
+        where = path[: depth + 1]
+        if isinstance(node, list):
+            index = _list_index(node, step)
+            if index is None:
+                raise SpecError("no such list item", file="--set", path=where,
+                                expected=f"an index below {len(node)} or the name of an item", found=repr(step))
+            if last:
+                node[index] = value
+            node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[step] = value
+            else:
+                node = node.setdefault(step, {})
+        else:
+            raise SpecError("cannot set a key inside a value", file="--set", path=where,
+                            found=describe(node))
+    ctx.lines[tuple(path)] = None
+
+
+def _list_index(items, step):
+    if step.lstrip("-").isdigit():
+        i = int(step)
+        return i if -len(items) <= i < len(items) else None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == step:
+            return i
+    return None
+
+
+def load_spec(source, overrides=()) -> Spec:
+    """Load a spec from a path, a YAML string's parsed dict, or a dict; `overrides` are `key.path=value` strings."""
+    if isinstance(source, Spec):
+        data, ctx = to_data(source), Context(file=source.origin.file if source.origin else None)
+    elif isinstance(source, dict):
+        data, ctx = copy.deepcopy(source), Context(file="<dict>")
+    else:
+        data, lines = read_yaml(source)
+        ctx = Context(file=Path(source), lines=lines)
+    if not isinstance(data, dict):
+        raise ctx.error((), "a spec is a mapping of sections", expected="a mapping", found=describe(data))
+    for text in overrides:
+        path, value = parse_override(text)
+        _apply_override(data, path, value, ctx)
+    spec = convert(Spec, data, (), ctx)
+    _check(spec, ctx)
+    object.__setattr__(spec, "origin", ctx)
+    return spec
+
+
+def dump_spec(spec: Spec) -> str:
+    """The resolved spec as YAML, every default written out; `load_spec` of it gives an equal Spec."""
+    return yaml.safe_dump(to_data(spec), sort_keys=False, allow_unicode=True)
+
+
+def _check(spec, ctx):
+    """Checks across fields that a type cannot express."""
+    layers = spec.network.layers
+    if not layers:
+        raise ctx.error(("network", "layers"), "a network needs at least one layer", expected="a non-empty list")
+    seen = {}
+    for i, layer in enumerate(layers):
+        path = ("network", "layers", i, "name")
+        if layer.name in names.RESERVED_NODES:
+            raise ctx.error(path, "reserved node name", expected="a name other than " +
+                            " and ".join(map(repr, names.RESERVED_NODES)), found=repr(layer.name))
+        if layer.name in seen:
+            raise ctx.error(path, f"duplicate layer name (first used by layer {seen[layer.name]})",
+                            expected="unique layer names", found=repr(layer.name))
+        seen[layer.name] = i
+    if spec.network.chain is not None and spec.network.channels is not None:
+        raise ctx.error(("network", "channels"), "give either `chain` or `channels`, not both")
+    if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
+        raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
+                        expected="'output' for a one-layer network", found="'last_hidden'")
+    total = 0
+    sizes = [layer.size for layer in layers]
+    for a, b in zip(sizes, sizes[1:]):
+        total += 2 * a * b
+    if total > 1 << 31:
+        raise ctx.error(("network", "layers"), "network is too large to allocate",
+                        expected="at most 2**31 weights", found=f"{total} weights")
+
+
+Spec.origin = None  # replaced per instance by load_spec; holds the file and line map for later errors

@@ -1,0 +1,131 @@
+"""The spec schema: what a YAML spec may say, as frozen dataclasses with defaults and bounds.
+
+Conventions fixed here and used everywhere: row vectors, `h_i = s(h_{i-1} @ W + b)` with W of shape
+(n_in, n_out), and a feedback map `g(h_i) = s̄(h_i @ V + c)` with V of shape (n_out, n_in).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import names
+from .validate import option
+
+MAX_UNITS = 1 << 20
+
+
+def _datasets():
+    from ..data import DATASETS
+    return DATASETS  # per layer; larger is a typo, and would try to allocate terabytes
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimiser. RMSprop adds eps inside the square root (Graves 2013, Lee et al.'s code); Adam outside."""
+
+    type: str = option("adam", choices=("sgd", "rmsprop", "adam"))
+    lr: float = option(1e-3, gt=0.0)
+    momentum: float = option(0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = option((0.9, 0.999), ge=0.0, le=1.0)
+    alpha: float = option(0.99, ge=0.0, le=1.0)
+    eps: float = option(1e-8, gt=0.0)
+    centered: bool = False
+    weight_decay: float = option(0.0, ge=0.0)
+
+
+@dataclass(frozen=True)
+class OptimizersSpec:
+    """Default optimiser of each pathway; a layer may override either."""
+
+    forward: OptimizerSpec = option(factory=OptimizerSpec)
+    feedback: OptimizerSpec = option(factory=OptimizerSpec)
+
+
+@dataclass(frozen=True)
+class FeedbackSpec:
+    """A layer's feedback (inverse) map g, from its output space back to its input space."""
+
+    activation: str = option("tanh", choices=names.ACTIVATIONS)
+    init: str = option("xavier_normal", choices=names.INITS)
+    bias: bool = True
+    optimizer: OptimizerSpec | None = None
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    name: str
+    size: int = option(ge=1, le=MAX_UNITS)
+    activation: str = option("tanh", choices=names.ACTIVATIONS)
+    bias: bool = True
+    init: str | None = option(None, choices=names.INITS)
+    optimizer: OptimizerSpec | None = None
+    feedback: FeedbackSpec | None = None
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One directed channel; `from`/`to` are layer names or the reserved nodes `input` and `loss`."""
+
+    from_: str = option(alias="from")
+    to: str = option()
+    kind: str = option(choices=("activation", "target", "gradient", "label"))
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    layers: tuple[LayerSpec, ...]
+    loss: str = option("softmax_cross_entropy", choices=names.LOSSES)
+    init: str = option("xavier_normal", choices=names.INITS)
+    feedback: FeedbackSpec = option(factory=FeedbackSpec)
+    chain: tuple[str, ...] | None = None
+    channels: tuple[ChannelSpec, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """The learning rule and its parameters (DESIGN §2).
+
+    first_target: `output` sets ĥ_L = h_L − η̂ ∂ℒ/∂h_L and every layer from the second up owns a feedback map;
+    `last_hidden` (Lee et al. 2015) trains the output layer on ℒ and sets the first target on h_{L-1}.
+    schedule: `alternate_batch` trains feedback then forward weights on each batch; `alternate_epoch` (Lee et
+    al.'s code) makes one full pass of feedback training, then one of forward training, per epoch.
+    """
+
+    name: str = option("dtp", choices=names.RULES)
+    target_step: float = option(0.1, ge=0.0)
+    first_target: str = option("output", choices=("output", "last_hidden"))
+    feedback_noise: float = option(0.1, ge=0.0)
+    feedback_iterations: int = option(1, ge=0, le=10_000)
+    schedule: str = option("alternate_batch", choices=("alternate_batch", "alternate_epoch"))
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    name: str = option(choices=lambda: _datasets())
+    path: str | None = None
+    validation: int = option(0, ge=0)
+    test: int | None = option(None, ge=1)
+    scale: str = option("unit", choices=("unit", "standard", "none"))
+    download: bool = True
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = option(10, ge=0, le=1_000_000)
+    batch_size: int = option(128, ge=1, le=1 << 20)
+    shuffle: bool = True
+    eval_batch_size: int = option(1000, ge=1, le=1 << 20)
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    data: DataSpec
+    network: NetworkSpec
+    rule: RuleSpec = option(factory=RuleSpec)
+    optimizer: OptimizersSpec = option(factory=OptimizersSpec)
+    train: TrainSpec = option(factory=TrainSpec)
+    seed: int = option(0, ge=0, le=2**63 - 1)
+    dtype: str = option("float32", choices=("float32", "float64"))
+    backend: str = option("auto", choices=names.BACKENDS)
+    description: str | None = None

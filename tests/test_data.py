@@ -1,0 +1,532 @@
+"""Tests for localnet.data: readers, file resolution, downloads (local server only) and splits."""
+
+import dataclasses
+import gzip
+import hashlib
+import io
+import os
+import pickle
+import struct
+import tarfile
+import threading
+import urllib.parse
+import urllib.request
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from localnet.data import DATASETS, Dataset, Split, load_dataset
+from localnet.data import fetch
+from localnet.data.cifar import read_cifar10
+from localnet.data.datasets import DIGITS_FILE
+from localnet.data.idx import read_idx
+from localnet.errors import DataError
+
+IDX_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx_bytes(array, dtype):
+    array = np.asarray(array, dtype=dtype)
+    header = bytes([0, 0, IDX_CODES[dtype], array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.tobytes()
+
+
+def write_idx(path, array, dtype="u1", gz=False):
+    data = idx_bytes(array, dtype)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch, tmp_path):
+    """No test sees the real user's cache or environment, and none may reach beyond 127.0.0.1."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("XDG_CACHE_HOME", "LOCALNET_DATA", "LOCALNET_MIRROR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LOCALNET_NO_DOWNLOAD", "1")
+    real_urlopen = urllib.request.urlopen
+
+    def local_only(url, *args, **kwargs):
+        assert urllib.parse.urlsplit(url).hostname == "127.0.0.1", f"test tried to reach {url}"
+        return real_urlopen(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", local_only)
+
+
+# ---------------------------------------------------------------- IDX
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(sorted(IDX_CODES)),
+    shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=0, max_side=5),
+    gz=st.booleans(),
+)
+def test_idx_round_trip(tmp_path_factory, data, dtype, shape, gz):
+    array = data.draw(hnp.arrays(np.dtype(dtype), shape))
+    path = write_idx(tmp_path_factory.mktemp("idx") / "a.idx", array, dtype, gz)
+    back = read_idx(path)
+    assert back.shape == shape
+    assert back.dtype == np.dtype(dtype).newbyteorder("=")
+    np.testing.assert_array_equal(back, array)
+
+
+def test_idx_ignores_misleading_extension(tmp_path):
+    array = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "plain.gz", array)), array)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "packed", array, gz=True)), array)
+
+
+@pytest.mark.parametrize(
+    "mangle, message",
+    [
+        (lambda b: b[:-1], "truncated"),
+        (lambda b: b + b"\0", "trailing"),
+        (lambda b: b[:10], "truncated"),  # cut inside the dimension header
+        (lambda b: b"\x01" + b[1:], "bad magic"),
+        (lambda b: b[:2] + b"\x0a" + b[3:], "type code 0x0a"),
+        (lambda b: b"", "empty file"),
+        (lambda b: gzip.compress(b)[:-20], "cannot read"),  # gzip stream cut short
+    ],
+)
+def test_idx_rejects_broken_files(tmp_path, mangle, message):
+    path = tmp_path / "broken-idx3-ubyte"
+    path.write_bytes(mangle(idx_bytes(np.zeros((3, 4, 4)), "u1")))
+    with pytest.raises(DataError, match=message) as err:
+        read_idx(path)
+    assert str(path) in str(err.value)
+
+
+def test_idx_missing_file_names_it(tmp_path):
+    with pytest.raises(DataError, match="nope"):
+        read_idx(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+class Py2Pickler(pickle._Pickler):
+    """Writes str and bytes as Python 2 str, as in the published CIFAR-10 batches (Python 2, protocol 2)."""
+
+    def save_bytes(self, obj):
+        if isinstance(obj, str):
+            obj = obj.encode("latin-1")
+        n = len(obj)
+        self.write(pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n))
+        self.write(obj)
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_bytes, str: save_bytes}
+
+
+def dumps(obj, protocol=2):
+    """Protocol 2 like the official files; protocol 4 like a batch re-pickled by Python 3."""
+    if protocol != 2:
+        return pickle.dumps(obj, protocol=protocol)
+    out = io.BytesIO()
+    Py2Pickler(out, protocol=2).dump(obj)
+    return out.getvalue()
+
+
+def cifar_batch(n, seed):
+    rng = np.random.default_rng(seed)
+    return {
+        b"batch_label": b"synthetic",
+        b"labels": rng.integers(0, 10, n).tolist(),
+        b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+        b"filenames": [b"img%d.png" % i for i in range(n)],
+    }
+
+
+def write_cifar(root: Path, *, test_batch=None, protocol=2) -> Path:
+    """Small batches in the official layout."""
+    directory = root / "cifar-10-batches-py"
+    directory.mkdir(parents=True)
+    for i in range(1, 6):
+        (directory / f"data_batch_{i}").write_bytes(dumps(cifar_batch(4, i), protocol))
+    (directory / "test_batch").write_bytes(test_batch or dumps(cifar_batch(3, 0), protocol))
+    return directory
+
+
+def tar_cifar(directory: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w:gz") as tar:
+        for name in ("test_batch", "data_batch_3", "data_batch_1", "data_batch_5", "data_batch_2", "data_batch_4"):
+            tar.add(directory / name, arcname=f"cifar-10-batches-py/{name}")
+    return archive
+
+
+def expected_cifar():
+    train = [cifar_batch(4, i) for i in range(1, 6)]
+    return (
+        np.concatenate([b[b"data"] for b in train]),
+        np.concatenate([b[b"labels"] for b in train]),
+        cifar_batch(3, 0)[b"data"],
+        np.array(cifar_batch(3, 0)[b"labels"]),
+    )
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("form", ["directory", "archive"])
+def test_cifar_reads_both_forms(tmp_path, form, protocol):
+    directory = write_cifar(tmp_path / "src", protocol=protocol)
+    source = directory if form == "directory" else tar_cifar(directory, tmp_path / "cifar-10-python.tar.gz")
+    for got, want in zip(read_cifar10(source), expected_cifar()):
+        np.testing.assert_array_equal(got, want)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_cifar_accepts_numpy_1_module_names(tmp_path):
+    """The published files name numpy.core.multiarray, which numpy 2 calls numpy._core.multiarray."""
+    batch = dumps(cifar_batch(3, 0))
+    old = batch.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+    assert old != batch
+    np.testing.assert_array_equal(read_cifar10(write_cifar(tmp_path, test_batch=old))[3], expected_cifar()[3])
+
+
+@pytest.mark.parametrize("protocol", [2, 4])
+@pytest.mark.parametrize("form", ["directory", "archive"])
+def test_cifar_refuses_foreign_globals(tmp_path, protocol, form):
+    marker = tmp_path / "executed"
+    evil = dumps({b"data": Evil(marker), b"labels": []}, protocol)
+    directory = write_cifar(tmp_path / "src", test_batch=evil)
+    source = directory if form == "directory" else tar_cifar(directory, tmp_path / "c.tar.gz")
+    with pytest.raises(DataError, match=r"refusing to load global (os|posix)\.system") as err:
+        read_cifar10(source)
+    assert "test_batch" in str(err.value)
+    assert not marker.exists()
+
+
+def test_cifar_checks_shapes(tmp_path):
+    bad = {b"data": np.zeros((3, 100), np.uint8), b"labels": [0, 1, 2]}
+    with pytest.raises(DataError, match="3072 uint8"):
+        read_cifar10(write_cifar(tmp_path, test_batch=dumps(bad)))
+    short = {b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}
+    with pytest.raises(DataError, match="labels of shape"):
+        read_cifar10(write_cifar(tmp_path / "b", test_batch=dumps(short)))
+
+
+def test_cifar_corrupt_archive(tmp_path):
+    archive = tar_cifar(write_cifar(tmp_path / "src"), tmp_path / "c.tar.gz")
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    with pytest.raises(DataError, match="c.tar.gz"):
+        read_cifar10(archive)
+
+
+def test_load_cifar10_from_path(tmp_path):
+    write_cifar(tmp_path)
+    ds = load_dataset("cifar10", path=tmp_path, validation=5)
+    x, y, tx, ty = expected_cifar()
+    assert (ds.n_features, ds.n_classes) == (3072, 10)
+    np.testing.assert_allclose(ds.train.x, x[:15] / 255, rtol=1e-6)
+    np.testing.assert_array_equal(ds.validation.y, y[15:])
+    np.testing.assert_array_equal(ds.test.y, ty)
+
+
+# ---------------------------------------------------------------- resolution
+
+
+FILES = {"a.bin": b"alpha", "b.bin": b"bravo"}
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A registry entry for a made-up data set whose 'system' directory lives in tmp_path."""
+    source = fetch.Source(
+        base_url="http://127.0.0.1:9/not-used/",
+        files={name: md5(data) for name, data in FILES.items()},
+        system_dirs=(str(tmp_path / "system" / "fake"),),
+        hint="ask a friend",
+    )
+    monkeypatch.setitem(fetch.REGISTRY, "fake", source)
+    return source
+
+
+def fill(directory: Path, files=FILES) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (directory / name).write_bytes(data)
+    return directory
+
+
+def test_resolution_order(fake, tmp_path, monkeypatch):
+    explicit = fill(tmp_path / "explicit")
+    env = fill(tmp_path / "env" / "fake")
+    cache = fill(tmp_path / "xdg" / "localnet" / "fake")
+    home_cache = fill(tmp_path / "home" / ".cache" / "localnet" / "fake")
+    system = fill(tmp_path / "system" / "fake")
+    monkeypatch.setenv("LOCALNET_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+
+    def found(path=None):
+        files = fetch.locate("fake", path, download=False)
+        assert [f.name for f in files] == list(FILES)
+        return files[0].parent
+
+    assert found(explicit) == explicit
+    assert found() == env
+    monkeypatch.delenv("LOCALNET_DATA")
+    assert found() == cache
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert found() == home_cache
+    (home_cache / "b.bin").unlink()  # an incomplete directory does not count
+    assert found() == system
+    assert found(tmp_path / "empty") == system
+
+
+def test_unpacked_files_are_accepted_and_preferred(fake, tmp_path, monkeypatch):
+    monkeypatch.setitem(fetch.REGISTRY, "fake", dataclasses.replace(fake, unpacked=("a", "b")))
+    d = fill(tmp_path / "d")
+    assert [f.name for f in fetch.locate("fake", d, download=False)] == ["a.bin", "b.bin"]
+    fill(d, {"a": b"", "b": b""})
+    assert [f.name for f in fetch.locate("fake", d, download=False)] == ["a", "b"]
+
+
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_not_found_lists_every_place(fake, tmp_path, monkeypatch, how):
+    monkeypatch.setenv("LOCALNET_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    if how == "argument":
+        monkeypatch.delenv("LOCALNET_NO_DOWNLOAD")
+    with pytest.raises(DataError) as err:
+        fetch.locate("fake", tmp_path / "explicit", download=how == "environment")
+    message = str(err.value)
+    places = [tmp_path / "explicit", tmp_path / "env" / "fake", tmp_path / "xdg" / "localnet" / "fake",
+              tmp_path / "system" / "fake"]
+    positions = [message.index(str(p)) for p in places]
+    assert positions == sorted(positions)
+    assert "looked in" in message and "a.bin" in message and "ask a friend" in message
+    assert ("download=False" if how == "argument" else "LOCALNET_NO_DOWNLOAD") in message
+
+
+def test_fashion_mnist_hint(tmp_path, monkeypatch):
+    source = dataclasses.replace(fetch.REGISTRY["fashion-mnist"], system_dirs=(str(tmp_path / "nowhere"),))
+    monkeypatch.setitem(fetch.REGISTRY, "fashion-mnist", source)
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist") as err:
+        load_dataset("fashion-mnist")
+    assert str(tmp_path / "nowhere") in str(err.value)
+
+
+# ---------------------------------------------------------------- downloads (127.0.0.1 only)
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A local HTTP server; downloads are re-enabled and pointed at it."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    monkeypatch.delenv("LOCALNET_NO_DOWNLOAD")
+    monkeypatch.setenv("LOCALNET_MIRROR", f"http://127.0.0.1:{server.server_address[1]}/")
+    yield root
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_download_lands_and_verifies(fake, mirror, tmp_path, capsys):
+    fill(mirror)
+    files = fetch.locate("fake")
+    cache = tmp_path / "home" / ".cache" / "localnet" / "fake"
+    assert files == [cache / name for name in FILES]
+    assert {f.name: f.read_bytes() for f in files} == FILES
+    assert sorted(os.listdir(cache)) == sorted(FILES)  # no temporary files left behind
+    assert "downloading" in capsys.readouterr().err
+    assert fetch.locate("fake", download=False) == files  # found in the cache from now on
+
+
+def test_download_goes_to_localnet_data(fake, mirror, tmp_path, monkeypatch):
+    fill(mirror)
+    monkeypatch.setenv("LOCALNET_DATA", str(tmp_path / "env"))
+    assert fetch.locate("fake")[0] == tmp_path / "env" / "fake" / "a.bin"
+
+
+def test_download_mirror_argument(fake, mirror, tmp_path, monkeypatch):
+    fill(mirror)
+    url = os.environ["LOCALNET_MIRROR"]
+    monkeypatch.delenv("LOCALNET_MIRROR")
+    files = fetch.download_files("fake", tmp_path / "dest", mirror=url)
+    assert [f.read_bytes() for f in files] == list(FILES.values())
+
+
+def test_download_checksum_mismatch_leaves_nothing(fake, mirror, tmp_path):
+    fill(mirror, {"a.bin": b"alpha", "b.bin": b"tampered"})
+    with pytest.raises(DataError, match="corrupt") as err:
+        fetch.locate("fake")
+    assert "b.bin" in str(err.value) and "looked in" in str(err.value)
+    cache = tmp_path / "home" / ".cache" / "localnet" / "fake"
+    assert os.listdir(cache) == ["a.bin"]  # the good file stays, the bad one and its temporary do not
+
+
+def test_download_missing_file_on_mirror(fake, mirror, tmp_path):
+    fill(mirror, {"a.bin": b"alpha"})
+    with pytest.raises(DataError, match="404"):
+        fetch.locate("fake")
+    assert not (tmp_path / "home" / ".cache" / "localnet" / "fake" / "b.bin").exists()
+
+
+def test_load_mnist_end_to_end_through_mirror(mirror, monkeypatch):
+    rng = np.random.default_rng(1)
+    arrays = {
+        "train-images-idx3-ubyte.gz": rng.integers(0, 256, (12, 28, 28)),
+        "train-labels-idx1-ubyte.gz": rng.integers(0, 10, 12),
+        "t10k-images-idx3-ubyte.gz": rng.integers(0, 256, (5, 28, 28)),
+        "t10k-labels-idx1-ubyte.gz": rng.integers(0, 10, 5),
+    }
+    for name, array in arrays.items():
+        write_idx(mirror / name, array, gz=True)
+    sums = tuple(md5((mirror / name).read_bytes()) for name in arrays)
+    monkeypatch.setitem(fetch.REGISTRY, "mnist", fetch._idx_source("http://127.0.0.1:9/", sums, "mnist"))
+    ds = load_dataset("mnist", validation=2, scale="none")
+    np.testing.assert_array_equal(ds.train.x, arrays["train-images-idx3-ubyte.gz"][:10].reshape(10, 784))
+    np.testing.assert_array_equal(ds.validation.y, arrays["train-labels-idx1-ubyte.gz"][10:])
+    np.testing.assert_array_equal(ds.test.y, arrays["t10k-labels-idx1-ubyte.gz"])
+
+
+# ---------------------------------------------------------------- splits and scaling
+
+
+def raw_digits():
+    with np.load(DIGITS_FILE) as npz:
+        return npz["images"], npz["labels"]
+
+
+def rows(x):
+    return sorted(map(tuple, np.asarray(x).tolist()))
+
+
+def test_public_api():
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10")
+    ds = load_dataset("digits")
+    assert isinstance(ds, Dataset) and isinstance(ds.train, Split)
+    assert (ds.name, ds.n_features, ds.n_classes, ds.validation) == ("digits", 64, 10, None)
+    for split in (ds.train, ds.test):
+        assert split.x.dtype == np.float32 and split.y.dtype == np.int64
+        assert split.x.flags.c_contiguous and split.y.flags.c_contiguous
+
+
+def test_validation_is_last_n_of_training_set():
+    full = load_dataset("digits")
+    ds = load_dataset("digits", validation=50)
+    np.testing.assert_array_equal(ds.validation.x, full.train.x[-50:])
+    np.testing.assert_array_equal(ds.validation.y, full.train.y[-50:])
+    np.testing.assert_array_equal(ds.train.x, full.train.x[:-50])
+    np.testing.assert_array_equal(ds.test.x, full.test.x)
+    assert ds.validation.x.flags.c_contiguous
+
+
+@pytest.mark.parametrize("validation", [-1, 1438, 5000, 1.5, True])
+def test_bad_validation(validation):
+    with pytest.raises(DataError, match="validation"):
+        load_dataset("digits", validation=validation)
+
+
+def test_digits_test_split_is_fixed_and_disjoint():
+    x, y = raw_digits()
+    ds = load_dataset("digits", scale="none")
+    assert len(ds.test.y) == round(0.2 * 1797) == 359 and len(ds.train.y) == 1797 - 359
+    # together train and test are exactly the data set, so they cannot overlap
+    assert rows(np.vstack([ds.train.x, ds.test.x])) == rows(x)
+    assert sorted(np.concatenate([ds.train.y, ds.test.y])) == sorted(y)
+    again = load_dataset("digits", scale="none", validation=100)
+    np.testing.assert_array_equal(again.test.x, ds.test.x)
+    # pinned, so that a change in numpy's generator stream (which would move the test set) is noticed
+    assert ds.test.y[:10].tolist() == [2, 2, 3, 0, 8, 8, 7, 8, 3, 4]
+    small = load_dataset("digits", test=100, scale="none")
+    assert len(small.test.y) == 100 and set(rows(small.test.x)) <= set(rows(ds.test.x))
+
+
+@pytest.mark.parametrize("test", [0, 1797, -3])
+def test_bad_test_size(test):
+    with pytest.raises(DataError, match="test"):
+        load_dataset("digits", test=test)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "kmnist", "cifar10"])
+def test_test_argument_refused_for_official_splits(name):
+    with pytest.raises(DataError, match="official test split"):
+        load_dataset(name, test=100)
+
+
+def test_scales():
+    raw = load_dataset("digits", scale="none", dtype=np.float64)
+    unit = load_dataset("digits", scale="unit")
+    std = load_dataset("digits", scale="standard", validation=200)
+    assert raw.train.x.dtype == np.float64 and raw.train.x.max() == 16
+    assert np.array_equal(raw.train.x, raw.train.x.round())
+    np.testing.assert_allclose(unit.train.x, raw.train.x / 16, rtol=1e-6)
+    assert unit.train.x.min() == 0 and unit.train.x.max() == 1
+
+    train = raw.train.x[:-200]
+    mean, sd = train.mean(0), train.std(0)
+    constant = sd == 0
+    assert constant.any()  # digits has always-blank pixels: they must become 0, not NaN
+    sd[constant] = 1
+    np.testing.assert_allclose(std.train.x.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(std.train.x.std(0, dtype=np.float64)[~constant], 1, rtol=1e-5)
+    assert not np.isnan(std.train.x).any() and (std.train.x[:, constant] == 0).all()
+    # validation and test are scaled with training statistics, not their own
+    np.testing.assert_allclose(std.validation.x, (raw.train.x[-200:] - mean) / sd, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.test.x, (raw.test.x - mean) / sd, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"name": "imagenet"}, "unknown data set"), ({"scale": "minmax"}, "unknown scale"), ({"dtype": np.int32}, "dtype")],
+)
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        load_dataset(**{"name": "digits", **kwargs})
+
+
+def test_digits_path_argument(tmp_path):
+    x, y = raw_digits()
+    np.savez_compressed(tmp_path / "digits.npz", images=x[:100], labels=y[:100])
+    assert len(load_dataset("digits", path=tmp_path, test=20).train.y) == 80
+    with pytest.raises(DataError, match=str(tmp_path / "empty" / "digits.npz")):
+        load_dataset("digits", path=tmp_path / "empty")
+
+
+def test_corrupt_local_file_gives_data_error(tmp_path):
+    for name in fetch.REGISTRY["mnist"].files:
+        write_idx(tmp_path / name, np.zeros((2, 28, 28) if "images" in name else 2), gz=True)
+    victim = tmp_path / "train-images-idx3-ubyte.gz"
+    victim.write_bytes(victim.read_bytes()[:-8])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
+        load_dataset("mnist", path=tmp_path)
+
+
+@pytest.mark.skipif(not FASHION.is_dir(), reason="dataset-fashion-mnist is not installed")
+def test_real_fashion_mnist_from_system_dir():
+    ds = load_dataset("fashion-mnist", download=False)
+    assert ds.train.x.shape == (60000, 784) and ds.test.x.shape == (10000, 784)
+    assert (ds.n_features, ds.n_classes) == (784, 10)
+    for split in (ds.train, ds.test):
+        assert split.y.min() == 0 and split.y.max() == 9
+        assert split.x.min() == 0 and split.x.max() == 1
+    assert np.bincount(ds.train.y).tolist() == [6000] * 10
