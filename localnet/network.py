@@ -74,13 +74,13 @@ class Network:
         return x, y
 
     def forward(self, x, train=False) -> list:
-        """Activations h_1..h_L for a batch (stochastic units give their mean unless `train`)."""
+        """Copies of the activations h_1..h_L for a batch (stochastic units give their mean unless `train`)."""
         x, y = self._batch(x)
         self.engine.forward(x, y, train)
-        return [layer.h for layer in self.layers.values()]
+        return [layer.h.copy() for layer in self.layers.values()]
 
     def targets(self, x, y) -> list:
-        """The targets ĥ_1..ĥ_L the rule would send for this batch, with no parameter change.
+        """Copies of the targets ĥ_1..ĥ_L the rule would send for this batch, with no parameter change.
 
         A layer that receives a gradient δ instead (backprop; the output layer in Lee et al.'s setting) reports
         the equivalent target h − η̂ δ.
@@ -89,7 +89,7 @@ class Network:
         self.engine.backward()
         for layer in self.layers.values():
             layer.grads = None
-        return [layer.target for layer in self.layers.values()]
+        return [layer.target.copy() for layer in self.layers.values()]
 
     def train_step(self, x, y) -> dict:
         """One step of the rule on a batch: forward, feedback training, targets, forward update."""

@@ -23,6 +23,7 @@ LR = 0.5  # forward SGD learning rate
 FLR = 0.25  # feedback SGD learning rate
 F64 = {"rtol": 1e-10, "atol": 1e-12}
 FD = {"rtol": 1e-6, "atol": 1e-8}
+BACKEND = "numpy"  # the reference backend; `auto` may pick a JIT backend whose compile time and tolerances differ
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def layer(name, size, activation="tanh", bias=True, feedback=None):
 
 def make_spec(layers, *, rule="dtp", first_target="output", eta=0.3, loss="softmax_cross_entropy",
               feedback=None, noise=0.0, iterations=1, dtype="float64", seed=0):
-    return {"name": "t", "data": {"name": "digits"}, "seed": seed, "dtype": dtype,
+    return {"name": "t", "data": {"name": "digits"}, "seed": seed, "dtype": dtype, "backend": BACKEND,
             "network": {"layers": layers, "feedback": feedback or {"activation": "tanh"}, "loss": loss},
             "rule": {"name": rule, "target_step": eta, "first_target": first_target,
                      "feedback_noise": noise, "feedback_iterations": iterations},

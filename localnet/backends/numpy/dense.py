@@ -39,8 +39,8 @@ def input_grad(e, W):
 
 
 def difference_target(x, h, target, V, c, fb_act):
-    """DTP: ĥ_{i-1} = h_{i-1} + g(ĥ_i) − g(h_i)."""
-    return x + feedback(target, V, c, fb_act) - feedback(h, V, c, fb_act)
+    """DTP: ĥ_{i-1} = h_{i-1} + (g(ĥ_i) − g(h_i)); the bracket makes ĥ_i = h_i give ĥ_{i-1} = h_{i-1} exactly."""
+    return x + (feedback(target, V, c, fb_act) - feedback(h, V, c, fb_act))
 
 
 def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
