@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import localnet
+from oracle import act
 
 N_FEATURES, N_CLASSES, BATCH = 5, 4, 7
 LR = 0.5  # forward SGD learning rate
@@ -29,20 +30,6 @@ BACKEND = "numpy"  # the reference backend; `auto` may pick a JIT backend whose 
 # --------------------------------------------------------------------------------------------------------------
 # The oracle
 # --------------------------------------------------------------------------------------------------------------
-def act(name, a):
-    if name == "linear":
-        return a
-    if name == "tanh":
-        return np.tanh(a)
-    if name == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-a))
-    if name == "relu":
-        return np.where(a > 0, a, 0.0)
-    if name == "step":
-        return np.where(a >= 0, 1.0, -1.0)
-    raise AssertionError(name)
-
-
 def dact(name, a):
     if name == "linear":
         return np.ones_like(a)

@@ -3,21 +3,27 @@
 import numpy as np
 
 
+def _decayed(p, g, spec):
+    return g + spec.weight_decay * p if spec.weight_decay else g
+
+
+def _with_momentum(step, state, spec):
+    """Heavy-ball momentum on the step direction (PyTorch's convention: buf = μ·buf + step)."""
+    if not spec.momentum:
+        return step
+    buf = state["momentum"]
+    buf *= spec.momentum
+    buf += step
+    return buf
+
+
 def sgd(p, g, state, spec, t):
-    if spec.weight_decay:
-        g = g + spec.weight_decay * p
-    if spec.momentum:
-        buf = state["momentum"]
-        buf *= spec.momentum
-        buf += g
-        g = buf
-    p -= spec.lr * g
+    p -= spec.lr * _with_momentum(_decayed(p, g, spec), state, spec)
 
 
 def rmsprop(p, g, state, spec, t):
     """RMSprop with eps inside the square root (Graves 2013; Lee et al.'s DTP code), optionally centered."""
-    if spec.weight_decay:
-        g = g + spec.weight_decay * p
+    g = _decayed(p, g, spec)
     v = state["square_avg"]
     v *= spec.alpha
     v += (1 - spec.alpha) * g * g
@@ -28,18 +34,12 @@ def rmsprop(p, g, state, spec, t):
         step = g / np.sqrt(v - m * m + spec.eps)
     else:
         step = g / np.sqrt(v + spec.eps)
-    if spec.momentum:
-        buf = state["momentum"]
-        buf *= spec.momentum
-        buf += step
-        step = buf
-    p -= spec.lr * step
+    p -= spec.lr * _with_momentum(step, state, spec)
 
 
 def adam(p, g, state, spec, t):
     """Adam with bias correction (Kingma & Ba 2015); t counts steps from 1."""
-    if spec.weight_decay:
-        g = g + spec.weight_decay * p
+    g = _decayed(p, g, spec)
     beta1, beta2 = spec.betas
     m, v = state["m"], state["v"]
     m *= beta1

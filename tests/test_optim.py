@@ -1,0 +1,65 @@
+"""Optimiser steps against their textbook formulas, written out independently for two steps."""
+
+import numpy as np
+import pytest
+
+from localnet.backends.numpy import optim
+from localnet.optim import Optimizer
+from localnet.spec import OptimizerSpec
+
+import localnet.backends.numpy as numpy_backend
+
+
+def run(spec, grads, p0):
+    params = {"W": p0.copy()}
+    opt = Optimizer(spec, params, numpy_backend.optim)
+    for g in grads:
+        opt.step(params, {"W": g.copy()})
+    return params["W"]
+
+
+@pytest.fixture
+def case():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal(5), [rng.standard_normal(5) for _ in range(2)]
+
+
+def test_sgd_with_momentum_and_weight_decay(case):
+    p, grads = case
+    spec = OptimizerSpec(type="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
+    want, buf = p.copy(), np.zeros(5)
+    for g in grads:
+        buf = 0.9 * buf + (g + 0.01 * want)
+        want = want - 0.1 * buf
+    np.testing.assert_allclose(run(spec, grads, p), want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("centered", [False, True])
+def test_rmsprop_eps_inside_the_square_root(case, centered):
+    p, grads = case
+    spec = OptimizerSpec(type="rmsprop", lr=0.01, alpha=0.95, eps=1e-3, momentum=0.9, centered=centered)
+    want, v, m, buf = p.copy(), np.zeros(5), np.zeros(5), np.zeros(5)
+    for g in grads:
+        v = 0.95 * v + 0.05 * g ** 2
+        m = 0.95 * m + 0.05 * g
+        denom = np.sqrt(v - m ** 2 + 1e-3) if centered else np.sqrt(v + 1e-3)
+        buf = 0.9 * buf + g / denom
+        want = want - 0.01 * buf
+    np.testing.assert_allclose(run(spec, grads, p), want, rtol=1e-14)
+
+
+def test_adam_with_bias_correction(case):
+    p, grads = case
+    spec = OptimizerSpec(type="adam", lr=0.01, betas=(0.9, 0.99), eps=1e-8)
+    want, m, v = p.copy(), np.zeros(5), np.zeros(5)
+    for t, g in enumerate(grads, start=1):
+        m = 0.9 * m + 0.1 * g
+        v = 0.99 * v + 0.01 * g ** 2
+        want = want - 0.01 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.99 ** t)) + 1e-8)
+    np.testing.assert_allclose(run(spec, grads, p), want, rtol=1e-14)
+
+
+def test_state_names_follow_the_options():
+    assert optim.state_names(OptimizerSpec(type="sgd")) == ()
+    assert optim.state_names(OptimizerSpec(type="rmsprop", centered=True, momentum=0.5)) == (
+        "square_avg", "grad_avg", "momentum")
