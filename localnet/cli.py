@@ -8,10 +8,11 @@ import sys
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import LocalnetError, SpecError
+from .errors import Interrupted, LocalnetError, SpecError
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -23,10 +24,13 @@ def _fail_cleanly(command):
         try:
             return command(*args, **kwargs)
         except SpecError as exc:
-            err.print(f"[bold red]spec error:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]spec error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             sys.exit(2)
+        except Interrupted as exc:
+            err.print(f"[bold yellow]interrupted:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+            sys.exit(130)
         except LocalnetError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -51,19 +55,33 @@ def main():
 
 
 @main.command()
-@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False))
 @set_option
 @click.option("--backend", help="Override the spec's backend.")
 @click.option("--runs-dir", default=lambda: os.environ.get("LOCALNET_RUNS", "runs"), show_default="runs",
               help="Where run directories are created (or $LOCALNET_RUNS).")
+@click.option("--resume", "resume_dir", metavar="RUN_DIR", type=click.Path(file_okay=False),
+              help="Continue RUN_DIR from its last checkpoint, with its own spec (no SPEC, --set or --backend).")
 @_fail_cleanly
-def run(spec_path, overrides, backend, runs_dir):
-    """Train the network SPEC describes and write a run directory."""
-    from .training import train
-    spec = _load(spec_path, overrides, backend)
-    console.print(f"[bold]{spec.name}[/]: {spec.rule.name} on {spec.data.name}, "
-                  f"{len(spec.network.layers)} layers, {spec.train.epochs} epochs, batch {spec.train.batch_size}, "
-                  f"{spec.dtype}, seed {spec.seed}", soft_wrap=True)
+def run(spec_path, overrides, backend, runs_dir, resume_dir):
+    """Train the network SPEC describes and write a run directory, or continue one with --resume RUN_DIR.
+
+    SIGINT (Ctrl-C) or SIGTERM finishes the current batch, writes a checkpoint and exits with status 130; a second
+    one aborts at once, keeping the previous checkpoint.
+    """
+    from .training import resume, stop_on_signals, train
+    if resume_dir is not None:
+        if spec_path is not None or overrides or backend:
+            raise click.UsageError("--resume continues a run with its own spec; give no SPEC, --set or --backend")
+    elif spec_path is None:
+        raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    if resume_dir is None:
+        spec = _load(spec_path, overrides, backend)
+        console.print(f"[bold]{escape(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "
+                      f"{len(spec.network.layers)} layers, {spec.train.epochs} epochs, batch "
+                      f"{spec.train.batch_size}, {spec.dtype}, seed {spec.seed}", soft_wrap=True)
+    else:
+        console.print(f"resuming {escape(str(resume_dir))}", soft_wrap=True)
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)
 
@@ -74,10 +92,14 @@ def run(spec_path, overrides, backend, runs_dir):
                                f"train acc {100 * r['train_accuracy']:.2f}%{val}  {r['seconds']:.2f}s", soft_wrap=True)
         progress.update(task, completed=0, epoch=r["epoch"] + 1)
 
-    with progress:
-        task = progress.add_task("train", total=None, epoch=1)
-        summary, run_dir = train(spec, runs_root=runs_dir, on_epoch=on_epoch,
-                                 on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    callbacks = dict(on_epoch=on_epoch,
+                     on_batch=lambda done, total: progress.update(task, completed=done, total=total))
+    with progress, stop_on_signals() as stop:
+        task = progress.add_task("train", total=None, epoch=1 if resume_dir is None else "")
+        if resume_dir is None:
+            summary, run_dir = train(spec, runs_root=runs_dir, stop=stop, **callbacks)
+        else:
+            summary, run_dir = resume(resume_dir, stop=stop, on_warning=_warn, **callbacks)
     table = Table(title="summary", show_header=False, box=None)
     for key in ("train", "validation", "test"):
         if f"{key}_accuracy" in summary:
@@ -86,7 +108,11 @@ def run(spec_path, overrides, backend, runs_dir):
     if summary.get("seconds_per_epoch") is not None:
         table.add_row("seconds / epoch", f"{summary['seconds_per_epoch']:.2f}", "(median, training only)")
     console.print(table)
-    console.print(f"run directory: {run_dir.path}", soft_wrap=True)
+    console.print(f"run directory: {escape(str(run_dir.path))}", soft_wrap=True)
+
+
+def _warn(message):
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
 
 
 @main.command()
@@ -99,12 +125,12 @@ def show(spec_path, overrides):
     spec = _load(spec_path, overrides)
     net = build(spec)
     g = net.graph
-    layers = Table(title=f"{spec.name}: layers ({spec.rule.name}, backend {net.backend.NAME}, {spec.dtype})")
+    layers = Table(title=f"{escape(spec.name)}: layers ({spec.rule.name}, backend {net.backend.NAME}, {spec.dtype})")
     for col in ("layer", "in", "out", "activation", "feedback g", "forward opt.", "feedback opt."):
         layers.add_column(col)
     for name, layer in net.layers.items():
         fo, bo = layer.forward_optimizer.spec, layer.feedback_optimizer
-        layers.add_row(name, str(layer.n_in), str(layer.size), layer.activation,
+        layers.add_row(escape(name), str(layer.n_in), str(layer.size), layer.activation,
                        f"{layer.feedback_activation} {layer.size}->{layer.n_in}" if layer.has_feedback else "-",
                        f"{fo.type} {fo.lr:.3g}", f"{bo.spec.type} {bo.spec.lr:.3g}" if bo else "-")
     console.print(layers)
@@ -112,15 +138,16 @@ def show(spec_path, overrides):
     for col in ("from", "to", "kind", "shape", "dtype"):
         channels.add_column(col)
     for c in g.channels:
-        channels.add_row(c.sender, c.receiver, c.kind, "x".join(map(str, c.shape)) or "scalar", c.dtype)
+        channels.add_row(escape(c.sender), escape(c.receiver), c.kind, "x".join(map(str, c.shape)) or "scalar",
+                         c.dtype)
     console.print(channels)
     console.print("[bold]schedule[/]")
-    console.print("  forward:  " + " -> ".join(g.forward_order))
+    console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
     if g.feedback_layers:
-        console.print("  feedback: " + ", ".join(g.feedback_layers) +
+        console.print(escape("  feedback: " + ", ".join(g.feedback_layers)) +
                       f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g})")
-    console.print("  backward: " + " -> ".join(n for n in g.backward_order if n != "input"))
-    console.print("  update:   " + ", ".join(g.layers))
+    console.print(escape("  backward: " + " -> ".join(n for n in g.backward_order if n != "input")))
+    console.print(escape("  update:   " + ", ".join(g.layers)))
 
 
 @main.command(name="eval")
@@ -131,7 +158,60 @@ def eval_(run_dir, split):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
     result, run = evaluate_run(run_dir, split)
-    console.print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  ({run.path})")
-    reported = run.summary().get(f"{split}_accuracy")
+    console.print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
+                  f"({escape(str(run.path))})", soft_wrap=True)
+    summary = run.summary()
+    skipped = run.read_metrics()[1]
+    if skipped:
+        _warn(run.metrics_warning(skipped))
+    if summary.get("status") != "completed":
+        _warn(f"the run is {summary.get('status')}: this is its last checkpoint "
+              f"(epoch {summary.get('checkpoint', {}).get('epoch', '?')}), not a finished model")
+    reported = summary.get(f"{split}_accuracy")
     if reported is not None:
         console.print(f"training reported {100 * reported:.2f}%")
+
+
+@main.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@_fail_cleanly
+def report(run_dirs):
+    """Print each RUN_DIR's status, checkpoint and per-epoch metrics (completed, interrupted or killed runs)."""
+    from .runs import RunDir
+    for path in run_dirs:
+        run = RunDir(path)
+        run.check()
+        summary = run.summary()
+        status = summary.get("status", "?")
+        if status == "running" and not run.in_use():
+            status = "stopped without a trace (killed?); resume with `localnet run --resume`"
+        checkpoint = run.checkpoint_path()
+        where = "none"
+        if checkpoint is not None:
+            trainer = run.load_trainer_state(checkpoint)
+            where = ", ".join(f"{key} {trainer[key] + (key != 'epoch')}" for key in ("epoch", "pass", "batch")
+                              if isinstance(trainer.get(key), int))
+            where = (f"final ({checkpoint.relative_to(run.path)})" if summary.get("status") == "completed"
+                     else f"resumes at {where or '?'} ({checkpoint.relative_to(run.path)})")
+        console.print(f"[bold]{escape(str(run.path))}[/]", soft_wrap=True)
+        console.print(f"  status: {escape(str(status))}", soft_wrap=True)
+        if summary.get("error"):
+            console.print(f"  error: {escape(str(summary['error']))}", soft_wrap=True)
+        console.print(f"  checkpoint: {escape(where)}", soft_wrap=True)
+        records, skipped = run.read_metrics()
+        if skipped:
+            _warn(run.metrics_warning(skipped))
+        table = Table(box=None)
+        for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
+            table.add_column(col, justify="right")
+        for r in records:
+            def num(key, fmt):
+                return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
+            table.add_row(escape(str(r.get("epoch", "?"))), num("train_loss", "{:.4f}"),
+                          num("train_accuracy", "{:.2%}"), num("val_loss", "{:.4f}"), num("val_accuracy", "{:.2%}"),
+                          num("seconds", "{:.2f}"))
+        if records:
+            console.print(table)
+        for split in ("train", "validation", "test"):
+            if isinstance(summary.get(f"{split}_accuracy"), (int, float)):
+                console.print(f"  {split} accuracy {100 * summary[split + '_accuracy']:.2f}%")

@@ -1,6 +1,18 @@
 """One exception hierarchy, so the CLI can turn any expected failure into one clear line."""
 
 
+def short_repr(value, limit=60):
+    """repr() cut to `limit` characters: one line, escapes included, whatever a hostile file put in a name."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _key(part):
+    """A key path element as written, unless it is long or holds a line break or other unprintable character."""
+    text = str(part)
+    return text if text.isprintable() and len(text) <= 60 else short_repr(part)
+
+
 class LocalnetError(Exception):
     """Base of every error localnet raises on purpose; the CLI prints it without a traceback."""
 
@@ -18,7 +30,7 @@ class SpecError(LocalnetError):
         where = str(self.file) if self.file else "<spec>"
         if self.line is not None:
             where += f":{self.line}"
-        key = ".".join(str(p) for p in self.path) or "<top>"
+        key = ".".join(_key(p) for p in self.path) or "<top>"
         msg = f"{where}: {key}: {self.detail}"
         if self.expected is not None:
             msg += f"; expected {self.expected}"
@@ -37,6 +49,10 @@ class DataError(LocalnetError):
 
 class RunError(LocalnetError):
     """A run directory is missing, incomplete or does not match what was asked of it."""
+
+
+class Interrupted(LocalnetError):
+    """Training stopped on request (SIGINT or SIGTERM) after writing a checkpoint at its current position."""
 
 
 class LocalityError(LocalnetError):

@@ -3,6 +3,8 @@ terms: the spec is the model, `build` makes the objects, the engine runs them)."
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import backends
@@ -145,6 +147,39 @@ class Network:
                 if value.shape != own[key].shape:
                     raise LocalnetError(f"layer {name!r}, {key}: shape {value.shape}, expected {own[key].shape}")
                 own[key][...] = value
+
+    # -- full state, for checkpoints ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        """{layer: that layer's full state} (parameters, optimiser moments and step counts, generator state);
+        each layer's part is its own, so each can be stored (and, later, written by its rank) separately."""
+        return {name: layer.state() for name, layer in self.layers.items()}
+
+    def load_state(self, states: dict):
+        """Restore every layer from `state()`'s output; each layer checks its own part before changing."""
+        if set(states) != set(self.layers):
+            raise LocalnetError(f"state names layers {sorted(states)}, the network has {sorted(self.layers)}")
+        for name, layer in self.layers.items():
+            layer.load_state(states[name])
+
+    # -- the divergence guard ----------------------------------------------------------------------------------
+    def looks_finite(self) -> bool:
+        """The per-batch check: the loss, each layer's reconstruction loss and one sum per target. Cheap
+        (no pass over any parameter); False means something may be non-finite, and `find_nonfinite` says what."""
+        if self.loss.value is not None and not math.isfinite(self.loss.value):
+            return False
+        return all(layer.looks_finite() for layer in self.layers.values())
+
+    def find_nonfinite(self, phases=None):
+        """(layer, phase) of the first NaN or Inf, scanning phases in the order a step computes them
+        (activations up the schedule, feedback parameters, targets down the schedule, forward parameters,
+        optimiser state), or None when every value is finite."""
+        forward = [n for n in self.graph.forward_order if n in self.layers]
+        backward = [n for n in self.graph.backward_order if n in self.layers]
+        for phase in phases or DenseLayer.PHASES:
+            for name in (backward if phase == "target" else forward):
+                if self.layers[name].nonfinite(phase):
+                    return name, phase
+        return None
 
 
 def _down_kinds(graph, name):

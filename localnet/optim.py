@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import LocalnetError
+
 
 class Optimizer:
     def __init__(self, spec, params: dict, kernels):
@@ -17,3 +19,26 @@ class Optimizer:
         self.t += 1
         for name, grad in grads.items():
             self._step(params[name], grad, self.state[name], self.spec, self.t)
+
+    def state_dict(self) -> dict:
+        """Copies of everything a later step depends on: {"t": steps taken, "<param>.<state>": array}."""
+        out = {"t": np.array(self.t, np.int64)}
+        for name, arrays in self.state.items():
+            for key, value in arrays.items():
+                out[f"{name}.{key}"] = value.copy()
+        return out
+
+    def load_state_dict(self, state: dict):
+        """Restore from `state_dict()`'s output, in place; every key, shape and dtype must match."""
+        own = self.state_dict()
+        if set(state) != set(own):
+            raise LocalnetError(f"optimiser state has {sorted(state)}, expected {sorted(own)}")
+        for key, value in state.items():
+            value = np.asarray(value)
+            if value.shape != own[key].shape or value.dtype != own[key].dtype:
+                raise LocalnetError(f"optimiser state {key}: {value.dtype} of shape {value.shape}, "
+                                    f"expected {own[key].dtype} of shape {own[key].shape}")
+        for name, arrays in self.state.items():
+            for key, array in arrays.items():
+                array[...] = state[f"{name}.{key}"]
+        self.t = int(state["t"])

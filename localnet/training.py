@@ -1,22 +1,128 @@
-"""The training loop: data in, epochs of the rule's steps, metrics and a checkpoint out to a run directory."""
+"""The training loop: data in, epochs of the rule's steps, metrics and checkpoints out to a run directory.
+
+A run can be resumed from its last checkpoint (`resume`) and ends with the same parameters, bit for bit, as if it
+had never stopped: a checkpoint holds every layer's full state (parameters, optimiser state, generator state), the
+position in the schedule (epoch, pass, next batch), the data-order generator's state at the start of that epoch
+(so the epoch's permutation is drawn again), the running metric sums and the time spent.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
 import time
+import warnings
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from .data import load_dataset
-from .errors import LocalnetError
+from .errors import Interrupted, LocalnetError, RunError
 from .network import build
 from .runs import RunDir
+from .spec import load_spec
 
 DATA_ORDER_STREAM = 0xDA7A  # mixed into the seed so the shuffling stream differs from every layer's
+CHECKPOINT_FORMAT = 1
 
 
 class Diverged(LocalnetError):
-    """The loss became NaN or infinite: training stops instead of producing a garbage model."""
+    """A NaN or Inf appeared (loss, activation, target, parameter): training stops instead of producing a
+    garbage model; the last good checkpoint is kept."""
+
+
+# -- stopping on a signal ---------------------------------------------------------------------------------------
+class StopRequest:
+    """Set by a signal handler, read by the training loop between batches."""
+
+    def __init__(self):
+        self.signal = None
+
+    def request(self, signum=signal.SIGINT):
+        self.signal = signum
+
+    def __bool__(self):
+        return self.signal is not None
+
+    @property
+    def name(self):
+        return signal.Signals(self.signal).name if self.signal is not None else None
+
+
+@contextlib.contextmanager
+def stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """While inside, SIGINT and SIGTERM ask the training loop to finish its batch, checkpoint and stop; a second
+    signal aborts at once (KeyboardInterrupt; the previous checkpoint stays in force). The previous handlers
+    are restored on the way out. Main thread only, as Python's signal handling is."""
+    request = StopRequest()
+
+    def handler(signum, frame):
+        if request:
+            raise KeyboardInterrupt
+        request.request(signum)
+
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield request
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+# -- where a run is ---------------------------------------------------------------------------------------------
+@dataclass
+class Position:
+    """The trainer's state at a batch boundary: the next batch to train is `batch` of pass `pass_` of `epoch`."""
+
+    epoch: int = 1
+    pass_: int = 0
+    batch: int = 0
+    data_rng: dict | None = None  # the data-order generator's state at the start of `epoch`
+    loss_sum: float = 0.0  # running sums over `epoch`'s metrics pass so far
+    correct: int = 0
+    seen: int = 0
+    epoch_seconds: float = 0.0  # training time already spent in `epoch`
+    seconds: list = field(default_factory=list)  # training time of each completed epoch
+    steps: int = 0  # batches trained since the run began
+
+    def to_dict(self):
+        return {"format": CHECKPOINT_FORMAT,
+                **{("pass" if k == "pass_" else k): v for k, v in asdict(self).items()}}
+
+    @classmethod
+    def from_dict(cls, data, where, *, epochs, passes, batches):
+        """Check a trainer state read from `where` against the run's schedule; RunError naming it if it does
+        not fit."""
+        def bad(why):
+            return RunError(f"checkpoint file {where} is invalid: {why}")
+
+        if data.get("format") != CHECKPOINT_FORMAT:
+            raise bad(f"format {data.get('format')!r}, this localnet reads {CHECKPOINT_FORMAT}")
+        kwargs = {}
+        for f in fields(cls):
+            key = "pass" if f.name == "pass_" else f.name
+            if key not in data:
+                raise bad(f"no {key!r}")
+            kwargs[f.name] = data[key]
+        pos = cls(**kwargs)
+        ints = ("epoch", "pass_", "batch", "correct", "seen", "steps")
+        if not all(isinstance(getattr(pos, k), int) and not isinstance(getattr(pos, k), bool)
+                   and getattr(pos, k) >= 0 for k in ints):
+            raise bad("epoch, pass, batch and counts must be non-negative integers")
+        if not all(isinstance(getattr(pos, k), (int, float)) for k in ("loss_sum", "epoch_seconds")):
+            raise bad("loss_sum and epoch_seconds must be numbers")
+        if not isinstance(pos.seconds, list) or not all(isinstance(s, (int, float)) for s in pos.seconds):
+            raise bad("seconds must be a list of numbers")
+        if not 1 <= pos.epoch <= epochs + 1 or pos.pass_ >= passes or pos.batch >= max(batches, 1):
+            raise bad(f"position epoch {pos.epoch}, pass {pos.pass_}, batch {pos.batch} is outside the run's "
+                      f"schedule ({epochs} epochs of {passes} pass(es) of {batches} batches)")
+        if pos.data_rng is not None:
+            try:
+                np.random.PCG64().state = pos.data_rng
+            except (ValueError, TypeError, KeyError) as exc:
+                raise bad(f"data order generator state: {exc}") from None
+        return pos
 
 
 def load_data(spec):
@@ -25,63 +131,165 @@ def load_data(spec):
                         dtype=np.dtype(spec.dtype), download=d.download)
 
 
-def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None):
+def _passes(spec, net):
+    if spec.rule.schedule == "alternate_epoch" and net.graph.feedback_layers:
+        return [net.feedback_step, net.forward_step]
+    return [net.train_step]
+
+
+# -- entry points -----------------------------------------------------------------------------------------------
+def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     """Train `spec` to the end, logging to a new run directory; returns (summary, run directory).
 
     Everything that can fail on bad input (spec, graph, data) fails before the run directory exists.
-    `on_batch(done, total)` and `on_epoch(record)` report progress.
+    `on_batch(done, total)` and `on_epoch(record)` report progress; when `stop` (a StopRequest) becomes true,
+    the loop checkpoints at the next batch boundary and raises Interrupted.
     """
     data = load_data(spec)
     net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
     run = RunDir.create(runs_root, spec, net.backend.NAME)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
+    return _run(spec, net, data, run, Position(), None, summary, on_epoch, on_batch, stop)
+
+
+def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None):
+    """Continue a run from its last checkpoint (from the start if it stopped before its first one), with the run
+    directory's own spec and backend; returns (summary, run directory) like `train`.
+
+    Metrics logged after the checkpoint are dropped (the resumed run logs those epochs again). A completed run,
+    a directory that is not a run, a run another process holds, and a checkpoint that cannot be read or does not
+    fit the run's network are refused with a RunError.
+    """
+    warn = on_warning or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
+    run = RunDir(run_dir)
+    run.check()
+    run.lock()
     try:
-        summary.update(_loop(spec, net, data, run, on_epoch, on_batch))
+        previous = run.summary()
+        if previous.get("status") == "completed":
+            raise RunError(f"{run.path} is completed; there is nothing to resume")
+        spec = run.spec()
+        backend = run.environment().get("backend")
+        if spec.backend == "auto" and isinstance(backend, str):
+            spec = load_spec(spec, [f"backend={backend}"])  # the backend it trained with, not today's fastest
+        data = load_data(spec)
+        net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+        pos, saved = _restore(run, spec, net, data)
+        records, skipped = run.read_metrics()
+        if skipped:
+            warn(run.metrics_warning(skipped))
+        run.rewrite_metrics([r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] < pos.epoch])
+        resumes = previous.get("resumes")
+        summary = {"status": "running", "run_dir": str(run.path), "epochs": pos.epoch - 1,
+                   "resumes": (resumes if isinstance(resumes, int) else 0) + 1,
+                   "resumed_at": {"epoch": pos.epoch, "pass": pos.pass_, "batch": pos.batch}}
+        run.write_summary(summary)
+    except BaseException:
+        run.unlock()
+        raise
+    return _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop)
+
+
+def _restore(run, spec, net, data):
+    """The position and network state of the run's current checkpoint; (start, None) when it has none."""
+    checkpoint = run.checkpoint_path()
+    if checkpoint is None:
+        return Position(), None
+    trainer = run.load_trainer_state(checkpoint)
+    batches = math.ceil(len(data.train.x) / spec.train.batch_size)
+    pos = Position.from_dict(trainer, checkpoint / "trainer.json", epochs=spec.train.epochs,
+                             passes=len(_passes(spec, net)), batches=batches)
+    if trainer.get("layers") != list(net.layers):
+        raise RunError(f"checkpoint file {checkpoint / 'trainer.json'} names layers {trainer.get('layers')}, "
+                       f"the run's network has {list(net.layers)}")
+    for name, state in run.load_layer_states(checkpoint, net.layers, trainer).items():
+        try:
+            net.layers[name].load_state(state)
+        except LocalnetError as exc:
+            raise RunError(f"checkpoint file {checkpoint / (name + '.npz')} does not fit the run's network: "
+                           f"{exc}") from None
+    return pos, (pos.epoch, pos.pass_, pos.batch)
+
+
+def _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
+    """Train from `pos`, then evaluate; the summary records how it ended whatever happens."""
+    try:
+        summary.update(_loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop))
         summary["status"] = "completed"
     except Diverged as exc:
         summary.update(status="diverged", error=str(exc))
         raise
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt) as exc:
         summary.update(status="interrupted")
+        if isinstance(exc, Interrupted):
+            summary["error"] = str(exc)
         raise
     except Exception as exc:
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
-        run.write_summary(summary)
+        try:
+            run.write_summary(summary)
+        finally:
+            run.unlock()
     return summary, run
 
 
-def _loop(spec, net, data, run, on_epoch, on_batch):
+def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
     t = spec.train
-    rng = np.random.default_rng([spec.seed, DATA_ORDER_STREAM])
     x, y = data.train.x, data.train.y
     n = len(x)
     starts = range(0, n, t.batch_size)
-    passes = ([net.feedback_step, net.forward_step] if spec.rule.schedule == "alternate_epoch"
-              and net.graph.feedback_layers else [net.train_step])
+    passes = _passes(spec, net)
     total = len(starts) * len(passes)
-    seconds = []
-    for epoch in range(1, t.epochs + 1):
+    rng = np.random.default_rng([spec.seed, DATA_ORDER_STREAM])
+    if pos.data_rng is not None:
+        rng.bit_generator.state = pos.data_rng
+    seconds, steps = list(pos.seconds), pos.steps
+
+    def checkpoint(p: Position, why):
+        nonlocal saved
+        found = net.find_nonfinite(("feedback parameters", "forward parameters", "optimiser state"))
+        if found:
+            raise Diverged(f"non-finite values before the checkpoint at epoch {p.epoch}, pass {p.pass_ + 1}, "
+                           f"batch {p.batch + 1} ({why}): layer {found[0]!r}, {found[1]}; stopped"
+                           f"{_kept(saved)}")
+        run.save_checkpoint(net.state(), p.to_dict())
+        saved = (p.epoch, p.pass_, p.batch)
+        summary.update(epochs=p.epoch - 1, checkpoint={"epoch": p.epoch, "pass": p.pass_, "batch": p.batch})
+        run.write_summary(summary)
+
+    for epoch in range(pos.epoch, t.epochs + 1):
+        resumed = epoch == pos.epoch
+        epoch_rng = rng.bit_generator.state  # before this epoch's permutation: drawing it again gives the same
         order = rng.permutation(n) if t.shuffle else np.arange(n)
+        loss_sum, correct, seen = (pos.loss_sum, pos.correct, pos.seen) if resumed else (0.0, 0, 0)
+        spent = pos.epoch_seconds if resumed else 0.0
+        first_pass, first_batch = (pos.pass_, pos.batch) if resumed else (0, 0)
         began = time.perf_counter()
-        loss_sum = correct = seen = done = 0
-        for step in passes:
-            for start in starts:
+        for p in range(first_pass, len(passes)):
+            step = passes[p]
+            for b in range(first_batch if p == first_pass else 0, len(starts)):
+                if stop:
+                    checkpoint(Position(epoch, p, b, epoch_rng, loss_sum, correct, seen,
+                                        spent + time.perf_counter() - began, seconds, steps), "interrupted")
+                    raise Interrupted(f"stopped by {stop.name} at epoch {epoch}, batch {b + 1} of "
+                                      f"{step.__name__}; checkpoint written; continue with "
+                                      f"`localnet run --resume {run.path}`")
+                start = starts[b]
                 idx = order[start:start + t.batch_size]
                 metrics = step(x[idx], y[idx])
-                if not math.isfinite(metrics["loss"]):
-                    raise Diverged(f"loss is {metrics['loss']} at epoch {epoch}, batch {start // t.batch_size + 1}"
-                                   f" ({step.__name__}); stopped")
-                if step is passes[-1]:
+                steps += 1
+                if not net.looks_finite():
+                    _check_divergence(net, metrics, epoch, b + 1, step.__name__, saved)
+                if p == len(passes) - 1:
                     loss_sum += metrics["loss"] * len(idx)
                     correct += metrics["correct"]
                     seen += len(idx)
-                done += 1
                 if on_batch:
-                    on_batch(done, total)
-        seconds.append(time.perf_counter() - began)
-        record = {"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                    on_batch(p * len(starts) + b + 1, total)
+        seconds.append(spent + time.perf_counter() - began)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "seconds": seconds[-1]}
         if data.validation is not None:
             val = net.evaluate(data.validation.x, data.validation.y, t.eval_batch_size)
@@ -89,7 +297,10 @@ def _loop(spec, net, data, run, on_epoch, on_batch):
         run.log(record)
         if on_epoch:
             on_epoch(record)
-    run.save_parameters(net.parameters())
+        if t.checkpoint_every and epoch % t.checkpoint_every == 0 and epoch < t.epochs:
+            checkpoint(Position(epoch + 1, 0, 0, rng.bit_generator.state, seconds=seconds, steps=steps), "epoch")
+    if saved != (t.epochs + 1, 0, 0):
+        checkpoint(Position(t.epochs + 1, 0, 0, rng.bit_generator.state, seconds=seconds, steps=steps), "final")
     final = {"epochs": t.epochs, "seconds_per_epoch": float(np.median(seconds)) if seconds else None}
     for split in ("train", "validation", "test"):
         part = getattr(data, split)
@@ -99,8 +310,27 @@ def _loop(spec, net, data, run, on_epoch, on_batch):
     return final
 
 
+def _kept(saved):
+    if saved is None:
+        return "; no checkpoint had been written"
+    return f"; the last good checkpoint (epoch {saved[0]}, pass {saved[1] + 1}, batch {saved[2] + 1}) is kept"
+
+
+def _check_divergence(net, metrics, epoch, batch, phase, saved):
+    """The cheap check saw something: find the first non-finite value, in the order a step computes them."""
+    found = net.find_nonfinite()
+    loss = metrics["loss"]
+    if found is None and math.isfinite(loss):
+        return  # a sum in the cheap check overflowed; every value is finite
+    where = (f"first in layer {found[0]!r}, {found[1]}" if found
+             else "every activation, target and parameter is finite")
+    raise Diverged(f"non-finite values at epoch {epoch}, batch {batch} ({phase}): {where}; loss is {loss}; "
+                   f"stopped{_kept(saved)}")
+
+
 def evaluate_run(run_dir, split="test"):
-    """Reload a run's checkpoint and evaluate it on a split of its data set (the same numbers training reported)."""
+    """Reload a run's current checkpoint and evaluate it on a split of its data set (the same numbers training
+    reported, for a completed run); works on interrupted, diverged and killed runs too."""
     run = RunDir(run_dir)
     spec = run.spec()
     data = load_data(spec)
@@ -108,5 +338,9 @@ def evaluate_run(run_dir, split="test"):
     if part is None:
         raise LocalnetError(f"the run's data has no {split} split")
     net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
-    net.load_parameters(run.load_parameters(net.layers))
+    params = run.load_parameters(net.layers)
+    try:
+        net.load_parameters(params)
+    except LocalnetError as exc:
+        raise RunError(f"the checkpoint of {run.path} does not fit its network: {exc}") from None
     return net.evaluate(part.x, part.y, spec.train.eval_batch_size), run

@@ -56,7 +56,8 @@ def test_divergence_stops_the_run_and_marks_it(tmp_path):
     data["rule"] = {"name": "bp"}
     data["network"]["layers"] = [{"name": "out", "size": 10, "activation": "linear"}]
     data["optimizer"]["forward"] = {"type": "sgd", "lr": 1e38}  # float32 weights overflow on the first step
-    with pytest.raises(Diverged, match=r"loss is (nan|inf) at epoch 1, batch \d+"):
+    with pytest.raises(Diverged, match=r"non-finite values at epoch 1, batch \d+ \(train_step\): first in layer "
+                                       r"'out', forward activation; loss is (nan|inf)"):
         train(localnet.load_spec(data), runs_root=tmp_path)
     (run,) = tmp_path.iterdir()
     summary = json.loads((run / "summary.json").read_text())

@@ -1,5 +1,7 @@
 """Loading a named data set into fixed train / validation / test splits."""
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,10 +52,13 @@ def _load_digits(path):
     """digits ships inside the package so that it works offline; path, if given, is a directory holding digits.npz."""
     file = Path(path) / DIGITS_FILE.name if path is not None else DIGITS_FILE
     try:
-        with np.load(file) as npz:
+        npz = np.load(file, allow_pickle=False)
+        if not hasattr(npz, "files"):
+            raise ValueError("not an .npz archive")
+        with npz:
             x, y = npz["images"], npz["labels"]
-    except (OSError, ValueError, KeyError) as e:  # BadZipFile is an OSError
-        raise DataError(f"{file}: cannot read digits data: {e}") from e
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # truncated or corrupt
+        raise DataError(f"{file}: cannot read digits data: {type(e).__name__}: {e}") from e
     if x.ndim != 2 or y.shape != (len(x),):
         raise DataError(f"{file}: expected images (N, 64) and labels (N,), found {x.shape} and {y.shape}")
     return x, y, None, None, 16

@@ -3,8 +3,12 @@ random generator and its local rule. It sees only its own state and its inbox.""
 
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 
+from ..errors import LocalnetError
 from ..optim import Optimizer
 from .base import Node
 from .init import initialize
@@ -45,6 +49,77 @@ class DenseLayer(Node):
 
     def parameters(self):
         return {**self.forward_params, **self.feedback_params}
+
+    # -- state, for checkpoints: everything a later step depends on, and nothing of any other layer -----------
+    def state(self) -> dict:
+        """Copies of this layer's full state as flat name -> array: `param.<W|b|V|c>`, each optimiser's step
+        count and moments (`forward_optimizer.t`, `forward_optimizer.W.m`, ...) and its generator (`rng`, the
+        bit generator's state as JSON text)."""
+        out = {f"param.{k}": v.copy() for k, v in self.parameters().items()}
+        for prefix, opt in self._optimizers():
+            out.update({f"{prefix}.{k}": v for k, v in opt.state_dict().items()})
+        out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        return out
+
+    def load_state(self, state: dict):
+        """Restore what `state()` returned, in place; a key, shape or dtype that does not match is refused
+        before anything changes."""
+        own = self.state()
+        if set(state) != set(own):
+            missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise LocalnetError(f"layer {self.name!r}: state does not match the layer"
+                                + (f"; missing {', '.join(missing)}" if missing else "")
+                                + (f"; unexpected {', '.join(extra)}" if extra else ""))
+        params = self.parameters()
+        for key, value in params.items():
+            got = np.asarray(state[f"param.{key}"])
+            if got.shape != value.shape or got.dtype != value.dtype:
+                raise LocalnetError(f"layer {self.name!r}, {key}: {got.dtype} of shape {got.shape}, "
+                                    f"expected {value.dtype} of shape {value.shape}")
+        try:
+            rng_state = json.loads(str(np.asarray(state["rng"])[()]))
+            probe = type(self.rng.bit_generator)()
+            probe.state = rng_state  # validates the layout before the layer's own generator is touched
+        except (ValueError, TypeError, KeyError) as exc:
+            raise LocalnetError(f"layer {self.name!r}: invalid generator state: {exc}") from None
+        for prefix, opt in self._optimizers():
+            try:
+                opt.load_state_dict({k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")})
+            except LocalnetError as exc:
+                raise LocalnetError(f"layer {self.name!r}, {prefix}: {exc}") from None
+        for key, value in params.items():
+            value[...] = state[f"param.{key}"]
+        self.rng.bit_generator.state = rng_state
+
+    def _optimizers(self):
+        yield "forward_optimizer", self.forward_optimizer
+        if self.feedback_optimizer is not None:
+            yield "feedback_optimizer", self.feedback_optimizer
+
+    # -- the divergence guard --------------------------------------------------------------------------------
+    PHASES = ("forward activation", "feedback parameters", "target", "forward parameters", "optimiser state")
+
+    def looks_finite(self) -> bool:
+        """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
+        if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
+            return False
+        return self.target is None or bool(np.isfinite(self.target.sum()))
+
+    def nonfinite(self, phase) -> bool:
+        """Whether this layer's current values of `phase` (one of PHASES) hold a NaN or an Inf."""
+        if phase == "forward activation":
+            arrays = [self.h]
+        elif phase == "target":
+            arrays = [self.target]
+        elif phase == "feedback parameters":
+            arrays = list(self.feedback_params.values())
+        elif phase == "forward parameters":
+            arrays = list(self.forward_params.values())
+        elif phase == "optimiser state":
+            arrays = [v for _, opt in self._optimizers() for d in opt.state.values() for v in d.values()]
+        else:
+            raise ValueError(phase)
+        return any(a is not None and not np.isfinite(a).all() for a in arrays)
 
     def forward(self, inbox, train):
         self.x = inbox["activation"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SpecError, short_repr
 from . import names
 from .schema import (ChannelSpec, DataSpec, FeedbackSpec, LayerSpec, NetworkSpec, OptimizerSpec,
                      OptimizersSpec, RuleSpec, Spec, TrainSpec)
@@ -27,8 +27,8 @@ def parse_override(text):
     if not path:
         raise SpecError("empty key path in override", file="--set", found=repr(text))
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw, file="--set")[0] if raw.strip() else None  # bounded, like a spec file
+    except SpecError:
         value = raw
     return path, value
 
@@ -103,11 +103,11 @@ def _check(spec, ctx):
         path = ("network", "layers", i, "name")
         if layer.name in names.RESERVED_NODES:
             raise ctx.error(path, "reserved node name", expected="a name other than " +
-                            " and ".join(map(repr, names.RESERVED_NODES)), found=repr(layer.name))
-        if layer.name in seen:
-            raise ctx.error(path, f"duplicate layer name (first used by layer {seen[layer.name]})",
-                            expected="unique layer names", found=repr(layer.name))
-        seen[layer.name] = i
+                            " and ".join(map(repr, names.RESERVED_NODES)), found=short_repr(layer.name))
+        if layer.name.casefold() in seen:  # h1 and H1 would share a checkpoint file where case is ignored
+            raise ctx.error(path, f"duplicate layer name (first used by layer {seen[layer.name.casefold()]})",
+                            expected="unique layer names, ignoring case", found=short_repr(layer.name))
+        seen[layer.name.casefold()] = i
     if spec.network.chain is not None and spec.network.channels is not None:
         raise ctx.error(("network", "channels"), "give either `chain` or `channels`, not both")
     if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":

@@ -51,9 +51,14 @@ class FeedbackSpec:
     optimizer: OptimizerSpec | None = None
 
 
+# A layer's name is also a file name (its checkpoint file) and a step of a `--set` key path: nothing else fits both.
+LAYER_NAME = (r"[A-Za-z_][A-Za-z0-9_-]{0,63}",
+              "a letter or _, then up to 63 letters, digits, _ or - (it names the layer's checkpoint file)")
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    name: str
+    name: str = option(pattern=LAYER_NAME)
     size: int = option(ge=1, le=MAX_UNITS)
     activation: str = option("tanh", choices=names.ACTIVATIONS)
     bias: bool = True
@@ -115,6 +120,7 @@ class TrainSpec:
     batch_size: int = option(128, ge=1, le=1 << 20)
     shuffle: bool = True
     eval_batch_size: int = option(1000, ge=1, le=1 << 20)
+    checkpoint_every: int = option(1, ge=0, le=1_000_000)  # epochs; 0: only at the end and when interrupted
 
 
 @dataclass(frozen=True)

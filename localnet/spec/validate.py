@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from functools import cache
 
-from ..errors import SpecError
+from ..errors import SpecError, short_repr
 
 
-def option(default=dataclasses.MISSING, *, alias=None, gt=None, ge=None, le=None, choices=None, factory=None):
-    """A schema field: `choices` may be a callable so registries are read when a spec is checked, not at import."""
-    meta = {"alias": alias, "gt": gt, "ge": ge, "le": le, "choices": choices}
+def option(default=dataclasses.MISSING, *, alias=None, gt=None, ge=None, le=None, choices=None, pattern=None,
+           factory=None):
+    """A schema field: `choices` may be a callable so registries are read when a spec is checked, not at import;
+    `pattern` is (regular expression a string must match in full, what it means in words)."""
+    meta = {"alias": alias, "gt": gt, "ge": ge, "le": le, "choices": choices, "pattern": pattern}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -114,6 +117,11 @@ def convert(tp, value, path, ctx):
     if tp is str:
         if not isinstance(value, str) or not value:
             raise ctx.error(path, "wrong type", expected="a non-empty string", found=describe(value))
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ctx.error(path, "not valid text", expected="a string UTF-8 can encode (no lone surrogates)",
+                            found=describe(value)) from None
         return value
     raise TypeError(f"schema type {tp!r} is not supported")  # a bug in the schema, not in the spec
 
@@ -121,6 +129,10 @@ def convert(tp, value, path, ctx):
 def _check_constraints(meta, value, path, ctx):
     if value is None:
         return
+    if meta.get("pattern") is not None and isinstance(value, str):
+        regex, meaning = meta["pattern"]
+        if not re.fullmatch(regex, value):
+            raise ctx.error(path, "invalid name", expected=meaning, found=describe(value))
     if meta.get("choices") is not None:
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         if value not in choices:
@@ -151,7 +163,7 @@ def _convert_dataclass(cls, value, path, ctx):
     for key in value:
         if key not in keys:
             raise ctx.error(path + (key,), "unknown key",
-                            expected="one of " + ", ".join(keys), found=repr(key))
+                            expected="one of " + ", ".join(keys), found=short_repr(key))
     hints = _hints(cls)
     kwargs = {}
     for key, field in keys.items():

@@ -6,19 +6,53 @@ from pathlib import Path
 
 import yaml
 
-from ..errors import SpecError
+from ..errors import SpecError, short_repr
 
-MAX_SPEC_BYTES = 1 << 20
-_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")  # a spec is a page of text; anything larger is a mistake, not a network
+# A spec is a page of text; anything much larger is a mistake, not a network. The bounds keep a hostile file from
+# costing more than a few seconds or megabytes: PyYAML's pure-Python scanner is quadratic in flow nesting depth.
+MAX_SPEC_BYTES = 256 << 10
+MAX_VALUES = 100_000  # values built, aliases expanded: an alias bomb ("billion laughs") stops here, not in swap
+MAX_DEPTH = 64  # a spec nests a handful of levels; a recursive alias (&a [*a]) or a hostile file far more
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader: no Python tags, so a spec can never execute code."""
+    """SafeLoader: no Python tags, so a spec can never execute code; nesting and size bounded while parsing."""
+
+    def fetch_flow_collection_start(self, token_class):
+        if self.flow_level >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                            self.get_mark())
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent, index):
+        self._nodes = getattr(self, "_nodes", 0) + 1
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._nodes > MAX_VALUES:
+                raise yaml.composer.ComposerError(None, None, f"more than {MAX_VALUES} values",
+                                                  self.peek_event().start_mark)
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 def _walk(loader, node, path, lines, file):
-    """Build Python data from a YAML node tree, recording the line of each key path and refusing duplicate keys."""
+    """Build Python data from a YAML node tree, recording the line of each key path and refusing duplicate keys.
+
+    Aliases are expanded here, so the number of values built and the depth are bounded: a document whose
+    aliases multiply it past MAX_VALUES, or that refers to itself, is refused before it can exhaust memory.
+    """
     lines[path] = node.start_mark.line + 1
+    if len(lines) > MAX_VALUES:
+        raise SpecError("spec has too many values (counting what YAML aliases expand to)", file=file,
+                        line=node.start_mark.line + 1, path=path, expected=f"at most {MAX_VALUES}")
+    if len(path) > MAX_DEPTH:
+        raise SpecError("spec is nested too deeply (a YAML alias that contains itself?)", file=file,
+                        line=node.start_mark.line + 1, path=path[:8] + ("...",), expected=f"at most {MAX_DEPTH} levels")
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
         raise SpecError(f"unsupported YAML tag {node.tag!r}", file=file, line=node.start_mark.line + 1, path=path,
                         expected="a plain mapping or list")
@@ -26,12 +60,12 @@ def _walk(loader, node, path, lines, file):
         loader.flatten_mapping(node)  # resolves `<<` merge keys into plain pairs
         out = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
+            key = _construct(loader, key_node, path, file)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 raise SpecError("keys must be plain scalars", file=file, line=key_node.start_mark.line + 1,
                                 path=path, found=type(key).__name__)
             if key in out:
-                raise SpecError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1,
+                raise SpecError(f"duplicate key {short_repr(key)}", file=file, line=key_node.start_mark.line + 1,
                                 path=path + (key,))
             sub = path + (key,)
             out[key] = _walk(loader, value_node, sub, lines, file)
@@ -39,15 +73,29 @@ def _walk(loader, node, path, lines, file):
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_walk(loader, item, path + (i,), lines, file) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return _construct(loader, node, path, file)
+
+
+def _construct(loader, node, path, file):
+    """A scalar's value; PyYAML's constructors raise what they like on a value that does not fit an explicit tag
+    (`!!timestamp x`: AttributeError, `!!int x`: ValueError), and each of those is one SpecError here."""
+    try:
+        return loader.construct_object(node, deep=True)
+    except yaml.YAMLError:
+        raise
+    except Exception as exc:
+        raise SpecError(f"invalid YAML value for tag {short_repr(node.tag)}", file=file,
+                        line=node.start_mark.line + 1, path=path,
+                        found=short_repr(getattr(node, "value", None)) + f" ({type(exc).__name__})") from None
 
 
 def load_yaml(text: str, file=None):
     """Parse one YAML document into (data, lines), where lines maps a key path tuple to its 1-based line."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_SPEC_BYTES:
         raise SpecError("spec file is too large", file=file, expected=f"at most {MAX_SPEC_BYTES} bytes")
-    loader = _Loader(text)
+    loader = None
     try:
+        loader = _Loader(text)  # the reader already refuses characters YAML does not allow
         node = loader.get_single_node()
         if node is None:
             raise SpecError("spec is empty", file=file, expected="a mapping of sections")
@@ -56,14 +104,25 @@ def load_yaml(text: str, file=None):
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise SpecError(f"invalid YAML: {exc.problem or exc.context}", file=file, line=line) from None
+        raise SpecError(f"invalid YAML: {_one_line(exc.problem or exc.context)}", file=file, line=line) from None
+    except yaml.reader.ReaderError as exc:
+        line = text[:exc.position].count("\n") + 1 if isinstance(exc.position, int) else None
+        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
+        raise SpecError(f"invalid YAML: character {char} is not allowed in YAML", file=file, line=line) from None
     except yaml.YAMLError as exc:
-        raise SpecError(f"invalid YAML: {exc}", file=file) from None
+        raise SpecError(f"invalid YAML: {_one_line(exc)}", file=file) from None
     except RecursionError:
         raise SpecError("spec is nested too deeply", file=file) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts
+        raise SpecError(f"invalid YAML value: {exc}", file=file) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
+
+
+def _one_line(text):
+    return " ".join(str(text).split())
 
 
 def read_yaml(path):
