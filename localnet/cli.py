@@ -215,3 +215,7 @@ def report(run_dirs):
         for split in ("train", "validation", "test"):
             if isinstance(summary.get(f"{split}_accuracy"), (int, float)):
                 console.print(f"  {split} accuracy {100 * summary[split + '_accuracy']:.2f}%")
+
+
+from .bench import bench as _bench  # noqa: E402  (the command lives in its own module)
+main.add_command(_bench)

@@ -7,8 +7,8 @@ import importlib
 
 from ..errors import SpecError
 
-BACKENDS = {"numpy": "localnet.backends.numpy"}
-PREFERENCE = ("numpy",)  # `auto` picks the first that imports; faster backends go in front as they land
+BACKENDS = {"numpy": "localnet.backends.numpy", "numba": "localnet.backends.numba"}
+PREFERENCE = ("numba", "numpy")  # `auto` picks the first that imports; faster backends go in front as they land
 
 
 def get_backend(name):

@@ -1,0 +1,691 @@
+"""`localnet bench`: how fast each backend trains a net, against what the machine could do at best.
+
+One process, side by side:
+- the machine's measured float32 GEMM rate, and the floor it sets for the benchmarked net: the seconds per epoch
+  its matrix products alone would take at that rate (and, measured, at the net's own matrix shapes);
+- seconds per training epoch for every backend that imports (numpy reference, numba, cuda where present) and, when
+  PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
+  against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
+- a per-phase breakdown (data, forward, feedback training, targets, updates), peak memory, a size sweep (batch,
+  width, depth) and start-up to the first batch in a fresh process (first run compiling, then with the cache warm).
+
+Epochs are timed on the real data when they are on disk (never downloaded here), else on random data of the same
+shape; each epoch is exactly the trainer's loop (`training._passes`, a fresh permutation, `x[idx]` gathers,
+`net.looks_finite()` after each step), after warm-up batches, and the median of the epochs is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+DEFAULT_SPEC = "fashion-mnist-dtp.yaml"
+DEFAULT_BP_SPEC = "fashion-mnist-bp.yaml"
+QUIET_S = 0.3  # pause between measurements that use different BLAS libraries: their idle threads spin ~0.1 s
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Specs and data
+# -------------------------------------------------------------------------------------------------------------
+def _spec_path(name):
+    for base in (Path.cwd() / "specs", SPECS):
+        if (base / name).is_file():
+            return base / name
+    return None
+
+
+def _load(source, backend, overrides=()):
+    from .spec import load_spec
+    return load_spec(source, [*overrides, f"backend={backend}", "data.download=false"])
+
+
+def _as_data(spec):
+    from .spec import to_data
+    return copy.deepcopy(to_data(spec))
+
+
+def _dataset(spec):
+    """(x, y, n_classes, description): the spec's training split if it is on disk, else random data of its shape."""
+    from .data import dataset_shape
+    from .errors import LocalnetError
+    from .training import load_data
+    try:
+        data = load_data(spec)
+        return data.train.x, data.train.y, data.n_classes, f"{spec.data.name} ({len(data.train.x)} training samples)"
+    except LocalnetError:
+        n_features, n_classes = dataset_shape(spec.data.name)
+        n = 55_000 if spec.data.name in ("mnist", "fashion-mnist", "kmnist") else 50_000
+        rng = np.random.default_rng(0)
+        x = rng.random((n, n_features), dtype=np.float32).astype(spec.dtype, copy=False)
+        return x, rng.integers(0, n_classes, n), n_classes, f"random data of {spec.data.name}'s shape ({n} samples)"
+
+
+def _backends():
+    from .backends import BACKENDS
+    out = {}
+    for name, module in BACKENDS.items():
+        try:
+            out[name] = importlib.import_module(module)
+        except ImportError:
+            continue
+    return out
+
+
+# -------------------------------------------------------------------------------------------------------------
+# FLOPs and the floor
+# -------------------------------------------------------------------------------------------------------------
+def step_gemms(net, batch):
+    """The matrix products (m, k, n) of one training step of `net` on `batch` samples, as the kernels do them."""
+    rule = net.spec.rule
+    out = []
+    for layer in net.layers.values():
+        n_in, n_out = layer.n_in, layer.size
+        out.append((batch, n_in, n_out))  # forward
+        if layer.has_feedback and rule.name != "bp":  # feedback training: f(x̃), g(f(x̃)), dV
+            out += [(batch, n_in, n_out), (batch, n_out, n_in), (n_out, batch, n_in)] * rule.feedback_iterations
+        out.append((n_in, batch, n_out))  # dW = xᵀ e
+        if "gradient" in layer.down_kinds:
+            out.append((batch, n_out, n_in))  # e Wᵀ
+        if "target" in layer.down_kinds:
+            if layer.has_feedback and rule.name == "dtp":
+                out.append((2 * batch, n_out, n_in))  # g([ĥ; h]) in one product
+            elif layer.has_feedback:
+                out.append((batch, n_out, n_in))  # TP: g(ĥ)
+            else:
+                out.append((batch, n_out, n_in))  # the first target from ℒ's gradient: e Wᵀ
+    return out
+
+
+def flops(gemms):
+    return sum(2 * m * k * n for m, k, n in gemms)
+
+
+def measure_gemm_rate(size=2048, repeats=5):
+    """Best-of float32 GEMM rate (GFLOP/s) of numpy's BLAS on square matrices: the machine's practical peak."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((size, size), dtype=np.float32), rng.random((size, size), dtype=np.float32)
+    c = np.empty_like(a)
+    np.dot(a, b, out=c)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        np.dot(a, b, out=c)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def measure_gemms_at_shapes(gemms, dtype, backends, seconds=1.0):
+    """Seconds for one step's matrix products in sequence, through the BLAS the fastest CPU backend uses."""
+    rng = np.random.default_rng(0)
+    ops = [(rng.random((m, k), dtype=np.float32).astype(dtype), rng.random((k, n), dtype=np.float32).astype(dtype),
+            np.empty((m, n), dtype)) for m, k, n in gemms]
+    dot = _numba_dot() if "numba" in backends else (lambda a, b, c: np.dot(a, b, out=c))
+    which = "numba (SciPy's BLAS)" if "numba" in backends else "numpy's BLAS"
+
+    def once():
+        for a, b, c in ops:
+            dot(a, b, c)
+    for _ in range(3):
+        once()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or reps < 5:
+        once()
+        reps += 1
+    return (time.perf_counter() - t0) / reps, which
+
+
+def _numba_dot():
+    from numba import njit
+
+    @njit(nogil=True)
+    def dot(a, b, c):
+        np.dot(a, b, c)
+    return dot
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Memory and other load on the machine
+# -------------------------------------------------------------------------------------------------------------
+class LoadMeter:
+    """The share of the machine's CPU time that other processes used while a measurement ran (Linux; None
+    elsewhere): timings taken while the machine was busy with something else are not worth much."""
+
+    def __init__(self):
+        self.start = self._read()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as fh:
+                fields = [int(v) for v in fh.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        busy = sum(fields[:3]) + sum(fields[5:8])  # user nice system irq softirq steal
+        tick = os.sysconf("SC_CLK_TCK")
+        t = os.times()
+        return busy / tick, t.user + t.system, time.perf_counter()
+
+    def other(self):
+        end = self._read()
+        if self.start is None or end is None:
+            return None
+        wall = end[2] - self.start[2]
+        other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(0.0, other / (wall * (os.cpu_count() or 1))) if wall > 0 else None
+
+def _reset_peak_rss():
+    """Reset the kernel's high-water mark of this process's resident memory (Linux); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mib():
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _state_mib(net):
+    total = 0
+    for layer in net.layers.values():
+        total += sum(p.nbytes for p in layer.parameters().values())
+        for opt in (layer.forward_optimizer, layer.feedback_optimizer):
+            if opt is not None:
+                total += sum(a.nbytes for d in opt.state.values() for a in d.values())
+    return total / 2**20
+
+
+# -------------------------------------------------------------------------------------------------------------
+# Timing the library's own training step
+# -------------------------------------------------------------------------------------------------------------
+def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None):
+    """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up)."""
+    from .network import build
+    from .training import DATA_ORDER_STREAM, _passes
+    t0 = time.perf_counter()
+    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    passes = _passes(spec, net)
+    size = spec.train.batch_size
+    n = len(x)
+    starts = list(range(0, n, size))
+    per_epoch = len(starts) * len(passes)
+    first = None
+    for i in range(warmup):  # compiles (or loads the cache) and warms caches and BLAS threads
+        s = starts[i % len(starts)]
+        for step in passes:
+            step(x[s:s + size], y[s:s + size])
+        if first is None:
+            first = time.perf_counter() - t0
+    rng = np.random.default_rng([spec.seed, DATA_ORDER_STREAM])
+    seconds = []
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        todo = starts if batches is None else starts[:batches]
+        began = time.perf_counter()
+        for step in passes:
+            for start in todo:
+                idx = order[start:start + size]
+                step(x[idx], y[idx])
+                net.looks_finite()
+        seconds.append((time.perf_counter() - began) * len(starts) / len(todo))
+    return dict(seconds=float(np.median(seconds)), epochs=[round(s, 4) for s in seconds], first_step=first,
+                state_mib=_state_mib(net), steps_per_epoch=per_epoch), net
+
+
+def phase_breakdown(spec, x, y, n_classes, batches=150):
+    """Seconds per epoch in each phase of `train_step`, timed phase by phase on `batches` batches."""
+    from .network import build
+    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    eng = net.engine
+    size = spec.train.batch_size
+    n_batches = -(-len(x) // size)
+    rng = np.random.default_rng(1)
+    order = rng.permutation(len(x))
+    phases = dict(data=0.0, forward=0.0, feedback=0.0, targets=0.0, updates=0.0)
+
+    def one(i, record):
+        t0 = time.perf_counter()
+        idx = order[(i % n_batches) * size:(i % n_batches) * size + size]
+        xb, yb = net._batch(x[idx], y[idx])
+        t1 = time.perf_counter()
+        eng.forward(xb, yb, True)
+        t2 = time.perf_counter()
+        eng.train_feedback()
+        t3 = time.perf_counter()
+        eng.backward()
+        t4 = time.perf_counter()
+        eng.update()
+        net.looks_finite()
+        t5 = time.perf_counter()
+        if record:
+            for k, dt in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+                phases[k] += dt
+    for i in range(10):
+        one(i, False)
+    for i in range(batches):
+        one(i, True)
+    return {k: v * n_batches / batches for k, v in phases.items()}
+
+
+# -------------------------------------------------------------------------------------------------------------
+# PyTorch: a straightforward implementation of the same step
+# -------------------------------------------------------------------------------------------------------------
+class TorchNet:
+    """The spec's chain of dense layers in PyTorch, trained by DTP (the spec's settings) or by backprop.
+
+    Written the way one would in PyTorch: forward under no_grad, each local loss through autograd, one Adam per
+    pathway (the sum of independent local losses has the same gradients as each loss alone).
+    """
+
+    ACTS = ("linear", "tanh", "sigmoid", "relu")
+
+    def __init__(self, spec, n_features, n_classes):
+        import torch
+        self.torch = torch
+        if spec.dtype != "float32":
+            raise ValueError("the PyTorch comparison is float32 only")
+        layers = spec.network.layers
+        for layer in layers:
+            if layer.activation not in self.ACTS:
+                raise ValueError(f"activation {layer.activation} has no PyTorch comparison")
+        if spec.network.chain is not None or spec.network.channels is not None:
+            raise ValueError("only plain chains have a PyTorch comparison")
+        r = spec.rule
+        if r.name not in ("dtp", "bp") or (r.name == "dtp" and (r.first_target != "output"
+                                                                 or r.schedule != "alternate_batch")):
+            raise ValueError("PyTorch comparison: DTP with the first target on the output, alternate_batch, or BP")
+        sizes = [n_features] + [layer.size for layer in layers[:-1]] + [n_classes]
+        gen = torch.Generator().manual_seed(spec.seed)
+        self.acts = [self._act(layer.activation) for layer in layers]
+        self.W = [torch.nn.init.xavier_normal_(torch.empty(a, b), generator=gen).requires_grad_()
+                  for a, b in zip(sizes[:-1], sizes[1:])]
+        self.b = [torch.zeros(b, requires_grad=True) for b in sizes[1:]]
+        self.rule = r
+        fo = spec.optimizer.forward
+        self.opt = self._adam(self.W + self.b, fo)
+        if r.name == "dtp":
+            fb = spec.network.feedback
+            self.fb_act = self._act(fb.activation)
+            self.V = [None] + [torch.nn.init.xavier_normal_(torch.empty(b, a), generator=gen).requires_grad_()
+                               for a, b in zip(sizes[1:-1], sizes[2:])]
+            self.c = [None] + [torch.zeros(a, requires_grad=True) for a in sizes[1:-1]]
+            self.fb_opt = self._adam(self.V[1:] + self.c[1:], spec.optimizer.feedback)
+
+    def _act(self, name):
+        torch = self.torch
+        return {"linear": lambda a: a, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}[name]
+
+    def _adam(self, params, o):
+        if o.type != "adam":
+            raise ValueError("the PyTorch comparison uses Adam")
+        return self.torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+    def step(self, x, y):
+        torch = self.torch
+        x, y = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+        if self.rule.name == "bp":
+            h = x
+            for W, b, act in zip(self.W, self.b, self.acts):
+                h = act(h @ W + b)
+            loss = torch.nn.functional.cross_entropy(h, y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            return float(loss.detach())
+        B, n = x.shape[0], len(self.W)
+        with torch.no_grad():
+            hs = [x]
+            for W, b, act in zip(self.W, self.b, self.acts):
+                hs.append(act(hs[-1] @ W + b))
+        # feedback training, every layer from the second up: ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²)
+        self.fb_opt.zero_grad(set_to_none=True)
+        rec = 0
+        for i in range(1, n):
+            xn = hs[i] + self.rule.feedback_noise * torch.randn_like(hs[i])
+            with torch.no_grad():
+                hn = self.acts[i](xn @ self.W[i] + self.b[i])
+            r = self.fb_act(hn @ self.V[i] + self.c[i])
+            rec = rec + ((r - xn) ** 2).sum() / B
+        rec.backward()
+        self.fb_opt.step()
+        # targets: first target on the output, then the difference correction down the chain
+        out = hs[n].clone().requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(out, y)
+        (grad,) = torch.autograd.grad(loss, out)
+        with torch.no_grad():
+            targets = [None] * (n + 1)
+            targets[n] = hs[n] - self.rule.target_step * grad
+            for i in range(n - 1, 0, -1):  # layer i+1's feedback map g(h) = s̄(h V + c)
+                V, c = self.V[i], self.c[i]
+                targets[i] = hs[i] + self.fb_act(targets[i + 1] @ V + c) - self.fb_act(hs[i + 1] @ V + c)
+        # forward training: each layer's local loss ‖f(h_{i-1}) − ĥ_i‖²
+        self.opt.zero_grad(set_to_none=True)
+        local = 0
+        for i in range(n):
+            local = local + ((self.acts[i](hs[i] @ self.W[i] + self.b[i]) - targets[i + 1]) ** 2).sum() / B
+        local.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
+def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None):
+    import torch
+    net = TorchNet(spec, x.shape[1], n_classes)
+    torch.manual_seed(spec.seed)
+    size, n = spec.train.batch_size, len(x)
+    starts = list(range(0, n, size))
+    for i in range(warmup):
+        s = starts[i % len(starts)]
+        net.step(x[s:s + size], y[s:s + size])
+    rng = np.random.default_rng(0)
+    seconds = []
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        todo = starts if batches is None else starts[:batches]
+        began = time.perf_counter()
+        for start in todo:
+            idx = order[start:start + size]
+            net.step(x[idx], y[idx])
+        seconds.append((time.perf_counter() - began) * len(starts) / len(todo))
+    return dict(seconds=float(np.median(seconds)), epochs=[round(s, 4) for s in seconds],
+                threads=torch.get_num_threads(), version=torch.__version__)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The size sweep and start-up
+# -------------------------------------------------------------------------------------------------------------
+def sweep_specs(spec):
+    """(axis, value, spec): batch size, width and depth varied one at a time around the benchmarked net."""
+    from .spec import load_spec
+    base = _as_data(spec)
+    hidden = [layer for layer in base["network"]["layers"][:-1]]
+    width, depth, batch = hidden[0]["size"], len(hidden), base["train"]["batch_size"]
+    out = []
+    for b in sorted({max(1, batch // 4), batch, batch * 4}):
+        d = copy.deepcopy(base)
+        d["train"]["batch_size"] = b
+        out.append(("batch", b, load_spec(d)))
+    for w in sorted({max(1, width // 2), width, width * 2}):
+        d = copy.deepcopy(base)
+        for layer in d["network"]["layers"][:-1]:
+            layer["size"] = w
+        out.append(("width", w, load_spec(d)))
+    for k in sorted({max(1, depth - 2), depth, depth + 2}):
+        d = copy.deepcopy(base)
+        layers = d["network"]["layers"]
+        template = layers[0]
+        d["network"]["layers"] = [dict(template, name=f"h{i + 1}") for i in range(k)] + [layers[-1]]
+        out.append(("depth", k, load_spec(d)))
+    return out
+
+
+def time_samples(spec, x, y, n_classes, samples=8192, warmup=5):
+    """Microseconds per training sample of the spec's step, and its matrix-product FLOPs per sample."""
+    from .network import build
+    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    size = spec.train.batch_size
+    steps = max(10, samples // size)
+    n_batches = len(x) // size
+    for i in range(warmup):
+        net.train_step(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size])
+    t0 = time.perf_counter()
+    for i in range(steps):
+        s = (i % n_batches) * size
+        net.train_step(x[s:s + size], y[s:s + size])
+    dt = (time.perf_counter() - t0) / (steps * size)
+    return dt * 1e6, flops(step_gemms(net, size)) / size
+
+
+STARTUP = """
+import json, sys, time
+t0 = time.perf_counter()
+import numpy as np
+import localnet
+from localnet.spec import load_spec
+spec = load_spec(sys.argv[1], ["backend=" + sys.argv[2]])
+net = localnet.build(spec)
+x = np.random.default_rng(0).random((spec.train.batch_size, net.n_features), dtype=np.float32).astype(spec.dtype)
+t1 = time.perf_counter()
+net.train_step(x, np.zeros(len(x), np.int64))
+t2 = time.perf_counter()
+print(json.dumps({"import_build": t1 - t0, "first_step": t2 - t1}))
+"""
+
+
+def measure_startup(spec_path, backend, cold):
+    """Seconds from process start to the end of the first batch, in fresh processes: the first with an empty Numba
+    cache when `cold` (so it compiles), then again with that cache warm."""
+    env = dict(os.environ)
+    runs = {}
+    with tempfile.TemporaryDirectory(prefix="localnet-bench-numba-") as cache:
+        if cold:
+            env["NUMBA_CACHE_DIR"] = cache
+        for label in ("first", "warm"):
+            t = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", STARTUP, str(spec_path), backend], env=env,
+                                  capture_output=True, text=True, timeout=600, check=False)
+            total = time.perf_counter() - t
+            if done.returncode != 0:
+                raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
+            runs[label] = dict(json.loads(done.stdout.strip().splitlines()[-1]), total=total)
+    return runs
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The command
+# -------------------------------------------------------------------------------------------------------------
+def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, warmup=20, batches=None,
+              torch=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None):
+    """Everything `localnet bench` measures, as a JSON-ready dict."""
+    say = progress or (lambda msg: None)
+    spec_path = Path(spec_path) if spec_path else _spec_path(DEFAULT_SPEC)
+    if spec_path is None:
+        raise click.UsageError(f"no spec given and specs/{DEFAULT_SPEC} not found")
+    bp_spec_path = Path(bp_spec_path) if bp_spec_path else _spec_path(DEFAULT_BP_SPEC)
+    available = _backends()
+    names = [b for b in (backends or available) if b in available]
+    missing = [b for b in (backends or []) if b not in available]
+    spec = _load(spec_path, names[0] if names else "numpy")
+    x, y, n_classes, described = _dataset(spec)
+    x = np.ascontiguousarray(x, dtype=spec.dtype)
+    rules = {spec.rule.name: spec_path}
+    if bp_spec_path is not None and spec.rule.name != "bp":
+        rules["bp"] = bp_spec_path
+
+    from .errors import LocalnetError
+    from .network import build
+    report = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
+                          "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+              "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
+    for b in missing:
+        report["skipped"][b] = "does not import here"
+    say("measuring the float32 GEMM rate")
+    peak = measure_gemm_rate()
+    report["machine"]["gemm_gflops"] = peak
+    time.sleep(QUIET_S)
+    for rule, path in rules.items():
+        s = _load(path, names[0] if names else "numpy")
+        probe = build(s, n_features=x.shape[1], n_classes=n_classes)
+        gemms = step_gemms(probe, s.train.batch_size)
+        n_steps = -(-len(x) // s.train.batch_size)
+        per_sample = flops(gemms) / s.train.batch_size
+        shapes_s, which = measure_gemms_at_shapes(gemms, np.dtype(s.dtype), names, 1.0 if batches is None else 0.2)
+        report["net"][rule] = {"spec": str(path), "layers": [layer.size for layer in s.network.layers],
+                               "batch_size": s.train.batch_size, "dtype": s.dtype, "mflop_per_sample": per_sample / 1e6,
+                               "steps_per_epoch": n_steps}
+        report["floor"][rule] = {"peak_s": flops(gemms) * n_steps / (peak * 1e9),
+                                 "gemm_at_shapes_s": shapes_s * n_steps, "gemm_at_shapes_blas": which}
+        time.sleep(QUIET_S)
+    report["data"] = described
+
+    for rule, path in rules.items():
+        for name in names:
+            s = _load(path, name)
+            say(f"timing {name} {rule}")
+            _reset_peak_rss()
+            load = LoadMeter()
+            timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
+            report["results"].append(dict(backend=name, rule=rule, peak_rss_mib=_peak_rss_mib(),
+                                          other_load=load.other(), **timed))
+            say(f"breakdown {name} {rule}")
+            report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
+            time.sleep(QUIET_S)
+        if torch:
+            try:
+                import torch as _torch  # noqa: F401
+            except ImportError:
+                report["skipped"]["pytorch"] = "not installed"
+                continue
+            s = _load(path, names[0] if names else "numpy")
+            say(f"timing pytorch {rule}")
+            _reset_peak_rss()
+            load = LoadMeter()
+            try:
+                timed = time_torch_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
+            except ValueError as exc:
+                report["skipped"][f"pytorch {rule}"] = str(exc)
+                continue
+            report["results"].append(dict(backend="pytorch", rule=rule, peak_rss_mib=_peak_rss_mib(),
+                                          other_load=load.other(), **timed))
+            time.sleep(QUIET_S)
+    torch_s = {r["rule"]: r["seconds"] for r in report["results"] if r["backend"] == "pytorch"}
+    for r in report["results"]:
+        fl = report["floor"][r["rule"]]
+        r["vs_peak_floor"] = r["seconds"] / fl["peak_s"]
+        r["vs_gemm_at_shapes"] = r["seconds"] / fl["gemm_at_shapes_s"]
+        if r["rule"] in torch_s:
+            r["vs_pytorch"] = r["seconds"] / torch_s[r["rule"]]
+
+    if sweep and names:
+        fastest = min((r for r in report["results"] if r["backend"] in names and r["rule"] == spec.rule.name),
+                      key=lambda r: r["seconds"])["backend"]
+        report["sweep"] = {"backend": fastest, "rule": spec.rule.name, "rows": []}
+        try:
+            variants = sweep_specs(_load(spec_path, fastest))
+        except LocalnetError as exc:  # a spec with explicit channels cannot simply be made deeper
+            variants = []
+            report["skipped"]["sweep"] = str(exc)
+        for axis, value, s in variants:
+            say(f"sweep {axis}={value}")
+            us, fl_per_sample = time_samples(s, x, y, n_classes)
+            report["sweep"]["rows"].append(dict(axis=axis, value=value, us_per_sample=us,
+                                                mflop_per_sample=fl_per_sample / 1e6,
+                                                gflops=fl_per_sample / us / 1e3,
+                                                vs_peak=fl_per_sample / us / 1e3 / peak))
+    if startup and "numba" in names:
+        say("start-up in fresh processes")
+        try:
+            report["startup"] = {"backend": "numba", "cold_cache": cold, **measure_startup(spec_path, "numba", cold)}
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            report["skipped"]["startup"] = str(exc)
+    return report
+
+
+def render(report, console):
+    from rich.table import Table
+    m = report["machine"]
+    console.print(f"[bold]machine[/]: {m['cpus']} CPUs, {m['processor']}; float32 GEMM (numpy, 2048³) "
+                  f"[bold]{m['gemm_gflops']:.0f} GFLOP/s[/]; data: {report['data']}", soft_wrap=True)
+    floor = Table(title="the floor: matrix products alone, per epoch")
+    for col in ("rule", "net", "MFLOP / sample", "at the GEMM rate (s)", "at the net's shapes (s)", "BLAS"):
+        floor.add_column(col)
+    for rule, f in report["floor"].items():
+        n = report["net"][rule]
+        floor.add_row(rule, f"{'-'.join(map(str, n['layers']))} ×{n['batch_size']} {n['dtype']}",
+                      f"{n['mflop_per_sample']:.2f}", f"{f['peak_s']:.2f}", f"{f['gemm_at_shapes_s']:.2f}",
+                      f["gemm_at_shapes_blas"])
+    console.print(floor)
+    res = Table(title="seconds per training epoch (median)")
+    for col in ("backend", "rule", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "peak RSS MiB",
+                "first step s", "other load", "epochs"):
+        res.add_column(col)
+    for r in report["results"]:
+        res.add_row(r["backend"], r["rule"], f"{r['seconds']:.2f}", f"{r['vs_peak_floor']:.2f}",
+                    f"{r['vs_gemm_at_shapes']:.2f}", f"{r['vs_pytorch']:.2f}" if "vs_pytorch" in r else "-",
+                    f"{r['peak_rss_mib']:.0f}", f"{r['first_step']:.2f}" if r.get("first_step") else "-",
+                    f"{100 * r['other_load']:.0f}%" if r.get("other_load") is not None else "-",
+                    " ".join(f"{s:.2f}" for s in r["epochs"]))
+    console.print(res)
+    busy = [r for r in report["results"] if (r.get("other_load") or 0) > 0.05]
+    if busy:
+        console.print(f"[yellow]other processes used the CPU during {len(busy)} measurement(s) (the 'other load' "
+                      f"column): those timings are pessimistic; run again on a quiet machine[/]", soft_wrap=True)
+    if report["breakdown"]:
+        bd = Table(title="where an epoch goes (s / epoch, phase by phase)")
+        bd.add_column("backend")
+        bd.add_column("rule")
+        keys = ("data", "forward", "feedback", "targets", "updates")
+        for k in keys + ("total",):
+            bd.add_column(k)
+        for name, rules in report["breakdown"].items():
+            for rule, ph in rules.items():
+                total = sum(ph.values())
+                bd.add_row(name, rule, *(f"{ph[k]:.2f} ({100 * ph[k] / total:.0f}%)" for k in keys), f"{total:.2f}")
+        console.print(bd)
+    if report.get("sweep"):
+        sw = report["sweep"]
+        t = Table(title=f"size sweep ({sw['backend']}, {sw['rule']}): one axis at a time around the net")
+        for col in ("axis", "value", "µs / sample", "MFLOP / sample", "GFLOP/s", "of GEMM peak"):
+            t.add_column(col)
+        for r in sw["rows"]:
+            t.add_row(r["axis"], str(r["value"]), f"{r['us_per_sample']:.1f}", f"{r['mflop_per_sample']:.2f}",
+                      f"{r['gflops']:.0f}", f"{100 * r['vs_peak']:.0f}%")
+        console.print(t)
+    if report.get("startup"):
+        s = report["startup"]
+        first, warm = s["first"], s["warm"]
+        console.print(f"[bold]start-up to the first batch[/] ({s['backend']}, fresh process): "
+                      f"{'first run, empty cache' if s['cold_cache'] else 'first run'} {first['total']:.2f} s "
+                      f"(first step {first['first_step']:.2f} s); cache warm {warm['total']:.2f} s "
+                      f"(first step {warm['first_step']:.2f} s)", soft_wrap=True)
+    for what, why in report["skipped"].items():
+        console.print(f"skipped {what}: {why}", soft_wrap=True)
+
+
+@click.command("bench")
+@click.argument("spec_path", metavar="[SPEC]", required=False, type=click.Path(dir_okay=False, exists=True))
+@click.option("--bp-spec", "bp_spec_path", type=click.Path(dir_okay=False, exists=True),
+              help="Backprop on the same net (default: specs/fashion-mnist-bp.yaml).")
+@click.option("--backend", "backends", multiple=True, help="Only these backends (repeatable).")
+@click.option("--epochs", default=3, show_default=True, help="Timed epochs per backend (the median is reported).")
+@click.option("--warmup", default=20, show_default=True, help="Untimed batches before the timed epochs.")
+@click.option("--batches", type=int, default=None, help="Time only this many batches per epoch, scaled up (quick).")
+@click.option("--no-torch", is_flag=True, help="Skip the PyTorch comparison.")
+@click.option("--no-sweep", is_flag=True, help="Skip the size sweep.")
+@click.option("--no-startup", is_flag=True, help="Skip start-up timing in fresh processes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
+def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_sweep, no_startup, as_json):
+    """Time every backend (and PyTorch, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
+    backprop on the same net, against the machine's float32 GEMM floor."""
+    from rich.console import Console
+    err = Console(stderr=True, highlight=False)
+    report = run_bench(spec_path, bp_spec_path, backends=list(backends) or None, epochs=epochs, warmup=warmup,
+                       batches=batches, torch=not no_torch, sweep=not no_sweep, startup=not no_startup,
+                       progress=None if as_json else (lambda msg: err.print(f"[dim]{msg}…[/]")))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        render(report, Console(highlight=False))

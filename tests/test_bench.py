@@ -1,0 +1,68 @@
+"""`localnet bench`: its FLOP accounting against DESIGN §6, and one quick run end to end (no timing asserted)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import localnet
+from localnet.bench import TorchNet, bench, flops, step_gemms
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+
+def net_for(name):
+    spec = localnet.load_spec(SPECS / name, ["backend=numpy"])
+    return localnet.build(spec, n_features=784, n_classes=10)
+
+
+def test_flops_per_sample_match_the_design_numbers():
+    """DESIGN §6: DTP on 784-256×5-10 costs about 4.5 MFLOP per sample, 1.9× backprop."""
+    dtp = flops(step_gemms(net_for("fashion-mnist-dtp.yaml"), 128)) / 128
+    bp = flops(step_gemms(net_for("fashion-mnist-bp.yaml"), 128)) / 128
+    assert dtp == pytest.approx(4.5e6, rel=0.01)
+    assert dtp / bp == pytest.approx(1.9, abs=0.02)
+    forward = 2 * (784 * 256 + 4 * 256 * 256 + 256 * 10)
+    assert bp == 2 * forward + 2 * (4 * 256 * 256 + 256 * 10)  # forward, dW, and e Wᵀ for all but the first layer
+
+
+def test_quick_bench_runs_and_reports_json(tmp_path):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text("""
+name: tiny
+seed: 1
+data: {name: digits}
+network:
+  layers:
+    - {name: h1, size: 16, activation: tanh}
+    - {name: out, size: 10, activation: linear}
+rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}
+train: {batch_size: 32}
+""")
+    result = CliRunner().invoke(bench, [str(spec), "--epochs", "1", "--warmup", "2", "--batches", "3", "--no-torch",
+                                        "--no-sweep", "--no-startup", "--json", "--backend", "numpy",
+                                        "--bp-spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["machine"]["gemm_gflops"] > 0
+    assert {r["backend"] for r in report["results"]} == {"numpy"}
+    row = report["results"][0]
+    assert row["seconds"] > 0 and row["vs_peak_floor"] > 0 and row["peak_rss_mib"] > 0
+    assert set(report["breakdown"]["numpy"]["dtp"]) == {"data", "forward", "feedback", "targets", "updates"}
+    assert report["floor"]["dtp"]["peak_s"] > 0
+
+
+def test_pytorch_comparison_step_runs_when_torch_is_installed():
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    for name in ("fashion-mnist-dtp.yaml", "fashion-mnist-bp.yaml"):
+        spec = localnet.load_spec(SPECS / name, ["network.layers.h1.size=8", "network.layers.h2.size=8",
+                                                 "network.layers.h3.size=8", "network.layers.h4.size=8",
+                                                 "network.layers.h5.size=8"])
+        net = TorchNet(spec, 12, 10)
+        rng = np.random.default_rng(0)
+        x, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 10, 16)
+        losses = [net.step(x, y) for _ in range(30)]
+        assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert torch.get_num_threads() >= 1
