@@ -131,15 +131,16 @@ def show(spec_path, overrides):
     for name, layer in net.layers.items():
         fo, bo = layer.forward_optimizer.spec, layer.feedback_optimizer
         layers.add_row(escape(name), str(layer.n_in), str(layer.size), layer.activation,
-                       f"{layer.feedback_activation} {layer.size}->{layer.n_in}" if layer.has_feedback else "-",
+                       (f"{layer.feedback_activation} {layer.size}->{layer.n_in}"
+                        + (" (fixed)" if layer.feedback_fixed else "")) if layer.has_feedback else "-",
                        f"{fo.type} {fo.lr:.3g}", f"{bo.spec.type} {bo.spec.lr:.3g}" if bo else "-")
     console.print(layers)
     channels = Table(title="channels")
-    for col in ("from", "to", "kind", "shape", "dtype"):
+    for col in ("from", "to", "kind", "shape", "dtype", "constraints"):
         channels.add_column(col)
     for c in g.channels:
         channels.add_row(escape(c.sender), escape(c.receiver), c.kind, "x".join(map(str, c.shape)) or "scalar",
-                         c.dtype)
+                         c.dtype, c.pipeline.describe() if c.pipeline is not None else "-")
     console.print(channels)
     console.print("[bold]schedule[/]")
     console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
@@ -201,6 +202,10 @@ def report(run_dirs):
         records, skipped = run.read_metrics()
         if skipped:
             _warn(run.metrics_warning(skipped))
+        diagnostics = sum(r.get("kind") == "diagnostics" for r in records)
+        records = [r for r in records if r.get("kind") != "diagnostics"]  # per-batch probes: `localnet plot`
+        if diagnostics:
+            console.print(f"  diagnostics: {diagnostics} records (plot them with `localnet plot`)")
         table = Table(box=None)
         for col in ("epoch", "train loss", "train acc", "val loss", "val acc", "seconds"):
             table.add_column(col, justify="right")
@@ -217,5 +222,9 @@ def report(run_dirs):
                 console.print(f"  {split} accuracy {100 * summary[split + '_accuracy']:.2f}%")
 
 
-from .bench import bench as _bench  # noqa: E402  (the command lives in its own module)
+from .plot import plot as _plot  # noqa: E402  (the command lives in its own module)
+main.add_command(_plot)
+from .bench import bench as _bench  # noqa: E402
 main.add_command(_bench)
+from .audit import audit_command as _audit  # noqa: E402
+main.add_command(_audit)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .channels import Channel
+from .constraints import constraints_for
 from .messages import BACKWARD_KINDS, FORWARD_KINDS
 from .rules import get_rule
 from .spec import Spec
@@ -126,8 +127,9 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
         else:
             shape = (sizes[sender],)
         dtype = "int64" if kind == "label" else spec.dtype
+        constraints = constraints_for(spec, sender, receiver, kind, where[2] if where[1] == "channels" else None)
         g.add_edge(sender, receiver, key=kind, index=index,
-                   channel=Channel(sender, receiver, kind, shape, dtype))
+                   channel=Channel(sender, receiver, kind, shape, dtype, constraints))
     for name in order[1:-1]:
         if name not in backward_in:
             raise spec_error(spec, ("network",), f"layer {name!r} receives no target or gradient, so it could "
@@ -154,6 +156,8 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
         feedback = tuple(name for name in order[1:-1]
                          if any(c.kind == "target" for c in _out(g, name))
                          and backward_in_kind(g, name) == "target")
+    for _, _, d in g.edges(data=True):
+        d["channel"].bind(spec.seed)  # the network binds them again to its own seed
     return NetworkGraph(g, tuple(order[1:-1]), n_in, schedules[0], schedules[1], feedback)
 
 

@@ -8,6 +8,7 @@ import math
 import numpy as np
 
 from . import backends
+from .constraints import check_layer_constraints
 from .engines import LocalEngine
 from .errors import LocalnetError
 from .graph import INPUT, LOSS, build_graph
@@ -62,6 +63,12 @@ class Network:
         self.layers = {name: nodes[name] for name in self.graph.layers}
         self.loss = nodes[LOSS]
         self.engine = LocalEngine(self.graph, nodes)
+        check_layer_constraints(spec, self.graph)
+        self.engine.bind_channels(seed)  # constraints' generators: the network's seed and each channel's identity
+        self.engine.check_isolation()  # LocalityError if a node holds another or another's memory
+        # diagnostics: a callable the next learning steps call as probe(network) between their backward and update
+        # phases (localnet.diagnostics.Probe, non-local by design); it reads and must change nothing. None: off.
+        self.probe = None
 
     # -- the step ------------------------------------------------------------------------------------------
     def _batch(self, x, y=None):
@@ -87,8 +94,9 @@ class Network:
         A layer that receives a gradient δ instead (backprop; the output layer in Lee et al.'s setting) reports
         the equivalent target h − η̂ δ.
         """
-        self.engine.forward(*self._batch(x, y), train=True)
-        self.engine.backward()
+        with self.engine.channels_preserved():  # a look, not a step: noise and delay queues stay where they were
+            self.engine.forward(*self._batch(x, y), train=True)
+            self.engine.backward()
         for layer in self.layers.values():
             layer.grads = None
         return [layer.target.copy() for layer in self.layers.values()]
@@ -112,6 +120,8 @@ class Network:
 
     def _learn(self):
         self.engine.backward()
+        if self.probe is not None:
+            self.probe(self)
         self.engine.update()
         return self._metrics()
 
@@ -160,6 +170,19 @@ class Network:
             raise LocalnetError(f"state names layers {sorted(states)}, the network has {sorted(self.layers)}")
         for name, layer in self.layers.items():
             layer.load_state(states[name])
+
+    def channel_state(self) -> dict:
+        """The state of every channel that keeps one (constraints' generators, delay queues) as flat
+        `<sender>><receiver>.<kind>.<key>` -> array; empty when no channel does. Checkpoints store it too."""
+        return self.engine.channel_state()
+
+    def load_channel_state(self, state: dict):
+        self.engine.load_channel_state(state)
+
+    def check_isolation(self):
+        """LocalityError naming the layer and attribute if any node holds another node, any view of another's
+        parameters or optimiser state, or memory another node may write (localnet/isolation.py)."""
+        self.engine.check_isolation()
 
     # -- the divergence guard ----------------------------------------------------------------------------------
     def looks_finite(self) -> bool:

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 import numpy as np
 
 from .data import load_dataset
+from .diagnostics import Probe
 from .errors import Interrupted, LocalnetError, RunError
 from .network import build
 from .runs import RunDir
@@ -178,7 +179,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         records, skipped = run.read_metrics()
         if skipped:
             warn(run.metrics_warning(skipped))
-        run.rewrite_metrics([r for r in records if isinstance(r.get("epoch"), int) and r["epoch"] < pos.epoch])
+        run.rewrite_metrics([r for r in records if _logged_before(r, pos)])
         resumes = previous.get("resumes")
         summary = {"status": "running", "run_dir": str(run.path), "epochs": pos.epoch - 1,
                    "resumes": (resumes if isinstance(resumes, int) else 0) + 1,
@@ -188,6 +189,14 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         run.unlock()
         raise
     return _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop)
+
+
+def _logged_before(record, pos):
+    """Whether a metrics record describes training the checkpoint at `pos` already holds: an epoch record of an
+    earlier epoch, a diagnostics record of a batch up to the checkpoint's step count."""
+    if record.get("kind") == "diagnostics":
+        return isinstance(record.get("step"), int) and record["step"] <= pos.steps
+    return isinstance(record.get("epoch"), int) and record["epoch"] < pos.epoch
 
 
 def _restore(run, spec, net, data):
@@ -208,6 +217,12 @@ def _restore(run, spec, net, data):
         except LocalnetError as exc:
             raise RunError(f"checkpoint file {checkpoint / (name + '.npz')} does not fit the run's network: "
                            f"{exc}") from None
+    channels = run.load_channel_state(checkpoint, trainer)  # constraints' generators and delay queues, if any
+    try:
+        net.load_channel_state(channels)
+    except LocalnetError as exc:
+        raise RunError(f"checkpoint file {checkpoint / 'network.channels.npz'} does not fit the run's network: "
+                       f"{exc}") from None
     return pos, (pos.epoch, pos.pass_, pos.batch)
 
 
@@ -246,6 +261,7 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
     if pos.data_rng is not None:
         rng.bit_generator.state = pos.data_rng
     seconds, steps = list(pos.seconds), pos.steps
+    every = spec.diagnostics.every
 
     def checkpoint(p: Position, why):
         nonlocal saved
@@ -254,7 +270,9 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
             raise Diverged(f"non-finite values before the checkpoint at epoch {p.epoch}, pass {p.pass_ + 1}, "
                            f"batch {p.batch + 1} ({why}): layer {found[0]!r}, {found[1]}; stopped"
                            f"{_kept(saved)}")
-        run.save_checkpoint(net.state(), p.to_dict())
+        net.check_isolation()  # no node holds another, or another's memory (LocalityError naming both)
+        channels = net.channel_state()  # constraints' generators and delay queues; none without such constraints
+        run.save_checkpoint(net.state(), p.to_dict(), **({"channels": channels} if channels else {}))
         saved = (p.epoch, p.pass_, p.batch)
         summary.update(epochs=p.epoch - 1, checkpoint={"epoch": p.epoch, "pass": p.pass_, "batch": p.batch})
         run.write_summary(summary)
@@ -278,10 +296,18 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
                                       f"`localnet run --resume {run.path}`")
                 start = starts[b]
                 idx = order[start:start + t.batch_size]
+                probe = None
+                if every and (steps + 1) % every == 0:  # diagnostics: measured between backward and update
+                    net.probe = probe = Probe(y[idx], reconstruction=step == net.train_step)
                 metrics = step(x[idx], y[idx])
                 steps += 1
+                if probe is not None:
+                    net.probe = None
                 if not net.looks_finite():
                     _check_divergence(net, metrics, epoch, b + 1, step.__name__, saved)
+                if probe is not None and probe.layers is not None:  # None: a feedback-only pass learns nothing
+                    run.log(probe.record(epoch=epoch, batch=b + 1, batches=len(starts), step=steps,
+                                         loss=metrics["loss"]))
                 if p == len(passes) - 1:
                     loss_sum += metrics["loss"] * len(idx)
                     correct += metrics["correct"]

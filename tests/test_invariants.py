@@ -1,7 +1,11 @@
 """Property tests of the invariants of targets (DESIGN §4), on drawn widths, depths, batches, seeds and inputs.
 
 Every reference value is computed here from `net.parameters()` with plain numpy (nothing from
-`localnet.backends` or `localnet.rules`). Tolerances are scaled by the size of the quantities involved:
+`localnet.backends` or `localnet.rules`). The public checks of `localnet.testing` (and the angles of
+`localnet.diagnostics`) are run on the same networks, so they are held to this independent oracle too; their own
+tests, on every rule and on broken rules, are in test_testing.py.
+
+Tolerances are scaled by the size of the quantities involved:
 `ulps(M) = 1e-12 · (1 + M)` where M bounds the magnitudes that were added or subtracted. float64 rounding is
 2.2e-16 relative per operation; the longest chains here (four layers, matrix products of width ≤ 6, weights
 O(1)) amplify it by at most ~1e2–1e3, so 1e-12 keeps a safety factor of 10 or more while any wrong formula would
@@ -15,6 +19,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import localnet
+from localnet.diagnostics import diagnose
+from localnet.testing import (check_determinism, check_difference_identity, check_exact_inverse_dtp_equals_tp,
+                              check_no_error_no_change)
 from oracle import act
 
 SETTINGS = settings(deadline=None, max_examples=30, suppress_health_check=[HealthCheck.too_slow])
@@ -126,6 +133,7 @@ def test_no_error_no_change_dtp(pb, fb_act):
     tol = rounding_bound(params, fb_act, hs, feedback_layers(d))
     for i, (h, t) in enumerate(zip(hs, ts), start=1):
         np.testing.assert_allclose(t, h, rtol=0, atol=tol, err_msg=f"layer {i}")
+    check_no_error_no_change(net, x, y)  # the public check agrees
     net.forward_step(x, y)
     after = net.parameters()
     names = list(params)
@@ -169,6 +177,8 @@ def test_tp_fails_no_error_no_change(depth, width, n, n_features, first_target, 
     hs, ts = net.forward(x), net.targets(x, y)
     gap = max(float(np.max(np.abs(t - h))) for h, t in zip(hs, ts))
     assert gap > 1e-3
+    with pytest.raises(AssertionError, match="no error, no change fails for rule 'tp'"):
+        check_no_error_no_change(net, x, y)
     # and DTP on the very same network and parameters does satisfy it
     dtp = build(dict(d, rule=dict(d["rule"], name="dtp")), n_features, seed % 1000)
     dtp.load_parameters(net.parameters())
@@ -176,6 +186,7 @@ def test_tp_fails_no_error_no_change(depth, width, n, n_features, first_target, 
     assert tol < 1e-10
     for h, t in zip(dtp.forward(x), dtp.targets(x, y)):
         np.testing.assert_allclose(t, h, rtol=0, atol=tol)
+    check_no_error_no_change(dtp, x, y)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -219,6 +230,10 @@ def test_exact_inverse_makes_dtp_equal_tp(depth, width, n, n_features, first_act
         p = params[names[i - 1]]
         f = act(acts[i - 1], td[i - 2] @ p["W"] + p["b"])
         np.testing.assert_allclose(f, td[i - 1], rtol=0, atol=ulps(f, *td))
+    # the public check builds its own exact inverses (on a variant of the network) and agrees, for both rules
+    if feedback_layers(d):
+        check_exact_inverse_dtp_equals_tp(dtp, x, y, seed=seed)
+        check_exact_inverse_dtp_equals_tp(tp, x, y, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,6 +257,11 @@ def test_difference_identity(pb, fb_act, fb_bias, eta):
         g_t, g_h = own_g(p, fb_act, ts[i]), own_g(p, fb_act, hs[i])
         np.testing.assert_allclose(g_t - ts[i - 1], g_h - hs[i - 1], rtol=0,
                                    atol=ulps(g_t, g_h, ts[i - 1], hs[i - 1]), err_msg=f"layer {i}")
+    if feedback_layers(d):
+        check_difference_identity(net, x, y)
+    else:  # two layers under last_hidden: no g anywhere; the public check refuses to pass vacuously
+        with pytest.raises(AssertionError, match="nothing to check"):
+            check_difference_identity(net, x, y)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -317,6 +337,11 @@ def test_transposed_feedback_is_backprop(pb, eta):
     for i in range(1, L + 1):
         want = h[i] - eta * delta[i]
         np.testing.assert_allclose(ts[i - 1], want, rtol=0, atol=ulps(want, h[i]), err_msg=f"layer {i}")
+    # the diagnostics probe, on the same network: angle 0 wherever backprop's gradient has a direction
+    probed = diagnose(net, x, y)
+    for i in range(1, L + 1):
+        if np.linalg.norm(h[i - 1].T @ delta[i]) >= 1e-6:
+            assert probed[names[i - 1]]["angle_bp"] < 1e-5, f"layer {i}"
 
     net.forward_step(x, y)
     after = net.parameters()
@@ -339,22 +364,14 @@ def test_transposed_feedback_is_backprop(pb, eta):
 @given(problems(acts=SMOOTH + ["stochastic_binary", "step"]), st.sampled_from(["dtp", "tp", "bp"]),
        st.sampled_from(["sgd", "adam", "rmsprop"]))
 def test_same_seed_same_numbers(pb, rule, opt):
-    """Same spec and seed: bit-identical parameters after three train_steps (noise, sampling and all); another
-    seed: other parameters (initial weights are drawn from the seed)."""
+    """Same spec and seed: bit-identical parameters, optimiser and generator states and metrics after three
+    train_steps (noise, sampling and all: the public check_determinism); another seed: other parameters (initial
+    weights are drawn from the seed)."""
     d = spec_dict(pb["widths"], pb["acts"], rule=rule, first_target=pb["first_target"], eta=0.3, noise=0.2,
                   opt=opt)
     x, y = pb["x"], pb["y"]
-    runs = []
-    for seed in (pb["seed"], pb["seed"], pb["seed"] + 1):
-        net = build(d, pb["n_features"], seed)
-        metrics = [net.train_step(x, y) for _ in range(3)]
-        runs.append((net.parameters(), metrics))
-    (p1, m1), (p2, m2), (p3, _) = runs
-    assert m1 == m2
-    for name in p1:
-        assert set(p1[name]) == set(p2[name])
-        for k in p1[name]:
-            np.testing.assert_array_equal(p1[name][k], p2[name][k], err_msg=f"{k} of {name}")
+    check_determinism(build(d, pb["n_features"], pb["seed"]), x, y, steps=3)
+    p1, p3 = (build(d, pb["n_features"], seed).parameters() for seed in (pb["seed"], pb["seed"] + 1))
     assert any(not np.array_equal(p1[name][k], p3[name][k]) for name in p1 for k in p1[name])
 
 

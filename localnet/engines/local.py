@@ -1,40 +1,165 @@
-"""The in-process engine: runs each phase over the schedule and routes messages along channels."""
+"""The in-process engine: runs each phase over the schedule and routes messages along channels.
+
+Each node gets, per phase, an `Inbox` of what its declared channels delivered (read-only payloads, every read
+recorded in `self.audit`); what it returns is routed on. A node that writes into a received array fails with a
+LocalityError naming it; `check_isolation` scans every node for references to another (localnet/isolation.py).
+"""
 
 from __future__ import annotations
 
+import contextlib
+
+from ..errors import LocalityError, LocalnetError
 from ..graph import INPUT, NetworkGraph
-from ..messages import BACKWARD_KINDS, FORWARD_KINDS
+from ..isolation import check_isolation
+from ..messages import BACKWARD_KINDS, FORWARD_KINDS, KINDS, NO_PROVENANCE, Audit, Inbox, Outbox
+
+
+def _plain(out):
+    """A plain dict a node returned, as an Outbox with no provenance, lag or base."""
+    tagged = Outbox()
+    tagged.update(out)
+    return tagged
 
 
 class LocalEngine:
     def __init__(self, graph: NetworkGraph, nodes: dict):
         self.graph, self.nodes = graph, nodes
-        self._forward = [(name, graph.inbound(name, FORWARD_KINDS)) for name in graph.forward_order]
-        self._backward = [(name, graph.inbound(name, BACKWARD_KINDS))
+        self.audit = Audit()
+        declared = {name: frozenset(c.kind for c in graph.inbound(name, KINDS)) for name in nodes}
+        self._forward = [(name, graph.inbound(name, FORWARD_KINDS), declared[name]) for name in graph.forward_order]
+        self._backward = [(name, graph.inbound(name, BACKWARD_KINDS), declared[name])
                           for name in graph.backward_order if name != INPUT]
-        self._outbox = {}
+        self._sent = {"forward": {}, "backward": {}}  # phase -> node -> its outbox this step
+        self.inboxes = {"forward": {}, "backward": {}}  # phase -> node -> its inbox this step (for the audit)
 
-    def _run(self, schedule, call):
-        outbox = self._outbox
-        for name, channels in schedule:
-            inbox = {c.kind: c.deliver(outbox[c.sender][c.kind]).payload for c in channels}
-            outbox[name] = call(self.nodes[name], inbox)
+    # -- routing -----------------------------------------------------------------------------------------------
+    def _run(self, phase, schedule, call, train):
+        sent, audit, inboxes, nodes = self._sent[phase], self.audit, self.inboxes[phase], self.nodes
+        for name, channels, declared in schedule:
+            messages = {}
+            for c in channels:
+                out, kind = sent[c.sender], c.kind
+                if type(out) is not Outbox:  # a node may return a plain dict: no provenance, lag or base
+                    out = _plain(out)
+                lag = out.lags.get(kind, 0) if out.lags else 0
+                reference = self._reference(c, out, lag) if c.displacement else None
+                messages[kind] = c.deliver(out[kind], out.provenance.get(kind, NO_PROVENANCE), reference, train, lag)
+            inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
+            try:
+                sent[name] = call(nodes[name], inbox)
+            except ValueError as exc:
+                self._refuse_write(name, phase, inbox, exc)
+                raise
+            for m in messages.values():  # numpy lets a view be made writable again when its memory's owner is
+                if m.payload.flags.writeable:
+                    raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
+                                        f"in the {phase} phase; what a node receives is read-only")
 
+    def _reference(self, c, out, lag):
+        """(the receiver's activation as the sender saw it, the receiver's own activation of the same step): a
+        target crosses a displacement channel as ĥ minus the first and arrives as the second plus that."""
+        seen = out.bases.get(c.kind)
+        if seen is None:
+            seen = self.inboxes["forward"][c.sender].messages()["activation"].payload
+        own = self._sent["forward"][c.receiver]["activation"] if not lag else self.nodes[c.receiver].output_of(lag)
+        return seen, own
+
+    @staticmethod
+    def _refuse_write(name, phase, inbox, exc):
+        """A write into a read-only (received) array becomes a LocalityError naming the node, the phase and what
+        it had received; any other ValueError passes."""
+        if "read-only" not in str(exc):
+            return
+        got = (", ".join(f"{m.kind} from {m.sender!r}" for m in inbox.messages().values())
+               if inbox is not None else "its kept input")
+        raise LocalityError(f"layer {name!r} tried to write into a read-only array in the {phase} phase "
+                            f"({exc}); what a node receives ({got or 'nothing'}) is read-only") from None
+
+    def _guarded(self, name, phase, method):
+        try:
+            return method()
+        except ValueError as exc:
+            self._refuse_write(name, phase, None, exc)
+            raise
+
+    # -- the phases --------------------------------------------------------------------------------------------
     def forward(self, x, y, train):
         """Forward phase: every node computes its output from what it received and sends it on."""
-        self._outbox = {}
+        self._sent = {"forward": {}, "backward": {}}
+        self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
-        self._run(self._forward, lambda node, inbox: node.forward(inbox, train))
+        self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
 
     def train_feedback(self):
         """Feedback phase: each layer with a feedback map fits it to its own forward map, alone."""
         for name in self.graph.feedback_layers:
-            self.nodes[name].train_feedback()
+            self._guarded(name, "feedback", self.nodes[name].train_feedback)
 
     def backward(self):
         """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule."""
-        self._run(self._backward, lambda node, inbox: node.backward(inbox))
+        self._sent["backward"], self.inboxes["backward"] = {}, {}
+        self._run("backward", self._backward, lambda node, inbox: node.backward(inbox), True)
 
     def update(self):
         for name in self.graph.layers:
-            self.nodes[name].apply_update()
+            self._guarded(name, "update", self.nodes[name].apply_update)
+
+    # -- channels ----------------------------------------------------------------------------------------------
+    def bind_channels(self, seed):
+        """Seed every channel's constraints, and tell each layer below a delayed channel how many past steps of
+        its own state to keep (the delays along the backward path to it, added up)."""
+        for channel in self.graph.channels:
+            channel.bind(seed)
+        for channel in self.graph.channels:  # targets cross as displacements where either direction is constrained
+            up = [c for c in self.graph.outbound(channel.receiver, ("activation",)) if c.receiver == channel.sender]
+            channel.displacement = channel.kind == "target" and (
+                channel.pipeline is not None or any(c.pipeline is not None for c in up))
+        lag = {}
+        for name, channels, _ in self._backward:
+            lag[name] = max((lag.get(c.sender, 0) + c.delay for c in channels), default=0)
+            if lag[name] and hasattr(self.nodes[name], "keep_history"):
+                self.nodes[name].keep_history(lag[name])
+
+    def channel_state(self) -> dict:
+        """Flat `<sender>><receiver>.<kind>.<key>` -> array for every channel that keeps state (the generator of
+        its stochastic constraints, delay queues); empty when none does."""
+        return {f"{c.identity}.{k}": v for c in self.graph.channels for k, v in c.state().items()}
+
+    def load_channel_state(self, state: dict):
+        """Restore `channel_state()`'s output; every stateful channel must be in it, and nothing else."""
+        state = dict(state)
+        expected = {c.identity for c in self.graph.channels if c.stateful}
+        parts = {}
+        for key, value in state.items():
+            identity = next((i for i in expected if key.startswith(i + ".")), None)
+            if identity is None:
+                raise LocalnetError(f"channel state {key!r} belongs to no stateful channel of this network")
+            parts.setdefault(identity, {})[key[len(identity) + 1:]] = value
+        missing = sorted(expected - set(parts))
+        if missing:
+            raise LocalnetError(f"no saved state for channel(s) {', '.join(missing)}")
+        for c in self.graph.channels:
+            if c.stateful:
+                c.load_state(parts[c.identity])
+
+    @contextlib.contextmanager
+    def channels_preserved(self):
+        """Run something (a probe, `Network.targets`) and put every channel's state, and the past steps layers
+        keep for delayed messages, back afterwards."""
+        saved = self.channel_state()
+        kept = {name: node.history.copy() for name, node in self.nodes.items()
+                if getattr(node, "history", None) is not None}
+        try:
+            yield
+        finally:
+            if saved:
+                self.load_channel_state(saved)
+            for name, history in kept.items():
+                self.nodes[name].history = history
+
+    # -- isolation ---------------------------------------------------------------------------------------------
+    def check_isolation(self):
+        """LocalityError naming the node and the attribute if any node holds another node, a writable array
+        another node holds, or any view of another node's parameters or optimiser state."""
+        check_isolation(self.nodes)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 
 import numpy as np
 
+from ..constraints import layer_constraint
 from ..errors import LocalnetError
+from ..messages import Outbox
 from ..optim import Optimizer
 from .base import Node
 from .init import initialize
@@ -28,13 +31,27 @@ class DenseLayer(Node):
         self.forward_params = {"W": initialize(spec.init or init, n_in, spec.size, init_rng, dtype)}
         if spec.bias:
             self.forward_params["b"] = np.zeros(spec.size, dtype)
+        # sign_constrained: each input's outgoing weights (a row of W) keep one sign, the sign of the row's sum at
+        # initialisation (no extra draw, so every other initial value stays as it was)
+        self.weight_signs = None
+        if layer_constraint(spec, "sign_constrained") is not None:
+            W = self.forward_params["W"]
+            self.weight_signs = np.where(W.sum(axis=1, keepdims=True) >= 0, 1, -1).astype(dtype)
+            np.abs(W, out=W)
+            W *= self.weight_signs
+        fixed = layer_constraint(spec, "fixed_feedback")
+        self.feedback_fixed = fixed is not None  # g is never trained
         self.feedback_params = {}
         self.feedback_activation = None
         if feedback is not None:
             self.feedback_activation = feedback.activation
-            self.feedback_params["V"] = initialize(feedback.init, spec.size, n_in, init_rng, dtype)
+            if fixed is not None and fixed.scale is not None:  # e.g. Shibuya et al.'s U(±1e-3)
+                self.feedback_params["V"] = init_rng.uniform(-fixed.scale, fixed.scale, (spec.size, n_in)).astype(dtype)
+            else:
+                self.feedback_params["V"] = initialize(feedback.init, spec.size, n_in, init_rng, dtype)
             if feedback.bias:
-                self.feedback_params["c"] = np.zeros(n_in, dtype)
+                self.feedback_params["c"] = (np.zeros(n_in, dtype) if fixed is None or fixed.scale is None else
+                                             init_rng.uniform(-fixed.scale, fixed.scale, n_in).astype(dtype))
         self.forward_optimizer = Optimizer(forward_optimizer, self.forward_params, kernels.optim)
         self.feedback_optimizer = (Optimizer(feedback_optimizer, self.feedback_params, kernels.optim)
                                    if feedback is not None else None)
@@ -42,6 +59,7 @@ class DenseLayer(Node):
         self.target = None  # the target this step's update descends toward
         self.grads = None
         self.reconstruction_loss = None
+        self.history = None  # (x, a, h) of past steps, newest last, when a delayed channel feeds this layer
 
     @property
     def has_feedback(self):
@@ -50,21 +68,52 @@ class DenseLayer(Node):
     def parameters(self):
         return {**self.forward_params, **self.feedback_params}
 
+    def owned_arrays(self):
+        """What no other node may see: parameters and optimiser state (for the isolation check)."""
+        own = dict(self.parameters())
+        for prefix, opt in self._optimizers():
+            own.update({f"{prefix}.{p}.{k}": a for p, arrays in opt.state.items() for k, a in arrays.items()})
+        return own
+
     # -- state, for checkpoints: everything a later step depends on, and nothing of any other layer -----------
     def state(self) -> dict:
         """Copies of this layer's full state as flat name -> array: `param.<W|b|V|c>`, each optimiser's step
         count and moments (`forward_optimizer.t`, `forward_optimizer.W.m`, ...) and its generator (`rng`, the
-        bit generator's state as JSON text)."""
+        bit generator's state as JSON text); below a delayed channel also its kept past steps
+        (`history.<i>.<x|a|h>`, oldest first)."""
         out = {f"param.{k}": v.copy() for k, v in self.parameters().items()}
         for prefix, opt in self._optimizers():
             out.update({f"{prefix}.{k}": v for k, v in opt.state_dict().items()})
         out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
+        for i, step in enumerate(self.history or ()):
+            out.update({f"history.{i}.{k}": v.copy() for k, v in zip("xah", step)})
         return out
+
+    def _checked_history(self, state):
+        """The kept steps in `state` as a list of (x, a, h), or LocalnetError if they do not fit this layer."""
+        keys = sorted(k for k in state if k.startswith("history."))
+        if not keys:
+            return []
+        n = len(keys) // 3
+        if self.history is None or n > self.history.maxlen or \
+                set(keys) != {f"history.{i}.{k}" for i in range(n) for k in "xah"}:
+            raise LocalnetError(f"layer {self.name!r}: kept steps {', '.join(keys[:6])}... do not fit the layer "
+                                f"(it keeps {self.history.maxlen if self.history is not None else 0})")
+        steps = []
+        for i in range(n):
+            x, a, h = (np.array(state[f"history.{i}.{k}"]) for k in "xah")
+            if (x.ndim != 2 or x.shape[1] != self.n_in or a.shape != (len(x), self.size) or h.shape != a.shape
+                    or not x.dtype == a.dtype == h.dtype == self.forward_params["W"].dtype):
+                raise LocalnetError(f"layer {self.name!r}: kept step {i} has shapes {x.shape}, {a.shape}, {h.shape}")
+            steps.append((x, a, h))
+        return steps
 
     def load_state(self, state: dict):
         """Restore what `state()` returned, in place; a key, shape or dtype that does not match is refused
         before anything changes."""
-        own = self.state()
+        history = self._checked_history(state)
+        state = {k: v for k, v in state.items() if not k.startswith("history.")}
+        own = {k: v for k, v in self.state().items() if not k.startswith("history.")}
         if set(state) != set(own):
             missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
             raise LocalnetError(f"layer {self.name!r}: state does not match the layer"
@@ -90,6 +139,8 @@ class DenseLayer(Node):
         for key, value in params.items():
             value[...] = state[f"param.{key}"]
         self.rng.bit_generator.state = rng_state
+        if self.history is not None:
+            self.history = deque(history, maxlen=self.history.maxlen)
 
     def _optimizers(self):
         yield "forward_optimizer", self.forward_optimizer
@@ -125,10 +176,18 @@ class DenseLayer(Node):
         self.x = inbox["activation"]
         W, b = self.forward_params["W"], self.forward_params.get("b")
         self.a, self.h = self.k.dense.forward(self.x, W, b, self.activation, self.rng, sample=train)
-        return {"activation": self.h}
+        out = Outbox()
+        out.send("activation", self.h, *self._forward_uses)
+        return out
+
+    @property
+    def _forward_uses(self):
+        return ("W", "b") if "b" in self.forward_params else ("W",)
 
     def train_feedback(self):
         """Fit g to invert this layer's own f around the input it just received (DESIGN §2 step 4)."""
+        if self.feedback_fixed:
+            return  # fixed_feedback: g keeps its random initial weights
         W, b = self.forward_params["W"], self.forward_params.get("b")
         V, c = self.feedback_params["V"], self.feedback_params.get("c")
         for _ in range(self.feedback_iterations):
@@ -137,30 +196,50 @@ class DenseLayer(Node):
             grads = {"V": dV, "c": dc} if c is not None else {"V": dV}
             self.feedback_optimizer.step(self.feedback_params, grads)
 
+    def keep_history(self, steps):
+        """Keep this layer's input, pre-activation and output of the last `steps` steps, for delayed targets."""
+        self.history = deque(maxlen=steps + 1)
+
+    def output_of(self, lag):
+        """This layer's output of `lag` ≥ 1 steps ago (before this step's backward phase), read-only."""
+        from ..messages import read_only
+        return read_only(self.history[-lag][2])
+
     def backward(self, inbox):
         """Compute this layer's update from what it received, and what it sends to the layer below."""
         k = self.k.dense
         W = self.forward_params["W"]
-        if "target" in inbox:
+        received = "target" if "target" in inbox else "gradient"
+        x, a, h = self.x, self.a, self.h
+        lag = inbox.lag(received) if self.history is not None and hasattr(inbox, "lag") else 0
+        if self.history is not None:  # below a delayed channel: learn against the state of the message's step
+            self.history.append((np.array(x), a, h))
+            x, a, h = self.history[max(len(self.history) - 1 - lag, 0)]
+        if received == "target":
             self.target = inbox["target"]
-            delta = k.local_delta(self.h, self.target)  # local loss ‖h − ĥ‖²
+            delta = k.local_delta(h, self.target)  # local loss ‖h − ĥ‖²
         else:
             delta = inbox["gradient"]  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
-            self.target = self.h - self.target_step * delta
-        e, dW, db = k.param_grads(self.x, self.a, self.h, delta, self.activation)
+            self.target = h - self.target_step * delta
+        e, dW, db = k.param_grads(x, a, h, delta, self.activation)
         self.grads = {"W": dW, "b": db} if "b" in self.forward_params else {"W": dW}
-        out = {}
-        if "gradient" in self.down_kinds:
-            out["gradient"] = k.input_grad(e, W)
+        # each message declares what it was computed from (its provenance, read by the locality audit)
+        out = Outbox()
+        if "gradient" in self.down_kinds:  # backprop: the receiver gets this layer's Wᵀ and s' (weight transport)
+            out.send("gradient", k.input_grad(e, W), "Wᵀ", "s'", received, lag=lag)
         if "target" in self.down_kinds:
-            if "target" in inbox:
+            if received == "target":  # the rule's target, from g's parameters alone (W is not passed)
                 V, c = self.feedback_params["V"], self.feedback_params.get("c")
-                out["target"] = self.rule.target_below(k, self.x, self.h, self.target, V, c,
-                                                       self.feedback_activation)
+                out.send("target", self.rule.target_below(k, x, h, self.target, V, c, self.feedback_activation),
+                         "target", *(("V", "c") if c is not None else ("V",)), lag=lag, base=x)
             else:  # the first target, one step down ℒ's gradient with respect to this layer's input
-                out["target"] = self.x - self.target_step * k.input_grad(e, W)
+                out.send("target", x - self.target_step * k.input_grad(e, W), "Wᵀ", "s'", "gradient", lag=lag,
+                         base=x)
         return out
 
     def apply_update(self):
         self.forward_optimizer.step(self.forward_params, self.grads)
         self.grads = None
+        if self.weight_signs is not None:  # sign_constrained: a weight that crossed zero stops at zero
+            W = self.forward_params["W"]
+            W[W * self.weight_signs < 0] = 0

@@ -1,5 +1,6 @@
 """The global loss node: receives h_L and labels, and sends the first target or ℒ's gradient down."""
 
+from ..messages import Outbox
 from .base import Node
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse"}
@@ -20,10 +21,10 @@ class LossNode(Node):
         return {}
 
     def backward(self, inbox):
-        out = {}
+        out = Outbox()
         if "gradient" in self.down_kinds:
-            out["gradient"] = self._grad
+            out.send("gradient", self._grad, "∂ℒ")
         if "target" in self.down_kinds:
             # the first target is one step down ℒ's gradient: ĥ_L = h_L − η̂ ∂ℒ/∂h_L
-            out["target"] = self._h - self.target_step * self._grad
+            out.send("target", self._h - self.target_step * self._grad, "∂ℒ", base=self._h)
         return out

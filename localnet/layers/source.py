@@ -1,5 +1,6 @@
 """The data source: the graph node that emits the batch's inputs and labels."""
 
+from ..messages import Outbox
 from .base import Node
 
 
@@ -13,4 +14,7 @@ class InputNode(Node):
 
     def forward(self, inbox, train):
         x, y = self._batch
-        return {"activation": x, "label": y}
+        out = Outbox()
+        out.send("activation", x, "data")
+        out.send("label", y, "data")
+        return out

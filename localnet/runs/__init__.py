@@ -42,6 +42,7 @@ LATEST = "latest.json"
 TRAINER = "trainer.json"
 LEGACY_CHECKPOINT = "checkpoint"  # parameters only, one .npz per layer, as written before resumable runs
 PARAM = "param."  # the prefix of a parameter's key in a layer's checkpoint file
+CHANNELS = "network.channels"  # the channels' state (constraints' generators, delay queues); no layer name has a dot
 _SEQUENCE = re.compile(r"^\d{6,}$")
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
@@ -296,10 +297,13 @@ class RunDir:
             if other.is_dir() and other != checkpoint:
                 shutil.rmtree(other, ignore_errors=True)
 
-    def save_checkpoint(self, states: dict, trainer: dict) -> Path:
-        """A complete checkpoint of {layer: state} and the trainer's state, committed atomically."""
+    def save_checkpoint(self, states: dict, trainer: dict, channels: dict | None = None) -> Path:
+        """A complete checkpoint of {layer: state} and the trainer's state, committed atomically; `channels`, the
+        network's channel state when a channel keeps one, goes to `network.channels.npz`."""
         checkpoint = self.new_checkpoint()
         digests = {f"{layer}.npz": self.write_layer_state(checkpoint, layer, state) for layer, state in states.items()}
+        if channels:
+            digests[f"{CHANNELS}.npz"] = self.write_layer_state(checkpoint, CHANNELS, channels)
         self.commit_checkpoint(checkpoint, {**trainer, "layers": list(states), "sha256": digests})
         return checkpoint
 
@@ -344,6 +348,16 @@ class RunDir:
         digests = trainer.get("sha256")
         digests = digests if isinstance(digests, dict) else {}
         return {layer: read_npz(checkpoint / f"{layer}.npz", sha256=digests.get(f"{layer}.npz")) for layer in layers}
+
+    def load_channel_state(self, checkpoint: Path, trainer=None) -> dict:
+        """The channels' state from a checkpoint, checked against its recorded SHA-256; {} when it has none."""
+        trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
+        digests = trainer.get("sha256")
+        digests = digests if isinstance(digests, dict) else {}
+        name = f"{CHANNELS}.npz"
+        if name not in digests and not (checkpoint / name).exists():
+            return {}
+        return read_npz(checkpoint / name, sha256=digests.get(name))
 
     def load_parameters(self, layers) -> dict:
         """Every layer's parameters {layer: {W, b, V, c}} from the current checkpoint (or from the parameters-only

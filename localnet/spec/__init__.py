@@ -9,13 +9,13 @@ import yaml
 
 from ..errors import SpecError, short_repr
 from . import names
-from .schema import (ChannelSpec, DataSpec, FeedbackSpec, LayerSpec, NetworkSpec, OptimizerSpec,
+from .schema import (ChannelSpec, ConstraintSpec, DataSpec, FeedbackSpec, LayerSpec, NetworkSpec, OptimizerSpec,
                      OptimizersSpec, RuleSpec, Spec, TrainSpec)
 from .validate import Context, convert, describe, to_data
 from .yamlio import load_yaml, read_yaml
 
-__all__ = ["load_spec", "dump_spec", "parse_override", "Spec", "ChannelSpec", "DataSpec", "FeedbackSpec",
-           "LayerSpec", "NetworkSpec", "OptimizerSpec", "OptimizersSpec", "RuleSpec", "TrainSpec"]
+__all__ = ["load_spec", "dump_spec", "parse_override", "Spec", "ChannelSpec", "ConstraintSpec", "DataSpec",
+           "FeedbackSpec", "LayerSpec", "NetworkSpec", "OptimizerSpec", "OptimizersSpec", "RuleSpec", "TrainSpec"]
 
 
 def parse_override(text):
@@ -110,6 +110,8 @@ def _check(spec, ctx):
         seen[layer.name.casefold()] = i
     if spec.network.chain is not None and spec.network.channels is not None:
         raise ctx.error(("network", "channels"), "give either `chain` or `channels`, not both")
+    from ..constraints import check_constraints
+    check_constraints(spec, ctx)
     if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
         raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
                         expected="'output' for a one-layer network", found="'last_hidden'")

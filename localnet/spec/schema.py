@@ -19,6 +19,11 @@ def _datasets():
     return DATASETS  # per layer; larger is a typo, and would try to allocate terabytes
 
 
+def _rules():
+    from ..rules import RULES
+    return tuple(RULES)  # the built-in rules and any registered with localnet.rules.register_rule
+
+
 @dataclass(frozen=True)
 class OptimizerSpec:
     """One optimiser. RMSprop adds eps inside the square root (Graves 2013, Lee et al.'s code); Adam outside."""
@@ -51,6 +56,30 @@ class FeedbackSpec:
     optimizer: OptimizerSpec | None = None
 
 
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """One plausibility constraint (localnet/constraints.py says what each does), e.g. `{type: noise, std: 0.1}`.
+
+    On a channel, a layer (every channel out of it) or the network (every channel): noise (std), quantize (bits,
+    optional range), sign, drop (p), delay (steps; targets and gradients only), optionally for one `kind` of
+    message. On a layer only: fixed_feedback (optional scale: V, c ~ U(±scale)), sign_constrained.
+    """
+
+    type: str = option(choices=lambda: _constraint_types())
+    kind: str | None = option(None, choices=("activation", "target", "gradient"))
+    std: float | None = option(None, ge=0.0)
+    bits: int | None = option(None, ge=2, le=24)
+    range: float | None = option(None, gt=0.0)
+    p: float | None = option(None, ge=0.0, le=1.0)
+    steps: int | None = option(None, ge=1, le=1000)
+    scale: float | None = option(None, gt=0.0)
+
+
+def _constraint_types():
+    from ..constraints import CONSTRAINT_TYPES
+    return CONSTRAINT_TYPES
+
+
 # A layer's name is also a file name (its checkpoint file) and a step of a `--set` key path: nothing else fits both.
 LAYER_NAME = (r"[A-Za-z_][A-Za-z0-9_-]{0,63}",
               "a letter or _, then up to 63 letters, digits, _ or - (it names the layer's checkpoint file)")
@@ -65,6 +94,7 @@ class LayerSpec:
     init: str | None = option(None, choices=names.INITS)
     optimizer: OptimizerSpec | None = None
     feedback: FeedbackSpec | None = None
+    constraints: tuple[ConstraintSpec, ...] = ()  # on its weights, or on every channel out of it
 
 
 @dataclass(frozen=True)
@@ -74,6 +104,7 @@ class ChannelSpec:
     from_: str = option(alias="from")
     to: str = option()
     kind: str = option(choices=("activation", "target", "gradient", "label"))
+    constraints: tuple[ConstraintSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +115,7 @@ class NetworkSpec:
     feedback: FeedbackSpec = option(factory=FeedbackSpec)
     chain: tuple[str, ...] | None = None
     channels: tuple[ChannelSpec, ...] | None = None
+    constraints: tuple[ConstraintSpec, ...] = ()  # on every channel (of `kind`, when given)
 
 
 @dataclass(frozen=True)
@@ -96,7 +128,7 @@ class RuleSpec:
     al.'s code) makes one full pass of feedback training, then one of forward training, per epoch.
     """
 
-    name: str = option("dtp", choices=names.RULES)
+    name: str = option("dtp", choices=lambda: _rules())
     target_step: float = option(0.1, ge=0.0)
     first_target: str = option("output", choices=("output", "last_hidden"))
     feedback_noise: float = option(0.1, ge=0.0)
@@ -124,6 +156,14 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
+class DiagnosticsSpec:
+    """Per-layer diagnostics (angle with backprop's gradient, distance to target, reconstruction error, norms),
+    logged to metrics.jsonl every `every` learning batches by a non-local probe; 0: off, at no cost."""
+
+    every: int = option(0, ge=0, le=1_000_000_000)
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     data: DataSpec
@@ -131,6 +171,7 @@ class Spec:
     rule: RuleSpec = option(factory=RuleSpec)
     optimizer: OptimizersSpec = option(factory=OptimizersSpec)
     train: TrainSpec = option(factory=TrainSpec)
+    diagnostics: DiagnosticsSpec = option(factory=DiagnosticsSpec)
     seed: int = option(0, ge=0, le=2**63 - 1)
     dtype: str = option("float32", choices=("float32", "float64"))
     backend: str = option("auto", choices=names.BACKENDS)

@@ -1,0 +1,191 @@
+"""`localnet plot RUN_DIR...`: learning curves and per-layer diagnostics of one or more runs, overlaid, to a PNG.
+
+matplotlib is an optional extra (`pip install 'localnet[plot]'`); it is imported only when the command runs, and
+drawn with the Agg canvas directly (no pyplot, no display, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LocalnetError
+
+INSTALL_HINT = "pip install 'localnet[plot]'"
+CURVES = (("loss", "loss"), ("accuracy", "accuracy"))
+
+
+def _matplotlib():
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise LocalnetError(f"localnet plot needs matplotlib, which is not installed: {INSTALL_HINT}") from None
+    return Figure, FigureCanvasAgg
+
+
+class RunCurves:
+    """What one run directory logged: its label, epoch records and diagnostics records."""
+
+    def __init__(self, path):
+        from .runs import RunDir
+        run = RunDir(path)
+        run.check()
+        spec = run.spec()
+        records, self.skipped = run.read_metrics()
+        self.warning = run.metrics_warning(self.skipped)
+        self.label = f"{spec.name} ({run.path.name})"
+        self.epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
+        self.diagnostics = [r for r in records if r.get("kind") == "diagnostics"
+                            and isinstance(r.get("layers"), dict)]
+
+    def series(self, key):
+        """(epochs, values) of an epoch record's key, where it is a number."""
+        points = [(r["epoch"], r[key]) for r in self.epochs if isinstance(r.get(key), (int, float))]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    def layers(self):
+        names = {}
+        for r in self.diagnostics:
+            names.update(dict.fromkeys(r["layers"]))
+        return list(names)
+
+    def layer_series(self, layer, metric):
+        """(position in epochs, values) of one layer's diagnostics field; a null (no direction) is left out."""
+        xs, ys = [], []
+        for r in self.diagnostics:
+            value = (r["layers"].get(layer) or {}).get(metric)
+            if not isinstance(value, (int, float)):
+                continue
+            epoch, batch, batches = r.get("epoch"), r.get("batch"), r.get("batches")
+            if all(isinstance(v, int) for v in (epoch, batch, batches)) and batches > 0:
+                xs.append(epoch - 1 + batch / batches)
+            elif isinstance(r.get("step"), int):
+                xs.append(r["step"])
+            else:
+                continue
+            ys.append(float(value))
+        return xs, ys
+
+
+def _smooth(values, width):
+    """A centred moving average (shorter windows at the ends), for noisy per-batch curves."""
+    if width <= 1 or len(values) < 3:
+        return list(values)
+    half = width // 2
+    out = []
+    for i in range(len(values)):
+        window = values[max(0, i - half): i + half + 1]
+        out.append(sum(window) / len(window))
+    return out
+
+
+def draw(runs, out, metric="angle_bp"):
+    """Draw the runs' curves into `out` (a PNG); returns the path."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    from matplotlib.ticker import MaxNLocator
+    layers = []
+    for run in runs:
+        layers += [name for name in run.layers() if name not in layers]
+    per_row = 3
+    rows = 1 + -(-len(layers) // per_row)
+    fig = Figure(figsize=(13, 3.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(rows, 2 * per_row)
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+
+    for column, (key, title) in enumerate(CURVES):
+        ax = fig.add_subplot(grid[0, column * per_row:(column + 1) * per_row])
+        for run, color in zip(runs, colors):
+            for split, style in (("train", "-"), ("val", "--")):
+                xs, ys = run.series(f"{split}_{key}")
+                if xs:
+                    ax.plot(xs, ys, style, color=color, marker="." if len(xs) < 30 else None)
+        ax.set_title(f"{title} (solid: train, dashed: validation)", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(title)
+        ax.grid(alpha=0.3)
+        if key == "accuracy":
+            ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
+
+    for i, layer in enumerate(layers):
+        row, col = 1 + i // per_row, i % per_row
+        ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])
+        for run, color in zip(runs, colors):
+            xs, ys = run.layer_series(layer, metric)
+            if not xs:
+                continue
+            if len(xs) >= 30:
+                ax.plot(xs, ys, "-", color=color, alpha=0.25, linewidth=0.7)
+                ax.plot(xs, _smooth(ys, max(3, len(xs) // 25)), "-", color=color, linewidth=1.6)
+            else:
+                ax.plot(xs, ys, "-", color=color, marker=".")
+        ax.set_title(f"layer {layer}: {_METRIC_TITLES.get(metric, metric)}", fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if metric == "angle_bp":  # at least 0-5°: float32 noise around 0° should read as 0°, not as a trend
+            ax.set_ylabel("degrees")
+            top = max((max(run.layer_series(layer, metric)[1], default=0.0) for run in runs), default=0.0)
+            ax.set_ylim(0, max(5.0, min(180.0, 1.05 * top)))
+
+    handles = [fig.axes[0].plot([], [], "-", color=color)[0] for color in colors]
+    fig.legend(handles, [run.label for run in runs], loc="outside upper center", ncols=min(len(runs), 3),
+               fontsize=9, frameon=False)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+_METRIC_TITLES = {
+    "angle_bp": "angle with backprop's gradient",
+    "distance_to_target": "distance to target ‖h − ĥ‖",
+    "target_norm": "target norm ‖ĥ‖",
+    "activation_norm": "activation norm ‖h‖",
+    "reconstruction_loss": "feedback reconstruction loss (noisy)",
+    "reconstruction_error": "feedback reconstruction error ‖g(h_i) − h_{i-1}‖²",
+    "update_norm": "norm of the local gradient",
+    "bp_norm": "norm of backprop's gradient",
+}
+
+
+def _fail_cleanly(command):
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except LocalnetError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+    return wrapper
+
+
+@click.command()
+@click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", "-o", type=click.Path(dir_okay=False),
+              help="The PNG to write [default: RUN_DIR/curves.png for one run, curves.png for several].")
+@click.option("--metric", default="angle_bp", show_default=True, type=click.Choice(list(_METRIC_TITLES)),
+              help="Which per-layer diagnostic to draw (runs with `diagnostics: {every: N}` in their spec).")
+@_fail_cleanly
+def plot(run_dirs, out, metric):
+    """Draw learning curves (train and validation loss and accuracy per epoch) and, where diagnostics were logged,
+    each layer's angle with backprop's gradient, for one or more runs overlaid, to a PNG (needs matplotlib:
+    pip install 'localnet[plot]')."""
+    _matplotlib()  # fail before reading anything
+    runs = [RunCurves(path) for path in run_dirs]
+    for run in runs:
+        if run.warning:
+            click.echo(f"warning: {run.warning}", err=True)
+    if not any(run.epochs or run.diagnostics for run in runs):
+        raise LocalnetError("nothing to plot: no run has logged an epoch or a diagnostics record yet")
+    if out is None:
+        out = Path(run_dirs[0]) / "curves.png" if len(run_dirs) == 1 else Path("curves.png")
+    path = draw(runs, out, metric)
+    missing = [run.label for run in runs if not run.diagnostics]
+    if missing and len(missing) < len(runs):
+        click.echo(f"note: no diagnostics logged by {', '.join(missing)}", err=True)
+    click.echo(f"wrote {path}")
