@@ -32,7 +32,8 @@ TARGET_OUTPUT = "target from the output (direct)"
 LOSS_GRADIENT = "global loss gradient"
 GRADIENT_ABOVE = "gradient from the layer above"
 WEIGHTS = "another layer's weights"
-CATEGORIES = (ACTIVATION, LABEL, TARGET_ABOVE, TARGET_OUTPUT, LOSS_GRADIENT, GRADIENT_ABOVE, WEIGHTS)
+RESPONSE = "the output's response to noise injected here (a forward pass through the layers above)"
+CATEGORIES = (ACTIVATION, LABEL, TARGET_ABOVE, TARGET_OUTPUT, LOSS_GRADIENT, GRADIENT_ABOVE, WEIGHTS, RESPONSE)
 
 LOCAL = "local"
 FIRST_TARGET = "local apart from the first target"
@@ -99,10 +100,12 @@ def _above(graph, receiver, sender):
     return any(c.receiver == sender for c in graph.outbound(receiver, ("activation",)))
 
 
-def classify(graph, receiver, kind, sender, provenance, transports=None):
+def classify(graph, receiver, kind, sender, provenance, transports=None, phase="backward"):
     """(categories, first) of one read. `transports`: whether the message changes with its sender's W (measured);
     None falls back to the sender's declaration (Wᵀ in the provenance)."""
     transports = ("Wᵀ" in provenance) if transports is None else transports
+    if kind == "activation" and phase == "feedback":  # DDTP's DRL: the output's response to a perturbation
+        return (RESPONSE,), False
     if kind == "activation":
         return (ACTIVATION,), False
     if kind == "label":
@@ -110,7 +113,8 @@ def classify(graph, receiver, kind, sender, provenance, transports=None):
     cats = []
     first = "∂ℒ" in provenance or (kind == "target" and "gradient" in provenance)
     if kind == "target":
-        cats.append(TARGET_ABOVE if _above(graph, receiver, sender) else TARGET_OUTPUT)
+        direct = receiver in (getattr(graph, "direct_in", None) or {})  # DDTP: the output's displacement
+        cats.append(TARGET_ABOVE if _above(graph, receiver, sender) and not direct else TARGET_OUTPUT)
     elif sender == LOSS or "∂ℒ" in provenance:
         first = True
     else:
@@ -124,6 +128,11 @@ def classify(graph, receiver, kind, sender, provenance, transports=None):
 
 def layer_verdict(uses):
     """(verdict, reason) of one layer from what it used."""
+    response = [u for u in uses if RESPONSE in u.categories]
+    if response:
+        return NON_LOCAL, ("its feedback map is trained on the output's response to noise injected at this layer "
+                           f"(a forward pass through the layers above to {response[0].sender}, as in Meulemans et "
+                           "al.'s DRL); its targets come straight from the output")
     wrong = [u for u in uses if not u.first and (WEIGHTS in u.categories or GRADIENT_ABOVE in u.categories)]
     if wrong:
         return NON_LOCAL, "; ".join(f"{u.kind} from {u.sender} computed with {u.sender}'s Wᵀ and s'" for u in wrong)
@@ -146,6 +155,11 @@ def layer_verdict(uses):
 
 def rule_verdict(verdicts):
     non_local = [n for n, (v, _) in verdicts.items() if v == NON_LOCAL]
+    if non_local and not any("Wᵀ" in verdicts[n][1] for n in non_local):
+        by_reason = {}
+        for n in non_local:
+            by_reason.setdefault(verdicts[n][1], []).append(n)
+        return NON_LOCAL, "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items())
     if non_local:
         return NON_LOCAL, (f"{', '.join(non_local)} learn from gradients that carry the layer above's transposed "
                            "weights Wᵀ and the derivative of its non-linearity s' (weight transport)")
@@ -215,7 +229,7 @@ def audit_network(net, x, y, *, measure=True) -> AuditReport:
     for receiver, phase, kind, sender, provenance in reads:
         m = measured.get((sender, kind)) if phase == "backward" else None
         transports = m.get("W") if m and "W" in m else None
-        cats, first = classify(graph, receiver, kind, sender, provenance, transports)
+        cats, first = classify(graph, receiver, kind, sender, provenance, transports, phase)
         uses.append(Use(receiver, phase, kind, sender, provenance, cats, first, m))
     order = {name: i for i, name in enumerate(graph.forward_order)}
     phases = {"forward": 0, "feedback": 1, "backward": 2}
@@ -229,7 +243,8 @@ def audit_network(net, x, y, *, measure=True) -> AuditReport:
         checked.extend((sender, kind, r, declared, m, ok) for r in receivers)
 
     layers = tuple(n for n in graph.forward_order if n in net.layers)
-    verdicts = {n: layer_verdict([u for u in uses if u.receiver == n and u.phase == "backward"]) for n in layers}
+    verdicts = {n: layer_verdict([u for u in uses if u.receiver == n and (u.phase == "backward" or
+                                  RESPONSE in u.categories)]) for n in layers}
     verdict, reason = rule_verdict(verdicts)
     feedback = {n: (("fixed" if net.layers[n].feedback_fixed else "trained") if net.layers[n].has_feedback else None)
                 for n in layers}
@@ -290,8 +305,13 @@ def print_report(report, console):
                       _cell([u for u in mine if u.phase == "backward"], report.constraints),
                       escape(sends), f"[{style}]{verdict}[/]" if style else (verdict or "-"))
     console.print(table)
-    console.print("The feedback and update phases read no message: a layer trains g on its own f around the input "
-                  "it kept from the forward phase, and steps its own optimiser.", soft_wrap=True)
+    if any(RESPONSE in u.categories for u in report.uses):
+        console.print("Feedback phase: each layer with a direct feedback map trains it on the output's response to "
+                      "noise injected at the layer (DDTP's difference reconstruction loss); the update phase reads "
+                      "no message.", soft_wrap=True)
+    else:
+        console.print("The feedback and update phases read no message: a layer trains g on its own f around the "
+                      "input it kept from the forward phase, and steps its own optimiser.", soft_wrap=True)
     style = {"local": "green", FIRST_TARGET: "yellow", NON_LOCAL: "red"}[report.verdict]
     console.print(f"[bold]verdict ({escape(report.rule)}{escape(placement)}):[/] [{style}]{report.verdict}[/]: "
                   f"{escape(report.reason)}", soft_wrap=True)

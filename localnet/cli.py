@@ -62,19 +62,32 @@ def main():
               help="Where run directories are created (or $LOCALNET_RUNS).")
 @click.option("--resume", "resume_dir", metavar="RUN_DIR", type=click.Path(file_okay=False),
               help="Continue RUN_DIR from its last checkpoint, with its own spec (no SPEC, --set or --backend).")
+@click.option("--engine", type=click.Choice(["local", "mpi"]), default="local", show_default=True,
+              help="mpi: layers on MPI ranks, under `mpiexec -n K localnet run SPEC --engine mpi`.")
+@click.option("--placement", metavar="LAYER=RANK,...",
+              help="With --engine mpi: the rank of every layer (default: contiguous, balanced by parameters).")
 @_fail_cleanly
-def run(spec_path, overrides, backend, runs_dir, resume_dir):
+def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", placement=None):
     """Train the network SPEC describes and write a run directory, or continue one with --resume RUN_DIR.
 
     SIGINT (Ctrl-C) or SIGTERM finishes the current batch, writes a checkpoint and exits with status 130; a second
     one aborts at once, keeping the previous checkpoint.
     """
     from .training import resume, stop_on_signals, train
+    if placement is not None and engine != "mpi":
+        raise click.UsageError("--placement places layers on MPI ranks; it needs --engine mpi")
     if resume_dir is not None:
         if spec_path is not None or overrides or backend:
             raise click.UsageError("--resume continues a run with its own spec; give no SPEC, --set or --backend")
     elif spec_path is None:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    if engine == "mpi":
+        from .engines import mpi as mpi_engine
+        if not mpi_engine.is_root():  # ranks other than 0 serve their layers; rank 0 reports
+            mpi_engine.run(None if resume_dir else _load(spec_path, overrides, backend), resume_dir=resume_dir,
+                           placement=placement)
+            return
+        train, resume = mpi_engine.trainer(placement)
     if resume_dir is None:
         spec = _load(spec_path, overrides, backend)
         console.print(f"[bold]{escape(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "

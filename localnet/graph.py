@@ -27,6 +27,7 @@ class NetworkGraph:
     forward_order: tuple  # nodes in the order the forward phase runs them
     backward_order: tuple  # nodes in the order the backward phase runs them
     feedback_layers: tuple  # layers that own a feedback map g
+    direct_in: dict = None  # layer -> size of the output it gets direct targets from (DDTP), where one does
 
     @property
     def channels(self):
@@ -49,9 +50,13 @@ def _declared_edges(spec):
     if len(chain) < 3 or chain[0] != INPUT or chain[-1] != LOSS:
         raise spec_error(spec, where, "a chain runs from `input` through the layers to `loss`",
                          expected="[input, <layer>, ..., loss]", found=list(chain))
-    top_kind, down_kind = get_rule(spec.rule.name).chain_kinds(spec.rule.first_target)
+    rule = get_rule(spec.rule.name)
+    top_kind, down_kind = rule.chain_kinds(spec.rule.first_target)
     edges = [(a, b, "activation", where) for a, b in zip(chain, chain[1:])]
     edges.append((INPUT, LOSS, "label", where))
+    custom = rule.chain_backward(tuple(chain[1:-1])) if spec.rule.first_target == "output" else None
+    if custom is not None:  # e.g. DDTP: the output layer straight to every hidden layer
+        return edges + [(a, b, kind, where) for a, b, kind in custom]
     edges.append((LOSS, chain[-2], top_kind, where))
     edges += [(b, a, down_kind, where) for a, b in reversed(list(zip(chain[1:-2], chain[2:-1])))]
     return edges
@@ -105,14 +110,20 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
         raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
                          f"{spec.data.name}", expected=f"{n_classes} units (one per class)", found=n_in[LOSS])
 
-    backward_in = {}
+    backward_in, direct_in = {}, {}
     for index, (sender, receiver, kind, where) in enumerate(edges):
         if kind in BACKWARD_KINDS:
             allowed = rule.backward_kinds(sender == LOSS)
             if kind not in allowed:
                 raise spec_error(spec, where, f"rule {rule.name!r} cannot send a {kind} from {sender!r}",
                                  expected=" or ".join(allowed), found=kind)
-            if receiver in (INPUT, LOSS) or producers.get((sender, "activation")) != receiver:
+            below = producers.get((sender, "activation")) == receiver
+            top = producers.get((LOSS, "activation"))
+            if receiver in (INPUT, LOSS) or not rule.allows_backward(sender, receiver, below, top):
+                if rule.direct:
+                    raise spec_error(spec, where, f"rule {rule.name!r} sends targets directly from the output "
+                                     f"layer {top!r} to each layer under it, and from `loss` to {top!r} only",
+                                     found=f"{sender} -> {receiver}")
                 raise spec_error(spec, where, f"a {kind} channel runs against an activation channel, from a "
                                  "node back to the layer it receives its activation from",
                                  found=f"{sender} -> {receiver}")
@@ -121,7 +132,10 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
                                  expected="one producer per input port",
                                  found=f"{backward_in[receiver]!r} and {sender!r}")
             backward_in[receiver] = sender
-            shape = (n_in[sender],)
+            # a direct target (DDTP) carries the output's displacement ĥ_L − h_L, in the sender's own space
+            shape = (sizes[sender],) if rule.direct and sender != LOSS else (n_in[sender],)
+            if sender != LOSS and rule.direct:
+                direct_in[receiver] = sizes[sender]
         elif kind == "label":
             shape = ()
         else:
@@ -151,14 +165,20 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
         schedules.append(tuple(nx.lexicographical_topological_sort(phase, key=rank.__getitem__)))
 
     feedback = ()
-    if rule.uses_feedback:
+    if rule.direct:  # each layer a direct target reaches owns g_i from the output's space to its own
+        feedback = tuple(name for name in order[1:-1] if name in direct_in)
+        constrained = [c for _, _, c in g.edges(data="channel") if c.constraints]
+        if constrained:
+            raise spec_error(spec, ("network",), f"rule {rule.name!r} does not support channel constraints yet",
+                             found=", ".join(c.identity for c in constrained))
+    elif rule.uses_feedback:
         # a layer needs g when it passes a *target* it received down to the layer below
         feedback = tuple(name for name in order[1:-1]
                          if any(c.kind == "target" for c in _out(g, name))
                          and backward_in_kind(g, name) == "target")
     for _, _, d in g.edges(data=True):
         d["channel"].bind(spec.seed)  # the network binds them again to its own seed
-    return NetworkGraph(g, tuple(order[1:-1]), n_in, schedules[0], schedules[1], feedback)
+    return NetworkGraph(g, tuple(order[1:-1]), n_in, schedules[0], schedules[1], feedback, direct_in)
 
 
 def _out(g, name):

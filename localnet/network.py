@@ -9,7 +9,7 @@ import numpy as np
 
 from . import backends
 from .constraints import check_layer_constraints
-from .engines import LocalEngine
+from .engines import new_engine
 from .errors import LocalnetError
 from .graph import INPUT, LOSS, build_graph
 from .layers.dense import DenseLayer
@@ -53,16 +53,24 @@ class Network:
             feedback = None
             if name in self.graph.feedback_layers:
                 feedback = layer_spec.feedback or spec.network.feedback
+            direct_from = (self.graph.direct_in or {}).get(name)
+            if direct_from is not None and feedback is not None and feedback.activation != "linear":
+                raise LocalnetError(f"rule {rule.name!r}: layer {name!r}'s direct feedback map must be linear "
+                                    f"(feedback activation: linear), not {feedback.activation!r}")
+            if direct_from is not None and r.feedback_noise == 0:
+                raise LocalnetError(f"rule {rule.name!r} trains its feedback maps with noise: rule.feedback_noise "
+                                    "must be > 0 (the difference reconstruction loss divides by σ²)")
             fb_opt = (feedback.optimizer if feedback and feedback.optimizer else spec.optimizer.feedback)
             nodes[name] = DenseLayer(
                 name, self.graph.n_in[name], layer_spec, feedback=feedback,
                 forward_optimizer=layer_spec.optimizer or spec.optimizer.forward, feedback_optimizer=fb_opt,
                 rule=rule, target_step=r.target_step, feedback_noise=r.feedback_noise,
                 feedback_iterations=r.feedback_iterations, init=spec.network.init, dtype=self.dtype,
-                kernels=self.backend, seed=layer_seed, down_kinds=_down_kinds(self.graph, name))
+                kernels=self.backend, seed=layer_seed, down_kinds=_down_kinds(self.graph, name),
+                direct_from=direct_from)
         self.layers = {name: nodes[name] for name in self.graph.layers}
         self.loss = nodes[LOSS]
-        self.engine = LocalEngine(self.graph, nodes)
+        self.engine = new_engine(self.graph, nodes)  # LocalEngine unless inside engines.using(...)
         check_layer_constraints(spec, self.graph)
         self.engine.bind_channels(seed)  # constraints' generators: the network's seed and each channel's identity
         self.engine.check_isolation()  # LocalityError if a node holds another or another's memory

@@ -150,6 +150,8 @@ _METRIC_TITLES = {
     "reconstruction_error": "feedback reconstruction error ‖g(h_i) − h_{i-1}‖²",
     "update_norm": "norm of the local gradient",
     "bp_norm": "norm of backprop's gradient",
+    "jfjg_positive": "fraction of eigenvalues of J_f J_g with positive real part",
+    "jfjg_trace": "trace of J_f J_g",
 }
 
 

@@ -265,6 +265,7 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
 
     def checkpoint(p: Position, why):
         nonlocal saved
+        net.engine.synchronise()  # the MPI engine gathers every rank's layers into rank 0's copies
         found = net.find_nonfinite(("feedback parameters", "forward parameters", "optimiser state"))
         if found:
             raise Diverged(f"non-finite values before the checkpoint at epoch {p.epoch}, pass {p.pass_ + 1}, "

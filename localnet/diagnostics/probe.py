@@ -24,7 +24,7 @@ from . import reference
 
 #: what `measure` reports for each layer, in this order (a JSON null where a value does not exist)
 FIELDS = ("angle_bp", "distance_to_target", "target_norm", "activation_norm", "reconstruction_loss",
-          "reconstruction_error", "update_norm", "bp_norm")
+          "reconstruction_error", "update_norm", "bp_norm", "jfjg_positive", "jfjg_trace")
 
 
 def backprop_gradients(net, labels) -> dict:
@@ -68,6 +68,21 @@ def _mean_norm(array):
     return float(np.mean(np.linalg.norm(array.reshape(len(array), -1), axis=1))) if len(array) else math.nan
 
 
+def _jfjg(layer, q):
+    """(fraction of eigenvalues of J_f J_g with positive real part, its trace), with J_f = diag(s'(a)) Wᵀ and
+    J_g = diag(s̄'(q)) Vᵀ averaged over the batch (row convention: h = s(xW + b), g(h) = s̄(hV + c))."""
+    W, b = layer.forward_params["W"], layer.forward_params.get("b")
+    a = reference.affine(layer.x, W, b)
+    jf = reference.derivative(layer.activation, a).mean(axis=0)[:, None] * np.asarray(W, np.float64).T
+    jg = (reference.derivative(layer.feedback_activation, q).mean(axis=0)[:, None]
+          * np.asarray(layer.feedback_params["V"], np.float64).T)
+    product = jf @ jg
+    if not np.isfinite(product).all():
+        return None, None
+    eigenvalues = np.linalg.eigvals(product)
+    return float(np.mean(eigenvalues.real > 0)), float(np.trace(product))
+
+
 def measure(net, labels, reconstruction=True) -> dict:
     """{layer: {field: value}} for the step in hand (call it after the backward phase, before the update):
 
@@ -80,6 +95,9 @@ def measure(net, labels, reconstruction=True) -> dict:
       without g, and with `reconstruction=False` (a step that trained no feedback: alternate_epoch's forward pass)
     - reconstruction_error: the noise-free ‖g_i(h_i) − h_{i-1}‖² on this batch with the current g (null without g)
     - update_norm, bp_norm: the norms of the two gradients the angle is taken between
+    - jfjg_positive, jfjg_trace: for a layer with g (Shibuya et al.'s FW-DTP diagnostics), the fraction of the
+      eigenvalues of J_f J_g with positive real part, and its trace; J_f = ∂f_i/∂h_{i-1} and J_g = ∂g_i/∂h_i at this
+      batch, each averaged over the samples (null without g, and for DDTP's direct maps, which invert no f_i)
     Squared errors are summed over units and averaged over the batch, like every loss in localnet.
     """
     bp = backprop_gradients(net, labels)
@@ -90,11 +108,13 @@ def measure(net, labels, reconstruction=True) -> dict:
         exact = reference.flat([bp[name][k] for k in keys])
         h = np.asarray(layer.h, np.float64)
         target = None if layer.target is None else np.asarray(layer.target, np.float64)
-        error = None
-        if layer.feedback_params:
+        error = positive = trace = None
+        if layer.feedback_params and getattr(layer, "direct_from", None) is None:  # DDTP's Q inverts no f
             V, c = layer.feedback_params["V"], layer.feedback_params.get("c")
-            g = reference.activation(layer.feedback_activation, reference.affine(h, V, c))
+            q = reference.affine(h, V, c)
+            g = reference.activation(layer.feedback_activation, q)
             error = float(np.sum((g - np.asarray(layer.x, np.float64)) ** 2) / len(h))
+            positive, trace = _jfjg(layer, q)
         out[name] = {
             "angle_bp": _number(reference.angle(local, exact)) if local is not None else None,
             "distance_to_target": (_number(_mean_norm(h - target)) if target is not None and target.shape == h.shape
@@ -106,6 +126,8 @@ def measure(net, labels, reconstruction=True) -> dict:
             "reconstruction_error": _number(error),
             "update_norm": _number(np.linalg.norm(local)) if local is not None else None,
             "bp_norm": _number(np.linalg.norm(exact)),
+            "jfjg_positive": _number(positive),
+            "jfjg_trace": _number(trace),
         }
     return out
 

@@ -92,9 +92,37 @@ class LocalEngine:
         self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
 
     def train_feedback(self):
-        """Feedback phase: each layer with a feedback map fits it to its own forward map, alone."""
+        """Feedback phase: each layer with a feedback map fits it to its own forward map, alone; a layer with
+        direct targets (DDTP) gets the output's response to its perturbed activation (`response_above`)."""
         for name in self.graph.feedback_layers:
-            self._guarded(name, "feedback", self.nodes[name].train_feedback)
+            node = self.nodes[name]
+            if getattr(node, "direct_from", None) is not None:
+                self._guarded(name, "feedback", lambda: node.train_feedback(self.response_above(name)))
+            else:
+                self._guarded(name, "feedback", node.train_feedback)
+
+    def response_above(self, name):
+        """h -> the output layer's response when `name`'s activation is h: a forward pass through the layers
+        above, each computing its own f (no state change, no channel constraints). Non-local by nature; the read
+        is recorded in the audit as an activation from the output computed with the forward weights above."""
+        from ..graph import LOSS
+        from ..messages import Message
+        path, node = [], name
+        while True:
+            up = [c.receiver for c in self.graph.outbound(node, ("activation",))]
+            if not up or up[0] == LOSS:
+                break
+            node = up[0]
+            path.append(self.nodes[node])
+
+        def respond(h):
+            for layer in path:
+                h = layer.respond(h)
+            if self.audit.enabled:
+                self.audit.record(name, "feedback", Message("activation", path[-1].name if path else name, h,
+                                                            frozenset(("W", "b"))))
+            return h
+        return respond
 
     def backward(self):
         """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule."""
@@ -104,6 +132,10 @@ class LocalEngine:
     def update(self):
         for name in self.graph.layers:
             self._guarded(name, "update", self.nodes[name].apply_update)
+
+    def synchronise(self):
+        """Bring every node's state to where `Network.state()` reads it: nothing to do in one process (the MPI
+        engine gathers each rank's layers to rank 0 here, before a checkpoint)."""
 
     # -- channels ----------------------------------------------------------------------------------------------
     def bind_channels(self, seed):

@@ -19,13 +19,15 @@ from .init import initialize
 
 class DenseLayer(Node):
     def __init__(self, name, n_in, spec, *, feedback, forward_optimizer, feedback_optimizer, rule, target_step,
-                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds):
+                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds, direct_from=None):
         self.name, self.n_in, self.size = name, n_in, spec.size
         self.activation = spec.activation
         self.rule, self.k = rule, kernels
         self.target_step = target_step
         self.feedback_noise, self.feedback_iterations = feedback_noise, feedback_iterations
         self.down_kinds = frozenset(down_kinds)
+        # DDTP: direct targets from an output of this size; g maps that output's space to this layer's (linear Q)
+        self.direct_from = direct_from
         init_rng, self.rng = (np.random.Generator(np.random.PCG64(s)) for s in seed.spawn(2))
 
         self.forward_params = {"W": initialize(spec.init or init, n_in, spec.size, init_rng, dtype)}
@@ -43,13 +45,15 @@ class DenseLayer(Node):
         self.feedback_fixed = fixed is not None  # g is never trained
         self.feedback_params = {}
         self.feedback_activation = None
+        # g's shape: (this layer's size, its input's) in DTP; (the output's size, this layer's) for a direct target
+        g_in, g_out = (spec.size, n_in) if direct_from is None else (direct_from, spec.size)
         if feedback is not None:
             self.feedback_activation = feedback.activation
             if fixed is not None and fixed.scale is not None:  # e.g. Shibuya et al.'s U(±1e-3)
-                self.feedback_params["V"] = init_rng.uniform(-fixed.scale, fixed.scale, (spec.size, n_in)).astype(dtype)
+                self.feedback_params["V"] = init_rng.uniform(-fixed.scale, fixed.scale, (g_in, g_out)).astype(dtype)
             else:
-                self.feedback_params["V"] = initialize(feedback.init, spec.size, n_in, init_rng, dtype)
-            if feedback.bias:
+                self.feedback_params["V"] = initialize(feedback.init, g_in, g_out, init_rng, dtype)
+            if feedback.bias and direct_from is None:  # a direct linear map needs none: the difference cancels it
                 self.feedback_params["c"] = (np.zeros(n_in, dtype) if fixed is None or fixed.scale is None else
                                              init_rng.uniform(-fixed.scale, fixed.scale, n_in).astype(dtype))
         self.forward_optimizer = Optimizer(forward_optimizer, self.forward_params, kernels.optim)
@@ -184,10 +188,26 @@ class DenseLayer(Node):
     def _forward_uses(self):
         return ("W", "b") if "b" in self.forward_params else ("W",)
 
-    def train_feedback(self):
-        """Fit g to invert this layer's own f around the input it just received (DESIGN §2 step 4)."""
+    def train_feedback(self, respond=None):
+        """Fit g to invert this layer's own f around the input it just received (DESIGN §2 step 4).
+
+        With direct targets (DDTP) fit Q with the difference reconstruction loss instead: `respond(h)` is the
+        output's response to this layer's activation h, which the engine computes by a forward pass through the
+        layers above (localnet/rules/ddtp.py says why and what the audit makes of it)."""
         if self.feedback_fixed:
             return  # fixed_feedback: g keeps its random initial weights
+        if self.direct_from is not None:
+            if respond is None:
+                raise LocalnetError(f"layer {self.name!r}: direct feedback training needs the output's response to "
+                                    "a perturbation, which only the local engine provides")
+            Q, h = self.feedback_params["V"], self.h
+            base = respond(h)
+            for _ in range(self.feedback_iterations):
+                eps = self.feedback_noise * self.rng.standard_normal(h.shape, dtype=h.dtype)
+                dQ, self.reconstruction_loss = self.rule.drl_grads(respond(h + eps) - base, eps, Q,
+                                                                   self.feedback_noise)
+                self.feedback_optimizer.step(self.feedback_params, {"V": dQ})
+            return
         W, b = self.forward_params["W"], self.forward_params.get("b")
         V, c = self.feedback_params["V"], self.feedback_params.get("c")
         for _ in range(self.feedback_iterations):
@@ -195,6 +215,11 @@ class DenseLayer(Node):
                 self.x, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise, self.rng)
             grads = {"V": dV, "c": dc} if c is not None else {"V": dV}
             self.feedback_optimizer.step(self.feedback_params, grads)
+
+    def respond(self, x):
+        """This layer's f on an input of someone else's perturbation (DDTP's feedback training): no state changes,
+        deterministic (stochastic units give their mean)."""
+        return self.k.dense.forward(x, self.forward_params["W"], self.forward_params.get("b"), self.activation)[1]
 
     def keep_history(self, steps):
         """Keep this layer's input, pre-activation and output of the last `steps` steps, for delayed targets."""
@@ -215,7 +240,10 @@ class DenseLayer(Node):
         if self.history is not None:  # below a delayed channel: learn against the state of the message's step
             self.history.append((np.array(x), a, h))
             x, a, h = self.history[max(len(self.history) - 1 - lag, 0)]
-        if received == "target":
+        if received == "target" and self.direct_from is not None:  # DDTP: ĥ_i = h_i + (ĥ_L − h_L) Q_i
+            self.target = self.rule.direct_target(h, inbox["target"], self.feedback_params["V"])
+            delta = k.local_delta(h, self.target)
+        elif received == "target":
             self.target = inbox["target"]
             delta = k.local_delta(h, self.target)  # local loss ‖h − ĥ‖²
         else:
@@ -228,7 +256,9 @@ class DenseLayer(Node):
         if "gradient" in self.down_kinds:  # backprop: the receiver gets this layer's Wᵀ and s' (weight transport)
             out.send("gradient", k.input_grad(e, W), "Wᵀ", "s'", received, lag=lag)
         if "target" in self.down_kinds:
-            if received == "target":  # the rule's target, from g's parameters alone (W is not passed)
+            if received == "target" and self.rule.direct:  # DDTP: the displacement ĥ_L − h_L, to every layer
+                out.send("target", self.rule.displacement(h, self.target), "target", lag=lag)
+            elif received == "target":  # the rule's target, from g's parameters alone (W is not passed)
                 V, c = self.feedback_params["V"], self.feedback_params.get("c")
                 out.send("target", self.rule.target_below(k, x, h, self.target, V, c, self.feedback_activation),
                          "target", *(("V", "c") if c is not None else ("V",)), lag=lag, base=x)

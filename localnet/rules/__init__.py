@@ -19,13 +19,15 @@ import re
 
 from .base import Rule
 from .bp import Backprop
+from .ddtp import DirectDifferenceTargetPropagation
 from .dtp import DifferenceTargetPropagation
 from .tp import TargetPropagation
 
-__all__ = ["Rule", "Backprop", "DifferenceTargetPropagation", "TargetPropagation", "RULES", "BUILT_IN",
+__all__ = ["Rule", "Backprop", "DifferenceTargetPropagation", "DirectDifferenceTargetPropagation", "TargetPropagation", "RULES", "BUILT_IN",
            "get_rule", "register_rule", "unregister_rule"]
 
-RULES = {rule.name: rule for rule in (DifferenceTargetPropagation(), TargetPropagation(), Backprop())}
+RULES = {rule.name: rule for rule in (DifferenceTargetPropagation(), TargetPropagation(), Backprop(),
+                                      DirectDifferenceTargetPropagation())}
 BUILT_IN = tuple(RULES)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 

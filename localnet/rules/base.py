@@ -4,6 +4,7 @@
 class Rule:
     name: str
     uses_feedback = False  # whether layers that pass targets down own a feedback map g
+    direct = False  # whether targets may skip layers (DDTP: from the output layer straight to each hidden layer)
 
     def chain_kinds(self, first_target):
         """Kinds of the backward channels that `chain` implies: (loss -> top layer, layer -> layer below)."""
@@ -16,3 +17,13 @@ class Rule:
     def target_below(self, k, x, h, target, V, c, fb_act):
         """The target a layer sends down, from its own input x, output h, received target and feedback map."""
         raise NotImplementedError
+
+    def chain_backward(self, layers):
+        """The backward channels `chain` implies, as (sender, receiver, kind), or None for the default: the loss
+        to the top layer, then each layer to the one below, of the kinds `chain_kinds` gives."""
+        return None
+
+    def allows_backward(self, sender, receiver, below, top):
+        """Whether a backward channel sender -> receiver is allowed; `below`: the receiver sends its activation
+        to the sender (the channel runs against an activation channel); `top`: the layer feeding the loss."""
+        return below

@@ -121,7 +121,7 @@ def check_no_error_no_change(net, x, y):
     for name, layer in zero.layers.items():
         r = records[name]
         magnitudes += [r.h, r.target]
-        if layer.feedback_params:
+        if layer.feedback_params and getattr(layer, "direct_from", None) is None:
             magnitudes.append(_g(layer, r.h))
             gain *= max(1.0, float(np.abs(np.asarray(layer.feedback_params["V"], np.float64)).sum(axis=0).max()))
     tol = 64 * _eps(net) * len(zero.layers) * gain * (1.0 + _max(*magnitudes))
@@ -232,6 +232,8 @@ def _layer_loss(layer, record):
     shapes = [layer.forward_params[k].shape for k in keys]
     kind = record.received
     message = np.asarray(record.backward_inbox[kind], np.float64)
+    if kind == "target" and getattr(layer, "direct_from", None) is not None:
+        message = np.asarray(record.target, np.float64)  # DDTP: the message is ĥ_L − h_L; ĥ_i is the layer's own
 
     def unflat(theta):
         out, at = {}, 0

@@ -1,0 +1,615 @@
+"""The MPI engine: layers on ranks, messages as typed buffers (`mpiexec -n K localnet run SPEC --engine mpi`).
+
+Every rank builds the same Network from the same spec and seed (so every rank holds the same initial parameters),
+but during a step a rank runs only the nodes placed on it and never reads another node's state. Rank 0 drives:
+it owns the data, the run directory, logging and checkpoints, and runs the training loop; before each phase it
+sends every other rank a small command (int64[2]: phase, train flag), and the other ranks (`serve`) run that
+phase for their own nodes. `input` is on rank 0; `loss` is on the rank of the layer that feeds it.
+
+What crosses ranks: along a channel whose two ends are on different ranks, the sender's rank sends an int64[2]
+header (provenance as a bit mask, lag) and the payload as a contiguous numpy buffer of the channel's dtype
+(`Isend`; never a pickled object on the hot path); the receiver's rank learns the batch size from the probed
+message size, receives into a fresh buffer and delivers it through the channel (constraints act there, on the
+receiver's rank, exactly as in the local engine). Schedules, routing and inboxes are the local engine's.
+
+Same numbers: the arithmetic each node does is the local engine's, in the same order, on the same inputs, so the
+parameters after N steps are bit-identical for any K (tests/test_mpi.py checks K = 2 and 3).
+
+Faults (DESIGN.md §7): every wait polls with a deadline ($LOCALNET_MPI_TIMEOUT seconds, default 120; commands
+wait 10x that) and names the rank and channel it waited for. A rank that raises sends its error to rank 0 and
+aborts the job after a short grace; rank 0 notices the report in any wait, raises `RankFailed` naming the rank
+and its error (the run's summary records it; the last checkpoint is untouched) and aborts every rank.
+
+Checkpoints: `synchronise()` (called before a checkpoint) gathers each rank's layer and channel states into rank
+0's copies, so rank 0 writes the usual one-file-per-layer checkpoint; the first phase after build or resume
+pushes rank 0's states to the other ranks, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from ..errors import GraphError, LocalnetError
+from ..graph import INPUT, LOSS
+from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Outbox
+from .local import LocalEngine
+
+_BITS = {tag: 1 << i for i, tag in enumerate(PROVENANCE)}
+_TAGS_OF = {}  # bit mask -> frozenset of provenance tags
+
+# message tags
+ERROR, LOSS_REPORT, STATE, COMMAND, CHANNEL_BASE = 1, 2, 3, 4, 100
+# commands
+FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS = range(1, 9)
+PHASE_NAMES = {FORWARD: "forward", FEEDBACK: "feedback", BACKWARD: "backward", UPDATE: "update", SYNC: "sync",
+               PUSH: "push", STOP: "stop", STATS: "stats"}
+
+
+class RankFailed(LocalnetError):
+    """Another rank raised, died or stopped answering; the message names it and its error."""
+
+
+def _mask(provenance):
+    m = 0
+    for tag in provenance:
+        m |= _BITS[tag]
+    return m
+
+
+def _provenance(mask):
+    tags = _TAGS_OF.get(mask)
+    if tags is None:
+        tags = _TAGS_OF[mask] = frozenset(t for t, b in _BITS.items() if mask & b) or NO_PROVENANCE
+    return tags
+
+
+def timeout_seconds():
+    return float(os.environ.get("LOCALNET_MPI_TIMEOUT", "120"))
+
+
+def auto_placement(spec_layers, sizes, ranks):
+    """layer -> rank: contiguous groups in spec order that minimise the largest group's parameter count (exact,
+    by dynamic programming; ties go to the split that puts more on the earlier ranks). With fewer layers than
+    ranks, the last ranks get none."""
+    n = len(spec_layers)
+    k = max(1, min(ranks, n))
+    prefix = [0]
+    for size in sizes:
+        prefix.append(prefix[-1] + size)
+    inf = float("inf")
+    # best[g][i]: the smallest possible largest group when the first i layers form g groups; cut[g][i]: where
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    cut = [[0] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0
+    for g in range(1, k + 1):
+        for i in range(g, n + 1):
+            for j in range(i - 1, g - 2, -1):  # the last group is layers j..i-1
+                cost = max(best[g - 1][j], prefix[i] - prefix[j])
+                if cost < best[g][i]:
+                    best[g][i], cut[g][i] = cost, j
+    placement, i = {}, n
+    for g in range(k, 0, -1):
+        j = cut[g][i]
+        for name in spec_layers[j:i]:
+            placement[name] = g - 1
+        i = j
+    return placement
+
+
+def parse_placement(text, layers):
+    """`h1=0,h2=1,...` -> {layer: rank}; every layer must be named."""
+    placement = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, rank = part.partition("=")
+        if name not in layers or not rank.strip().isdigit():
+            raise LocalnetError(f"placement {part!r}: expected <layer>=<rank> with a layer of {', '.join(layers)}")
+        placement[name] = int(rank)
+    missing = [name for name in layers if name not in placement]
+    if missing:
+        raise LocalnetError(f"placement names no rank for layer(s) {', '.join(missing)}")
+    return placement
+
+
+class MPIEngine(LocalEngine):
+    def __init__(self, graph, nodes, comm=None, placement=None):
+        super().__init__(graph, nodes)
+        if comm is None:
+            from mpi4py import MPI
+            comm = MPI.COMM_WORLD
+        from mpi4py import MPI
+        self.MPI, self.comm = MPI, comm
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        if placement is None:
+            sizes = [sum(v.size for v in nodes[name].parameters().values()) for name in graph.layers]
+            placement = auto_placement(graph.layers, sizes, self.size)
+        bad = {k: r for k, r in placement.items() if not 0 <= r < self.size}
+        if bad:
+            raise LocalnetError(f"placement puts {bad} on ranks outside 0..{self.size - 1}")
+        direct = [n for n in graph.layers if getattr(nodes[n], "direct_from", None) is not None]
+        if direct and self.size > 1:
+            raise LocalnetError(f"layers {', '.join(direct)} train direct feedback maps (DDTP) on the output's "
+                                "response, a forward pass through every layer above them; the MPI engine does "
+                                "not support that yet: run DDTP with the local engine")
+        feeder = next(c.sender for c in graph.inbound(LOSS, ("activation",)))
+        self.placement = {INPUT: 0, **placement, LOSS: placement[feeder]}
+        self.local = frozenset(n for n, r in self.placement.items() if r == self.rank)
+        self.tags = {c.identity: CHANNEL_BASE + 2 * i for i, c in enumerate(graph.channels)}
+        self.timeout = timeout_seconds()
+        self._out = {phase: {name: [c for c in graph.outbound(name, kinds)
+                                    if self.placement[c.receiver] != self.rank]
+                             for name in self.local}
+                     for phase, kinds in (("forward", FORWARD_KINDS), ("backward", BACKWARD_KINDS))}
+        self._pending = []  # (request, buffer, what) of sends not yet complete
+        self._pushed = self.rank != 0
+        self._loss_pending = False
+        self._steps = 0
+        self.stats = {"messages": 0, "bytes": 0, "comm_seconds": 0.0}
+        fail = os.environ.get("LOCALNET_MPI_FAIL", "")  # "<rank>:<forward call>": inject a failure (tests)
+        parts = fail.split(":")
+        self._fail_at = int(parts[1]) if fail and int(parts[0]) == self.rank else None
+        self._fail_how = parts[2] if len(parts) > 2 else "raise"  # raise | exit (dies without a word)
+
+    # -- waiting, with deadlines -------------------------------------------------------------------------------
+    def _wait(self, test, what, timeout=None):
+        """Poll `test()` until it is true; RankFailed when another rank reported an error or the deadline
+        passes (naming `what` this rank waited for)."""
+        if test():
+            return
+        began = time.perf_counter()
+        deadline = began + (self.timeout if timeout is None else timeout)
+        spins = 0
+        comm, MPI = self.comm, self.MPI
+        while not test():
+            spins += 1
+            if spins % 64 == 0:
+                if comm.Iprobe(MPI.ANY_SOURCE, ERROR):
+                    self._remote_failure()
+                now = time.perf_counter()
+                if now > deadline:
+                    raise RankFailed(f"rank {self.rank} waited {now - began:.0f} s for {what}; no answer")
+                if spins > 2000:
+                    time.sleep(0.0002)
+        self.stats["comm_seconds"] += time.perf_counter() - began
+
+    def _remote_failure(self):
+        status = self.MPI.Status()
+        report = self.comm.recv(source=self.MPI.ANY_SOURCE, tag=ERROR, status=status)
+        raise RankFailed(f"rank {status.Get_source()} failed: {report}")
+
+    def _probe(self, source, tag, what, timeout=None):
+        status = self.MPI.Status()
+        self._wait(lambda: self.comm.Iprobe(source, tag, status), what, timeout)
+        return status
+
+    def _finish_sends(self):
+        for request, _buffer, what in self._pending:
+            self._wait(request.Test, what)
+        self._pending = []
+
+    # -- routing -----------------------------------------------------------------------------------------------
+    def _receive(self, c):
+        source = self.placement[c.sender]
+        tag = self.tags[c.identity]
+        what = f"the {c.kind} from {c.sender!r} (rank {source}) on channel {c.identity}"
+        self._probe(source, tag, what)
+        header = np.empty(2, np.int64)
+        self.comm.Recv(header, source, tag)
+        status = self._probe(source, tag + 1, what)
+        dtype = np.dtype(c.dtype)
+        per_sample = int(np.prod(c.shape, dtype=np.int64)) * dtype.itemsize
+        n = status.Get_count(self.MPI.BYTE) // max(per_sample, 1)
+        buffer = np.empty((n, *c.shape), dtype)
+        self.comm.Recv(buffer, source, tag + 1)
+        return buffer, _provenance(int(header[0])), int(header[1])
+
+    def _send(self, c, out):
+        payload = out[c.kind]
+        if payload.shape[1:] != c.shape or payload.dtype != c.dtype:
+            raise GraphError(f"channel {c} was handed {payload.dtype} of shape {payload.shape[1:]} per sample")
+        lag = out.lags.get(c.kind, 0) if out.lags else 0
+        if c.displacement:  # a target crosses as ĥ minus the receiver's activation as this sender saw it
+            seen = out.bases.get(c.kind)
+            if seen is None:
+                seen = self.inboxes["forward"][c.sender].messages()["activation"].payload
+            payload = payload - seen
+        payload = np.ascontiguousarray(payload)
+        header = np.array([_mask(out.provenance.get(c.kind, NO_PROVENANCE)), lag], np.int64)
+        dest, tag = self.placement[c.receiver], self.tags[c.identity]
+        what = f"rank {dest} to take the {c.kind} for {c.receiver!r} on channel {c.identity}"
+        self._pending.append((self.comm.Isend(header, dest, tag), header, what))
+        self._pending.append((self.comm.Isend(payload, dest, tag + 1), payload, what))
+        self.stats["messages"] += 2
+        self.stats["bytes"] += header.nbytes + payload.nbytes
+
+    def _run(self, phase, schedule, call, train):
+        from ..errors import LocalityError
+        from ..messages import Inbox
+        from .local import _plain
+        sent, audit, inboxes, nodes = self._sent[phase], self.audit, self.inboxes[phase], self.nodes
+        outbound = self._out[phase]
+        local = self.local
+        for name, channels, declared in schedule:
+            if name not in local:
+                continue
+            messages = {}
+            for c in channels:
+                if c.sender in local:
+                    out = sent[c.sender]
+                    if type(out) is not Outbox:
+                        out = _plain(out)
+                    payload, provenance = out[c.kind], out.provenance.get(c.kind, NO_PROVENANCE)
+                    lag = out.lags.get(c.kind, 0) if out.lags else 0
+                    reference = self._reference(c, out, lag) if c.displacement else None
+                else:
+                    payload, provenance, lag = self._receive(c)
+                    reference = None
+                    if c.displacement:  # what arrived is the change; the receiver adds its own activation
+                        own = (self._sent["forward"][c.receiver]["activation"] if not lag
+                               else self.nodes[c.receiver].output_of(lag))
+                        reference = (payload.dtype.type(0), own)
+                messages[c.kind] = c.deliver(payload, provenance, reference, train, lag)
+            inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
+            try:
+                out = sent[name] = call(nodes[name], inbox)
+            except ValueError as exc:
+                self._refuse_write(name, phase, inbox, exc)
+                raise
+            for m in messages.values():
+                if m.payload.flags.writeable:
+                    raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
+                                        f"in the {phase} phase; what a node receives is read-only")
+            if outbound[name]:
+                if type(out) is not Outbox:
+                    out = _plain(out)
+                for c in outbound[name]:
+                    self._send(c, out)
+        self._finish_sends()
+
+    # -- commands (rank 0 drives) ------------------------------------------------------------------------------
+    def _command(self, code, arg=0):
+        if self.rank != 0:
+            return
+        if code not in (FORWARD, FEEDBACK, BACKWARD, UPDATE):
+            self._settle_loss()
+        if not self._pushed and code != PUSH:
+            self._pushed = True
+            self.push()
+        command = np.array([code, arg], np.int64)
+        for r in range(1, self.size):
+            self._pending.append((self.comm.Isend(command, r, COMMAND), command,
+                                  f"rank {r} to take the {PHASE_NAMES[code]} command"))
+
+    def forward(self, x, y, train):
+        self._settle_loss()
+        self._command(FORWARD, int(bool(train)))
+        self._steps += 1
+        if self._fail_at is not None and self._steps == self._fail_at:
+            if self._fail_how == "exit":
+                os._exit(3)
+            if self._fail_how == "hang":
+                time.sleep(3600)
+            raise RuntimeError(f"injected failure on rank {self.rank} (LOCALNET_MPI_FAIL)")
+        self._sent = {"forward": {}, "backward": {}}
+        self.inboxes = {"forward": {}, "backward": {}}
+        if INPUT in self.local:
+            self.nodes[INPUT].feed(x, y)
+        self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
+        loss_rank = self.placement[LOSS]
+        if loss_rank != 0:  # rank 0 reports the loss: the loss's rank sends (value, correct)
+            if self.rank == loss_rank:
+                loss = self.nodes[LOSS]
+                report = np.array([loss.value, loss.correct], np.float64)
+                self.comm.Send(report, 0, LOSS_REPORT)
+            elif self.rank == 0:
+                self._loss_pending = True
+                if not train:  # evaluation reads it at once; a training step at the end of its next phase,
+                    self._settle_loss()  # so rank 0 does not wait for the other ranks' forward pass
+
+    def _settle_loss(self):
+        """Rank 0: receive the loss value and correct count of the last forward pass, if not yet received."""
+        if not self._loss_pending:
+            return
+        self._loss_pending = False
+        loss_rank, loss = self.placement[LOSS], self.nodes[LOSS]
+        self._probe(loss_rank, LOSS_REPORT, f"the loss value from rank {loss_rank}")
+        report = np.empty(2, np.float64)
+        self.comm.Recv(report, loss_rank, LOSS_REPORT)
+        loss.value, loss.correct = float(report[0]), int(report[1])
+
+    def train_feedback(self):
+        self._command(FEEDBACK)
+        self._finish_sends()
+        for name in self.graph.feedback_layers:
+            if name in self.local:
+                self._guarded(name, "feedback", self.nodes[name].train_feedback)
+        self._settle_loss()
+
+    def backward(self):
+        self._command(BACKWARD)
+        self._sent["backward"], self.inboxes["backward"] = {}, {}
+        self._run("backward", self._backward, lambda node, inbox: node.backward(inbox), True)
+        self._settle_loss()
+
+    def update(self):
+        self._command(UPDATE)
+        self._finish_sends()
+        for name in self.graph.layers:
+            if name in self.local:
+                self._guarded(name, "update", self.nodes[name].apply_update)
+        self._settle_loss()
+
+    # -- state: gather to rank 0, push from it -----------------------------------------------------------------
+    def _own_channels(self):
+        return [c for c in self.graph.channels if c.stateful and self.placement[c.receiver] == self.rank]
+
+    def synchronise(self):
+        """Rank 0's copies of every other rank's layers and channels get those ranks' current state (before a
+        checkpoint, or to read parameters)."""
+        if self.size == 1:
+            return
+        self._command(SYNC)
+        self._finish_sends()
+        if self.rank != 0:
+            state = ({n: self.nodes[n].state() for n in self.graph.layers if n in self.local},
+                     {c.identity: c.state() for c in self._own_channels()})
+            self.comm.send(state, 0, STATE)
+            return
+        for r in range(1, self.size):
+            self._probe(r, STATE, f"the layer states of rank {r}")
+            layers, channels = self.comm.recv(source=r, tag=STATE)
+            for name, s in layers.items():
+                self.nodes[name].load_state(s)
+            for c in self.graph.channels:
+                if c.identity in channels:
+                    c.load_state(channels[c.identity])
+
+    def push(self):
+        """Every other rank's layers and channels get rank 0's state of them (after a resume)."""
+        self._command(PUSH)
+        self._finish_sends()
+        if self.rank == 0:
+            for r in range(1, self.size):
+                layers = {n: self.nodes[n].state() for n in self.graph.layers if self.placement[n] == r}
+                channels = {c.identity: c.state() for c in self.graph.channels
+                            if c.stateful and self.placement[c.receiver] == r}
+                self.comm.send((layers, channels), r, STATE)
+        else:
+            self._probe(0, STATE, "the layer states from rank 0")
+            layers, channels = self.comm.recv(source=0, tag=STATE)
+            for name, s in layers.items():
+                self.nodes[name].load_state(s)
+            for c in self.graph.channels:
+                if c.identity in channels:
+                    c.load_state(channels[c.identity])
+
+    def gather_stats(self, reset=False):
+        """Rank 0: [each rank's {messages, bytes, comm_seconds}] since the last reset; others: send theirs."""
+        self._command(STATS, int(reset))
+        self._finish_sends()
+        mine = dict(self.stats)
+        if reset:
+            self.stats = {"messages": 0, "bytes": 0, "comm_seconds": 0.0}
+        if self.rank != 0:
+            self.comm.send(mine, 0, STATE)
+            return None
+        every = [mine]
+        for r in range(1, self.size):
+            self._probe(r, STATE, f"the statistics of rank {r}")
+            every.append(self.comm.recv(source=r, tag=STATE))
+        return every
+
+    def stop(self):
+        if self.rank == 0 and self.size > 1:
+            self._command(STOP)
+            self._finish_sends()
+
+    def serve(self):
+        """The loop of a rank other than 0: run each phase rank 0 commands, until STOP."""
+        command = np.empty(2, np.int64)
+        while True:
+            self._probe(0, COMMAND, "the next command from rank 0", timeout=10 * self.timeout)
+            self.comm.Recv(command, 0, COMMAND)
+            code, arg = int(command[0]), int(command[1])
+            if code == FORWARD:
+                self.forward(None, None, bool(arg))
+            elif code == FEEDBACK:
+                self.train_feedback()
+            elif code == BACKWARD:
+                self.backward()
+            elif code == UPDATE:
+                self.update()
+            elif code == SYNC:
+                self.synchronise()
+            elif code == PUSH:
+                self.push()
+            elif code == STOP:
+                return
+            elif code == STATS:
+                self.gather_stats(bool(arg))
+            else:
+                raise RankFailed(f"rank {self.rank} got an unknown command {code} from rank 0")
+
+    # -- failing -----------------------------------------------------------------------------------------------
+    def fail(self, exc, grace=10.0):
+        """Report `exc` and end the job: rank 0 prints it and aborts every rank; another rank sends it to rank 0,
+        waits up to `grace` seconds for rank 0 to abort the job, then aborts it itself."""
+        text = f"{type(exc).__name__}: {exc}"
+        if self.rank == 0:
+            print(f"localnet mpi: {text}; stopping all {self.size} ranks", file=sys.stderr, flush=True)
+            self.comm.Abort(1)
+        try:
+            self.comm.isend(text, 0, ERROR)
+        except Exception:  # noqa: BLE001, S110 - reporting is best effort; aborting is not
+            pass
+        print(f"localnet mpi: rank {self.rank} failed: {text}", file=sys.stderr, flush=True)
+        time.sleep(grace)
+        self.comm.Abort(1)
+
+
+def mpi_network(spec, n_features, n_classes, placement=None):
+    """A Network for `spec` whose engine is an MPIEngine on COMM_WORLD."""
+    from ..network import Network
+    from . import using
+    with using(lambda graph, nodes: MPIEngine(graph, nodes, placement=placement)):
+        return Network(spec, spec.seed, n_features, n_classes)
+
+
+def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callbacks):
+    """Train (or resume) under mpiexec: rank 0 runs the training loop and returns (summary, run directory);
+    every other rank serves its layers and returns (None, None). Any failure stops every rank."""
+    from mpi4py import MPI
+
+    from .. import training
+    from . import using
+    comm = MPI.COMM_WORLD
+    holder = {}
+
+    def factory(graph, nodes):
+        layers = parse_placement(placement, graph.layers) if isinstance(placement, str) else placement
+        engine = holder["engine"] = MPIEngine(graph, nodes, comm, layers)
+        return engine
+
+    try:
+        if resume_dir is not None:
+            from ..runs import RunDir
+            checked = RunDir(resume_dir).spec()
+        else:
+            checked = spec
+        if checked.diagnostics.every:
+            raise LocalnetError("diagnostics (`diagnostics.every`) probe every layer from one process; the MPI "
+                                "engine does not support them yet: run them with the local engine")
+        if comm.Get_rank() == 0:
+            with using(factory):
+                try:
+                    if resume_dir is None:
+                        result = training.train(spec, runs_root=runs_root, **callbacks)
+                    else:
+                        result = training.resume(resume_dir, **callbacks)
+                finally:
+                    if "engine" in holder and sys.exc_info()[0] is None:
+                        holder["engine"].stop()
+            return result
+        for signum in (signal.SIGINT, signal.SIGTERM):  # rank 0 decides when to stop, and tells the others
+            signal.signal(signum, signal.SIG_IGN)
+        if resume_dir is not None:
+            from ..runs import RunDir
+            from ..spec import load_spec
+            run_dir = RunDir(resume_dir)
+            spec = run_dir.spec()
+            backend = run_dir.environment().get("backend")
+            if spec.backend == "auto" and isinstance(backend, str):
+                spec = load_spec(spec, [f"backend={backend}"])
+        from ..data import dataset_shape
+        n_features, n_classes = dataset_shape(spec.data.name)[:2]
+        with using(factory):
+            from ..network import Network
+            Network(spec, spec.seed, n_features, n_classes)
+        holder["engine"].serve()
+        return None, None
+    except BaseException as exc:
+        if comm.Get_size() == 1:
+            raise
+        if os.environ.get("LOCALNET_MPI_TRACEBACK"):
+            traceback.print_exc()
+        engine = holder.get("engine")
+        if engine is None:
+            print(f"localnet mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}; stopping all ranks",
+                  file=sys.stderr, flush=True)
+            comm.Abort(1)
+        engine.fail(exc)
+        raise
+
+
+def is_root():
+    from mpi4py import MPI
+    return MPI.COMM_WORLD.Get_rank() == 0
+
+
+def trainer(placement=None):
+    """(train, resume) with the signatures of localnet.training's, for rank 0 under the MPI engine."""
+    def train(spec, *, runs_root="runs", **callbacks):
+        return run(spec, runs_root=runs_root, placement=placement, **callbacks)
+
+    def resume(run_dir, **callbacks):
+        return run(None, resume_dir=run_dir, placement=placement, **callbacks)
+
+    return train, resume
+
+
+def abort_others(code=1):
+    """Rank 0, after reporting an error: end every other rank (they may be waiting for a command)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return
+    if MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
+        MPI.COMM_WORLD.Abort(code)
+
+
+def bench(spec_path, *, steps=200, warmup=20, placement=None, overrides=()):
+    """Under mpiexec: time `steps` training steps of `spec_path` with the MPI engine on K ranks; rank 0 returns
+    {seconds_per_step, samples_per_second, per step: messages, bytes, comm seconds (per rank)}; other ranks None.
+    Without mpiexec (one rank) it times the local engine instead, for the comparison."""
+    from mpi4py import MPI
+
+    from ..network import build
+    from ..spec import load_spec
+    from ..training import load_data
+    comm = MPI.COMM_WORLD
+    spec = load_spec(spec_path, list(overrides))
+    from ..data import dataset_shape
+    n_features, n_classes = dataset_shape(spec.data.name)[:2]
+    if comm.Get_size() == 1:
+        net = build(spec, n_features=n_features, n_classes=n_classes)
+    else:
+        net = mpi_network(spec, n_features, n_classes,
+                          parse_placement(placement, [layer.name for layer in spec.network.layers])
+                          if placement else None)
+        if comm.Get_rank() != 0:
+            try:
+                net.engine.serve()
+            except BaseException as exc:  # noqa: BLE001 - any failure ends every rank
+                net.engine.fail(exc)
+            return None
+    data = load_data(spec)
+    x, y, b = data.train.x, data.train.y, spec.train.batch_size
+    n = (len(x) // b) * b
+
+    def step(i):
+        start = (i * b) % n
+        net.train_step(x[start:start + b], y[start:start + b])
+
+    for i in range(warmup):
+        step(i)
+    engine = net.engine
+    if comm.Get_size() > 1:
+        engine.gather_stats(reset=True)
+    began = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    seconds = time.perf_counter() - began
+    report = {"ranks": comm.Get_size(), "backend": net.backend.NAME, "batch": b, "steps": steps,
+              "seconds_per_step": seconds / steps, "samples_per_second": steps * b / seconds}
+    if comm.Get_size() > 1:
+        stats = engine.gather_stats(reset=True)
+        report.update(placement={k: v for k, v in engine.placement.items()},
+                      messages_per_step=sum(s["messages"] for s in stats) / steps,
+                      bytes_per_step=sum(s["bytes"] for s in stats) / steps,
+                      comm_seconds_per_step=[s["comm_seconds"] / steps for s in stats])
+        engine.stop()
+    return report
+
+
+if __name__ == "__main__":  # mpiexec -n K python -m localnet.engines.mpi SPEC [STEPS] [key=value ...]
+    import json
+    place = os.environ.get("LOCALNET_MPI_PLACEMENT")
+    result = bench(sys.argv[1], steps=int(sys.argv[2]) if len(sys.argv) > 2 else 200, overrides=sys.argv[3:],
+                   placement=place)
+    if result is not None:
+        print(json.dumps(result))

@@ -1,0 +1,81 @@
+"""Direct difference target propagation with linear feedback, DDTP-linear (Meulemans, Carzaniga, Suykens,
+Sacramento & Grewe 2020, "A theoretical framework for target propagation"), trained with their difference
+reconstruction loss (DRL).
+
+Targets: the output layer L gets the first target ĥ_L = h_L − η̂ ∂ℒ/∂h_L from the loss and trains on it; it then
+sends the *displacement* ĥ_L − h_L straight to every hidden layer i on a direct target channel `out -> h_i` (no
+channel to the layer directly below is needed: the channels skip layers). Each hidden layer owns a linear feedback
+map g_i(z) = z Q_i (Q_i of shape (n_L, n_i), no bias: with the difference correction a bias cancels) and forms
+
+    ĥ_i = h_i + g_i(ĥ_L) − g_i(h_L) = h_i + (ĥ_L − h_L) Q_i,
+
+which, for linear g_i, needs only the displacement; so the channel carries that, never h_L itself (an activation
+channel `out -> h_i` would close a forward cycle). Each hidden layer then trains W_i, b_i on its local loss
+‖h_i − ĥ_i‖², as in DTP.
+
+Feedback training, the DRL as the paper and the authors' code set it for DDTP: noise ε ~ N(0, σ²) is injected
+at layer i, the perturbed activation h_i + ε is carried forward through the layers above to the output, r_L, and
+Q_i minimises
+
+    (1/σ²) ‖h_i + g_i(r_L) − g_i(h_L) − (h_i + ε)‖² = (1/σ²) ‖(r_L − h_L) Q_i − ε‖²
+
+(summed over units, averaged over the batch; weight decay through the feedback optimiser's `weight_decay`).
+This is the paper's choice and it is not layer-local: r_L is the output's response to a perturbation of h_i,
+a forward pass through the layers above with their own weights (in a physical network, the network itself
+propagating the injected noise). The paper gives no layer-wise approximation for DDTP, so localnet implements it
+as the paper does: the engine runs that forward pass (each layer above computes its own f on its perturbed input,
+with no state change and without the channels' constraints) and hands the layer the response; the read is
+recorded, and `localnet audit` shows it in the feedback column as "the output's response to noise injected here".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Rule
+
+
+class DirectDifferenceTargetPropagation(Rule):
+    name = "ddtp_linear"
+    uses_feedback = True
+    direct = True  # targets go from the output layer straight to every hidden layer
+
+    def chain_kinds(self, first_target):
+        return ("target" if first_target == "output" else "gradient"), "target"
+
+    def chain_backward(self, layers):
+        """Backward channels `chain` implies: (sender, receiver, kind): the loss to the output layer, then the
+        output layer straight to each hidden layer."""
+        out = layers[-1]
+        return [("loss", out, "target")] + [(out, name, "target") for name in reversed(layers[:-1])]
+
+    def backward_kinds(self, from_loss):
+        return ("target",)
+
+    def allows_backward(self, sender, receiver, below, top):
+        """Whether a target channel sender -> receiver may exist: only from the output layer `top` (which feeds
+        the loss) to a layer under it, or from the loss to `top`; never from one hidden layer to another."""
+        return sender == top or (sender == "loss" and below)
+
+    def target_below(self, k, x, h, target, V, c, fb_act):
+        raise NotImplementedError("DDTP's output layer sends the displacement ĥ_L − h_L, not a target below")
+
+    # -- the hidden layer's side -------------------------------------------------------------------------------
+    @staticmethod
+    def displacement(h, target):
+        """What the output layer sends down every direct channel: ĥ_L − h_L."""
+        return target - h
+
+    @staticmethod
+    def direct_target(h, displacement, Q):
+        """ĥ_i = h_i + (ĥ_L − h_L) Q_i."""
+        return h + displacement @ Q
+
+    @staticmethod
+    def drl_grads(response, eps, Q, sigma):
+        """Gradient over Q_i and value of the DRL (1/σ²)‖(r_L − h_L) Q_i − ε‖² (summed over units, averaged over
+        the batch), from the output's response r_L − h_L to the noise ε injected at layer i."""
+        diff = response @ Q - eps
+        scale = 1.0 / (sigma * sigma * len(eps))
+        loss = float(np.einsum("ij,ij->", diff, diff) * scale)
+        return (2 * scale) * (response.T @ diff), loss

@@ -1,0 +1,177 @@
+"""The MPI engine (localnet/engines/mpi.py): same numbers as the local engine for K = 2 and 3 ranks, placement,
+resume across a change of K, and faults that stop every rank within seconds. Runs `mpiexec` in subprocesses (with
+timeouts); skipped where mpi4py or mpiexec is missing (`pip install -e ".[mpi]"`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from localnet.engines.mpi import auto_placement, parse_placement
+from localnet.errors import LocalnetError
+
+SPECS = Path(__file__).resolve().parents[1] / "specs"
+MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (MPIEXEC and HAVE_MPI4PY), reason="mpi4py and mpiexec (pip install mpich)")
+
+
+def mpirun(k, *args, env=None, timeout=120):
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}
+    full.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
+    return subprocess.run([MPIEXEC, "-n", str(k), sys.executable, "-m", "localnet", "run", *args, "--engine", "mpi"],
+                          capture_output=True, text=True, timeout=timeout, env=full, check=False)
+
+
+def local(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "localnet", "run", *args], capture_output=True, text=True, check=False,
+                          timeout=timeout)
+
+
+def only_run(root):
+    (run,) = [p for p in Path(root).iterdir() if p.is_dir()]
+    return run
+
+
+def checkpoint_arrays(run):
+    folder = run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["checkpoint"]
+    return {f.name: dict(np.load(f)) for f in sorted(folder.glob("*.npz"))}
+
+
+def assert_bit_identical(a, b):
+    assert sorted(a) == sorted(b)
+    for name in a:
+        assert sorted(a[name]) == sorted(b[name]), name
+        for key in a[name]:
+            assert a[name][key].dtype == b[name][key].dtype
+            assert np.array_equal(a[name][key], b[name][key]), (name, key)
+
+
+# -- placement (no MPI needed) -----------------------------------------------------------------------------------
+def test_auto_placement_is_contiguous_and_balanced():
+    sizes = [784 * 256 + 256] + [256 * 256 + 256] * 4 + [256 * 10 + 10]
+    names = [f"h{i}" for i in range(6)]
+    two = auto_placement(names, sizes, 2)
+    assert [two[n] for n in names] == [0, 1, 1, 1, 1, 1]  # 200960 | 265738: the smallest largest part
+    three = auto_placement(names, sizes, 3)
+    ranks = [three[n] for n in names]
+    assert ranks == sorted(ranks) and set(ranks) == {0, 1, 2}
+    assert auto_placement(names, sizes, 1) == dict.fromkeys(names, 0)
+    assert auto_placement(["a", "b"], [5, 5], 4) == {"a": 0, "b": 1}
+    assert auto_placement(["a", "b", "c"], [10, 1, 1], 2) == {"a": 0, "b": 1, "c": 1}
+
+
+def test_parse_placement_names_every_layer():
+    assert parse_placement("h1=1, h2=0,out=1", ("h1", "h2", "out")) == {"h1": 1, "h2": 0, "out": 1}
+    with pytest.raises(LocalnetError, match="no rank for layer"):
+        parse_placement("h1=1", ("h1", "h2"))
+    with pytest.raises(LocalnetError, match="expected <layer>=<rank>"):
+        parse_placement("h9=1,h1=0", ("h1",))
+
+
+# -- same numbers --------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_quickstart(tmp_path_factory):
+    root = tmp_path_factory.mktemp("local")
+    done = local(str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                 "--runs-dir", str(root))
+    assert done.returncode == 0, done.stderr
+    return only_run(root)
+
+
+def logged(run):
+    """The metrics a run logged and its summary's results, without the timings."""
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    return ([{k: v for k, v in r.items() if k != "seconds"} for r in records],
+            {k: v for k, v in summary.items() if k.endswith(("_loss", "_accuracy"))})
+
+
+@needs_mpi
+@pytest.mark.parametrize("k", [2, 3])
+def test_mpi_run_is_bit_identical_to_local(k, tmp_path, local_quickstart):
+    done = mpirun(k, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--runs-dir", str(tmp_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = only_run(tmp_path)
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(local_quickstart))
+    assert logged(run) == logged(local_quickstart)  # rank 0 logs the loss the loss's rank computed
+
+
+@needs_mpi
+def test_explicit_placement_out_of_order_is_bit_identical(tmp_path, local_quickstart):
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--runs-dir", str(tmp_path), "--placement", "h1=1,h2=0,out=1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path)), checkpoint_arrays(local_quickstart))
+
+
+@needs_mpi
+@pytest.mark.parametrize("spec", ["constraints-noise", "constraints-delay"])
+def test_constrained_channels_across_ranks_are_bit_identical(spec, tmp_path):
+    args = [str(SPECS / f"{spec}.yaml"), "--backend", "numpy", "--set", "train.epochs=1"]
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    mpi_arrays = checkpoint_arrays(only_run(tmp_path / "mpi"))
+    assert "network.channels.npz" in mpi_arrays  # the channels' generators and queues, gathered from their ranks
+    assert_bit_identical(mpi_arrays, checkpoint_arrays(only_run(tmp_path / "local")))
+
+
+# -- faults --------------------------------------------------------------------------------------------------------
+@needs_mpi
+def test_a_rank_that_raises_stops_every_rank_and_rank_0_names_it(tmp_path):
+    began = time.monotonic()
+    done = mpirun(3, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=5",
+                  "--set", "train.checkpoint_every=1", "--runs-dir", str(tmp_path),
+                  env={"LOCALNET_MPI_FAIL": "1:100"}, timeout=60)
+    assert time.monotonic() - began < 30
+    assert done.returncode != 0
+    assert "RankFailed: rank 1 failed: RuntimeError: injected failure on rank 1" in done.stderr
+    run = only_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1 failed" in summary["error"]
+    assert summary["checkpoint"]["epoch"] >= 2  # the epoch checkpoints before the failure stay in force
+    assert checkpoint_arrays(run)
+
+
+@needs_mpi
+def test_a_rank_that_dies_stops_every_rank_and_the_run_resumes_bit_identical(tmp_path):
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=4",
+            "--set", "train.checkpoint_every=1"]
+    began = time.monotonic()
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"), env={"LOCALNET_MPI_FAIL": "2:100:exit"},
+                  timeout=60)
+    assert time.monotonic() - began < 30
+    assert done.returncode != 0
+    run = only_run(tmp_path / "mpi")
+    assert json.loads((run / "summary.json").read_text())["status"] == "running"  # killed: it wrote nothing
+    again = mpirun(2, "--resume", str(run))  # a different K
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(only_run(tmp_path / "local")))
+
+
+@needs_mpi
+def test_a_receive_that_waits_too_long_names_what_it_waited_for(tmp_path):
+    """A rank stuck (here: sleeping) makes the others give up after $LOCALNET_MPI_TIMEOUT, naming the channel."""
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=1",
+                  "--runs-dir", str(tmp_path), env={"LOCALNET_MPI_FAIL": "1:5:hang", "LOCALNET_MPI_TIMEOUT": "2"},
+                  timeout=60)
+    assert done.returncode != 0
+    assert "rank 0 waited" in done.stderr and "rank 1" in done.stderr, done.stderr
