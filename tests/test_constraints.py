@@ -2,13 +2,13 @@
 the way it says, keeps runs deterministic, and survives a checkpoint and resume bit for bit."""
 
 import math
-import signal
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import localnet
+from helpers import stop_at
 from localnet.channels import Channel
 from localnet.errors import RunError, SpecError
 from localnet.runs import RunDir
@@ -356,18 +356,6 @@ def full_state(path):
     return layers, run.load_channel_state(checkpoint, trainer)
 
 
-def stop_after(stop, epoch, done):
-    current = [1]
-
-    def on_epoch(record):
-        current[0] = record["epoch"] + 1
-
-    def on_batch(d, total):
-        if (current[0], d) == (epoch, done):
-            stop.request(signal.SIGTERM)
-    return {"on_epoch": on_epoch, "on_batch": on_batch}
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     summary, run = train(spec(*RESUMABLE), runs_root=tmp_path_factory.mktemp("reference"))
@@ -379,7 +367,7 @@ def reference(tmp_path_factory):
 def test_resume_with_stateful_constraints_is_bit_identical(tmp_path, reference, epoch, done):
     stop = StopRequest()
     with pytest.raises(Interrupted):
-        train(spec(*RESUMABLE), runs_root=tmp_path, stop=stop, **stop_after(stop, epoch, done))
+        train(spec(*RESUMABLE), runs_root=tmp_path, stop=stop, **stop_at(stop, epoch, done))
     (path,) = tmp_path.iterdir()
     checkpoint = RunDir(path).checkpoint_path()
     assert (checkpoint / "network.channels.npz").is_file()
@@ -410,7 +398,7 @@ def test_no_channel_file_without_stateful_constraints(tmp_path):
 def test_a_damaged_channel_file_is_refused_naming_it(tmp_path, damage, message):
     stop = StopRequest()
     with pytest.raises(Interrupted):
-        train(spec(*RESUMABLE), runs_root=tmp_path, stop=stop, **stop_after(stop, 1, 5))
+        train(spec(*RESUMABLE), runs_root=tmp_path, stop=stop, **stop_at(stop, 1, 5))
     (path,) = tmp_path.iterdir()
     damage(RunDir(path).checkpoint_path() / "network.channels.npz")
     with pytest.raises(RunError, match=message):

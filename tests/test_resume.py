@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
+from helpers import stop_at
 from localnet.cli import main
 from localnet.errors import Interrupted, RunError
 from localnet.runs import RunDir
@@ -78,19 +79,6 @@ def references(tmp_path_factory):
         assert summary["status"] == "completed"
         out[variant] = run.path
     return out
-
-
-def stop_at(stop, epoch, done):
-    """Callbacks that request a stop once batch `done` (counted across passes) of `epoch` has been trained."""
-    current = [1]
-
-    def on_epoch(record):
-        current[0] = record["epoch"] + 1
-
-    def on_batch(d, total):
-        if (current[0], d) == (epoch, done):
-            stop.request(signal.SIGTERM)
-    return {"on_epoch": on_epoch, "on_batch": on_batch}
 
 
 @pytest.mark.parametrize("variant,epoch,done", [

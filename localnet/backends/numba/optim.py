@@ -10,6 +10,8 @@ from numba import njit
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
+from ..numpy.optim import state_names  # noqa: F401  (the state layout is the algorithm's, not the backend's)
+
 JIT = dict(cache=True, nogil=True, error_model="numpy")
 
 
@@ -102,13 +104,3 @@ def adam(p, g, state, spec, t):
 
 
 STEPS = {"sgd": sgd, "rmsprop": rmsprop, "adam": adam}
-
-
-def state_names(spec):
-    """Which state arrays (each shaped like the parameter) an optimiser keeps."""
-    if spec.type == "adam":
-        return ("m", "v")
-    names = ()
-    if spec.type == "rmsprop":
-        names = ("square_avg", "grad_avg") if spec.centered else ("square_avg",)
-    return names + (("momentum",) if spec.momentum else ())
