@@ -544,6 +544,14 @@ def difference_target(x, h, target, V, c, fb_act):
     return out
 
 
+def _feedback_buffers(x, W):
+    """Outputs of one feedback-training call: noisy input, pre-activation, output, reconstruction, dV, dc."""
+    rows, n_in = x.shape
+    n_out, dt = W.shape[1], W.dtype
+    return (np.empty((rows, n_in), dt), np.empty((rows, n_out), dt), np.empty((rows, n_out), dt),
+            np.empty((rows, n_in), dt), np.empty((n_out, n_in), dt), np.empty(n_in, dt))
+
+
 def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
     """One step of DTP feedback training: minimise ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²), over V and c.
 
@@ -551,13 +559,8 @@ def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
     Bernoulli samples) come from this backend's own stream, keyed by one draw from `rng` (see the module notes).
     """
     x = _c(x)
-    rows, n_in = x.shape
-    n_out = W.shape[1]
-    dt = W.dtype
-    xn, q = np.empty((rows, n_in), dt), np.empty((rows, n_in), dt)
-    a, h = np.empty((rows, n_out), dt), np.empty((rows, n_out), dt)
-    dV, dc = np.empty((n_out, n_in), dt), np.empty(n_in, dt)
-    loss = _feedback_grads(x, W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act), dt.type(sigma),
+    xn, a, h, q, dV, dc = _feedback_buffers(x, W)
+    loss = _feedback_grads(x, W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act), W.dtype.type(sigma),
                            random_key(rng), xn, a, h, q, dV, dc)
     return dV, dc, float(loss)
 
@@ -565,12 +568,7 @@ def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
 def feedback_grads_from_noise(x, noise, W, b, act, V, c, fb_act, sigma, sample_key=0):
     """feedback_grads with the unit normals given (and the Bernoulli stream's key), for tests against the reference."""
     x = _c(x)
-    rows, n_in = x.shape
-    n_out = W.shape[1]
-    dt = W.dtype
-    xn, q = np.empty((rows, n_in), dt), np.empty((rows, n_in), dt)
-    a, h = np.empty((rows, n_out), dt), np.empty((rows, n_out), dt)
-    dV, dc = np.empty((n_out, n_in), dt), np.empty(n_in, dt)
-    loss = _feedback_core(x, _c(noise), W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act), dt.type(sigma),
-                          np.uint64(sample_key), xn, a, h, q, dV, dc)
+    xn, a, h, q, dV, dc = _feedback_buffers(x, W)
+    loss = _feedback_core(x, _c(noise), W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act),
+                          W.dtype.type(sigma), np.uint64(sample_key), xn, a, h, q, dV, dc)
     return dV, dc, float(loss)
