@@ -127,23 +127,53 @@ def measure_gemm_rate(size=2048, repeats=5):
 
 
 def measure_gemms_at_shapes(gemms, dtype, backends, seconds=1.0):
-    """Seconds for one step's matrix products in sequence, through the BLAS the fastest CPU backend uses."""
+    """Seconds for one step's matrix products through the BLAS the fastest CPU backend uses, in three layouts:
+    in sequence with BLAS on every core (`blas_all`) or on one (`blas_1`), and as two sequences in two threads at
+    once, one BLAS thread each, per step (`two_workers`: what the local engine's layer jobs can reach)."""
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from .threads import available_cores
     rng = np.random.default_rng(0)
-    ops = [(rng.random((m, k), dtype=np.float32).astype(dtype), rng.random((k, n), dtype=np.float32).astype(dtype),
-            np.empty((m, n), dtype)) for m, k, n in gemms]
+
+    def operands():
+        return [(rng.random((m, k), dtype=np.float32).astype(dtype),
+                 rng.random((k, n), dtype=np.float32).astype(dtype), np.empty((m, n), dtype)) for m, k, n in gemms]
     dot = _numba_dot() if "numba" in backends else (lambda a, b, c: np.dot(a, b, out=c))
     which = "numba (SciPy's BLAS)" if "numba" in backends else "numpy's BLAS"
+    ops = [operands(), operands()]
 
-    def once():
-        for a, b, c in ops:
+    def once(k=0):
+        for a, b, c in ops[k]:
             dot(a, b, c)
-    for _ in range(3):
-        once()
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or reps < 5:
-        once()
-        reps += 1
-    return (time.perf_counter() - t0) / reps, which
+
+    def timed(run):
+        for _ in range(3):
+            run(3)
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds or reps < 5:
+            run(5)
+            reps += 5
+        return (time.perf_counter() - t0) / reps
+
+    def serial(n):
+        for _ in range(n):
+            once()
+
+    def two(n):
+        threads = [threading.Thread(target=lambda k=k: [once(k) for _ in range(n)]) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    layouts = {}
+    with threadpool_limits(limits=available_cores(), user_api="blas"):
+        layouts["blas_all"] = timed(serial)
+    with threadpool_limits(limits=1, user_api="blas"):
+        layouts["blas_1"] = timed(serial)
+        layouts["two_workers"] = timed(two) / 2
+    return layouts, which
 
 
 def _numba_dot():
@@ -517,7 +547,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
 
     from .errors import LocalnetError
     from .network import build
-    report = {"machine": {"python": platform.python_version(), "numpy": np.__version__,
+    from .threads import layout
+    report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": layout(),
                           "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
               "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
     for b in missing:
@@ -532,12 +563,13 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
         gemms = step_gemms(probe, s.train.batch_size)
         n_steps = -(-len(x) // s.train.batch_size)
         per_sample = flops(gemms) / s.train.batch_size
-        shapes_s, which = measure_gemms_at_shapes(gemms, np.dtype(s.dtype), names, 1.0 if batches is None else 0.2)
+        layouts, which = measure_gemms_at_shapes(gemms, np.dtype(s.dtype), names, 1.0 if batches is None else 0.2)
         report["net"][rule] = {"spec": str(path), "layers": [layer.size for layer in s.network.layers],
                                "batch_size": s.train.batch_size, "dtype": s.dtype, "mflop_per_sample": per_sample / 1e6,
                                "steps_per_epoch": n_steps}
         report["floor"][rule] = {"peak_s": flops(gemms) * n_steps / (peak * 1e9),
-                                 "gemm_at_shapes_s": shapes_s * n_steps, "gemm_at_shapes_blas": which}
+                                 "gemm_at_shapes_s": min(layouts.values()) * n_steps, "gemm_at_shapes_blas": which,
+                                 "layouts_s": {k: v * n_steps for k, v in layouts.items()}}
         time.sleep(QUIET_S)
     report["data"] = described
 
@@ -610,14 +642,19 @@ def render(report, console):
     console.print(f"[bold]machine[/]: {m['cpus']} CPUs, {m['processor']}; float32 GEMM (numpy, 2048³) "
                   f"[bold]{m['gemm_gflops']:.0f} GFLOP/s[/]; data: {report['data']}", soft_wrap=True)
     floor = Table(title="the floor: matrix products alone, per epoch")
-    for col in ("rule", "net", "MFLOP / sample", "at the GEMM rate (s)", "at the net's shapes (s)", "BLAS"):
+    for col in ("rule", "net", "MFLOP / sample", "at the GEMM rate (s)", "at the net's shapes (s): BLAS on all "
+                "cores | BLAS on 1 | 2 threads × 1", "BLAS"):
         floor.add_column(col)
     for rule, f in report["floor"].items():
         n = report["net"][rule]
+        lay = f["layouts_s"]
         floor.add_row(rule, f"{'-'.join(map(str, n['layers']))} ×{n['batch_size']} {n['dtype']}",
-                      f"{n['mflop_per_sample']:.2f}", f"{f['peak_s']:.2f}", f"{f['gemm_at_shapes_s']:.2f}",
-                      f["gemm_at_shapes_blas"])
+                      f"{n['mflop_per_sample']:.2f}", f"{f['peak_s']:.2f}",
+                      f"{lay['blas_all']:.2f} | {lay['blas_1']:.2f} | {lay['two_workers']:.2f}", f["gemm_at_shapes_blas"])
     console.print(floor)
+    t = report["machine"].get("threads")
+    if t:
+        console.print(f"layer jobs in {t['workers']} thread(s), BLAS threads {t['blas']} (`localnet --threads N`)")
     res = Table(title="seconds per training epoch (median)")
     for col in ("backend", "rule", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "peak RSS MiB",
                 "first step s", "other load", "epochs"):

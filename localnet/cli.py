@@ -50,8 +50,13 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localnet")
-def main():
+@click.option("--threads", type=click.IntRange(min=1), envvar="LOCALNET_THREADS", show_envvar=True,
+              help="Cores to use: layer jobs in up to 2 threads, BLAS gets the rest [default: every core].")
+def main(threads=None):
     """Neural networks that learn with layer-local rules."""
+    if threads is not None:
+        from .threads import configure
+        configure(threads)
 
 
 @main.command()

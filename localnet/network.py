@@ -111,14 +111,13 @@ class Network:
 
     def train_step(self, x, y) -> dict:
         """One step of the rule on a batch: forward, feedback training, targets, forward update."""
-        self.engine.forward(*self._batch(x, y), train=True)
-        self.engine.train_feedback()
+        self.engine.forward(*self._batch(x, y), train=True, feedback=True)
         return self._learn()
 
     def feedback_step(self, x, y) -> dict:
         """Forward, then feedback training only (the first pass of the `alternate_epoch` schedule)."""
-        self.engine.forward(*self._batch(x, y), train=True)
-        self.engine.train_feedback()
+        self.engine.forward(*self._batch(x, y), train=True, feedback=True)
+        self.engine.join()
         return self._metrics()
 
     def forward_step(self, x, y) -> dict:
@@ -127,7 +126,7 @@ class Network:
         return self._learn()
 
     def _learn(self):
-        self.engine.backward()
+        self.engine.backward(start_updates=self.probe is None)  # a probe looks at the gradients before the update
         if self.probe is not None:
             self.probe(self)
         self.engine.update()

@@ -208,7 +208,7 @@ def test_a_delayed_target_is_learned_against_the_receivers_state_of_its_step():
         assert net.engine.inboxes["backward"]["out"].lag("target") == t - old
         np.testing.assert_allclose(out.target, sent[old], atol=1e-6)  # the first target of step t − 2 ...
         x, a, h = states[old]  # ... learned against out's own input, pre-activation and output of that step
-        _, dW, db = k.param_grads(x, a, h, k.local_delta(h, out.target), "linear")
+        dW, db = k.weight_grads(x, k.pre_activation_error(a, h, k.local_delta(h, out.target), "linear"))
         np.testing.assert_allclose(out.grads["W"], dW, rtol=1e-5, atol=1e-7)
         assert net.engine.inboxes["backward"]["h2"].lag("target") == t - old  # the lag travels down
         net.engine.update()

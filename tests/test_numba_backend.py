@@ -102,7 +102,8 @@ def warm():
                 nb.dense.forward(xx, W, bias, "tanh", gen(0), sample=True)
                 nb.dense.feedback_grads(xx, W, bias, "tanh", V, fbias, "tanh", 0.1, gen(0))
                 nb.dense.difference_target(xx, h, h, V, fbias, "tanh")
-                nb.dense.param_grads(xx, h, h, h, "tanh")
+                nb.dense.pre_activation_error(h, h, h, "tanh")
+                nb.dense.weight_grads(xx, h)
         nb.dense.local_delta(h, h)
         nb.dense.input_grad(h, W)
     yield
@@ -177,8 +178,11 @@ def test_param_grads_match_reference(case):
     x, dtype, act = readonly(case["x"]), case["dtype"], case["act"]
     a = case["h"]  # any pre-activation; h is its activation (mean for stochastic units)
     h = ref.activations.apply(act, a)
-    got = nb.dense.param_grads(x, readonly(a), readonly(h), readonly(case["delta"]), act)
-    want = ref.dense.param_grads(x, a, h, case["delta"], act)
+    e = nb.dense.pre_activation_error(readonly(a), readonly(h), readonly(case["delta"]), act)
+    want = ref.dense.pre_activation_error(a, h, case["delta"], act)
+    assert e.dtype == dtype and e.shape == want.shape
+    close(e, want, dtype)
+    got, want = nb.dense.weight_grads(x, readonly(want)), ref.dense.weight_grads(x, want)
     for g, w in zip(got, want):
         assert g.dtype == dtype and g.shape == w.shape
         close(g, w, dtype, scale=x.shape[0] * 4 + 1)

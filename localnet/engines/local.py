@@ -3,16 +3,25 @@
 Each node gets, per phase, an `Inbox` of what its declared channels delivered (read-only payloads, every read
 recorded in `self.audit`); what it returns is routed on. A node that writes into a received array fails with a
 LocalityError naming it; `check_isolation` scans every node for references to another (localnet/isolation.py).
+
+With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages: each
+layer's feedback training starts as soon as its forward pass is done, and its weight-gradient product as soon as it
+has sent its message down; the optimiser steps of `update` are shared between the two. Each job touches only its
+own layer's state, and the engine joins a job before anything that reads what it writes, so the numbers are the
+serial engine's, bit for bit, and no forward parameter changes before `update` (an error in the backward phase
+leaves them as they were).
 """
 
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import LocalityError, LocalnetError
 from ..graph import INPUT, NetworkGraph
 from ..isolation import check_isolation
 from ..messages import BACKWARD_KINDS, FORWARD_KINDS, KINDS, NO_PROVENANCE, Audit, Inbox, Outbox
+from ..threads import workers as configured_workers
 
 
 def _plain(out):
@@ -23,9 +32,12 @@ def _plain(out):
 
 
 class LocalEngine:
-    def __init__(self, graph: NetworkGraph, nodes: dict):
+    def __init__(self, graph: NetworkGraph, nodes: dict, workers: int | None = None):
         self.graph, self.nodes = graph, nodes
         self.audit = Audit()
+        workers = configured_workers() if workers is None else workers
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
+        self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
         declared = {name: frozenset(c.kind for c in graph.inbound(name, KINDS)) for name in nodes}
         self._forward = [(name, graph.inbound(name, FORWARD_KINDS), declared[name]) for name in graph.forward_order]
         self._backward = [(name, graph.inbound(name, BACKWARD_KINDS), declared[name])
@@ -84,36 +96,57 @@ class LocalEngine:
             raise
 
     # -- the phases --------------------------------------------------------------------------------------------
-    def forward(self, x, y, train):
-        """Forward phase: every node computes its output from what it received and sends it on."""
+    def forward(self, x, y, train, feedback=False):
+        """Forward phase: every node computes its output from what it received and sends it on. With `feedback`,
+        then the feedback phase (`train_feedback`), each layer's part started as soon as its input is there."""
+        self.join()
         self._sent = {"forward": {}, "backward": {}}
         self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
-        self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
+        if not feedback or self._pool is None:
+            self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
+            if feedback:
+                self.train_feedback()
+            return
+        starts = set(self.graph.feedback_layers)
+
+        def forward_then_start_feedback(node, inbox):
+            out = node.forward(inbox, train)
+            if node.name in starts:
+                self._feedback_jobs[node.name] = self._submit(node.name, "feedback", self._feedback_of(node.name))
+            return out
+        with self._settled():
+            self._run("forward", self._forward, forward_then_start_feedback, train)
 
     def train_feedback(self):
         """Feedback phase: each layer with a feedback map fits it to its own forward map, alone; a layer with
         direct targets (DDTP) gets the output's response to its perturbed activation (`response_above`)."""
         for name in self.graph.feedback_layers:
-            node = self.nodes[name]
-            if getattr(node, "direct_from", None) is not None:
-                self._guarded(name, "feedback", lambda: node.train_feedback(self.response_above(name)))
-            else:
-                self._guarded(name, "feedback", node.train_feedback)
+            self._guarded(name, "feedback", self._feedback_of(name))
+
+    def _feedback_of(self, name):
+        node = self.nodes[name]
+        if getattr(node, "direct_from", None) is not None:
+            return lambda: node.train_feedback(self.response_above(name))
+        return node.train_feedback
+
+    def _path_above(self, name):
+        """The layers an activation of `name` passes through on its way to the loss."""
+        from ..graph import LOSS
+        path, node = [], name
+        while True:
+            up = [c.receiver for c in self.graph.outbound(node, ("activation",))]
+            if not up or up[0] == LOSS:
+                return path
+            node = up[0]
+            path.append(self.nodes[node])
 
     def response_above(self, name):
         """h -> the output layer's response when `name`'s activation is h: a forward pass through the layers
         above, each computing its own f (no state change, no channel constraints). Non-local by nature; the read
         is recorded in the audit as an activation from the output computed with the forward weights above."""
-        from ..graph import LOSS
         from ..messages import Message
-        path, node = [], name
-        while True:
-            up = [c.receiver for c in self.graph.outbound(node, ("activation",))]
-            if not up or up[0] == LOSS:
-                break
-            node = up[0]
-            path.append(self.nodes[node])
+        path = self._path_above(name)
 
         def respond(h):
             for layer in path:
@@ -124,14 +157,77 @@ class LocalEngine:
             return h
         return respond
 
-    def backward(self):
-        """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule."""
+    def backward(self, start_updates=False):
+        """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule.
+        With `start_updates` (nothing is to look at the gradients before `update`), each layer's weight-gradient
+        product may start as soon as it has sent its message down (no parameter changes before `update`)."""
         self._sent["backward"], self.inboxes["backward"] = {}, {}
-        self._run("backward", self._backward, lambda node, inbox: node.backward(inbox), True)
+        start_updates = start_updates and self._pool is not None
+        layers = self.graph.layers
+
+        def backward_then_start_update(node, inbox):
+            self._join(self._feedback_jobs.pop(node.name, None))  # its targets use its trained feedback map
+            out = node.backward(inbox)
+            if start_updates and node.name in layers:
+                self._update_jobs.append(self._submit(node.name, "update", node.prepare_update))
+            return out
+        with self._settled():
+            self._run("backward", self._backward, backward_then_start_update, True)
 
     def update(self):
-        for name in self.graph.layers:
-            self._guarded(name, "update", self.nodes[name].apply_update)
+        """Apply every layer's forward update, once every feedback training that reads a forward map is done."""
+        self.join()
+        if self._pool is None:
+            for name in self.graph.layers:
+                self._guarded(name, "update", self.nodes[name].apply_update)
+            return
+        self._update_jobs = [self._submit(name, "update", self.nodes[name].apply_update) for name in self.graph.layers]
+        self.join()
+
+    # -- jobs beside the chain of messages ---------------------------------------------------------------------
+    def _submit(self, name, phase, method):
+        return self._pool.submit(self._guarded, name, phase, method), name, phase, method
+
+    def _join(self, job):
+        """Wait for a job; one the worker has not started yet runs here instead (the worker has other work)."""
+        if job is None:
+            return
+        future, name, phase, method = job
+        if future.cancel():
+            self._guarded(name, phase, method)
+        else:
+            future.result()
+
+    @contextlib.contextmanager
+    def _settled(self):
+        """On an error, wait for the other jobs before it surfaces: no job may still change a layer while the
+        caller looks at the network (the divergence guard, a checkpoint)."""
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                self.join()
+            raise
+
+    def join(self):
+        """Wait for every job started and not yet joined: after it, every layer's state is the serial engine's."""
+        jobs = [*self._feedback_jobs.values(), *self._update_jobs]  # independent of each other by now
+        self._feedback_jobs, self._update_jobs = {}, []
+        errors = []  # every job is waited for before an error surfaces: none may still change a layer then
+        for future, name, phase, method in reversed(jobs):  # take from the back what the worker has not started
+            if future.cancel():
+                try:
+                    self._guarded(name, phase, method)
+                except BaseException as exc:
+                    errors.append(exc)
+        for future, *_ in jobs:
+            if not future.cancelled():
+                try:
+                    future.result()
+                except BaseException as exc:
+                    errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def synchronise(self):
         """Bring every node's state to where `Network.state()` reads it: nothing to do in one process (the MPI

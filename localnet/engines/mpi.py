@@ -118,7 +118,7 @@ def parse_placement(text, layers):
 
 class MPIEngine(LocalEngine):
     def __init__(self, graph, nodes, comm=None, placement=None):
-        super().__init__(graph, nodes)
+        super().__init__(graph, nodes, workers=1)  # one thread per rank: the ranks are the parallelism
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD
@@ -285,7 +285,12 @@ class MPIEngine(LocalEngine):
             self._pending.append((self.comm.Isend(command, r, COMMAND), command,
                                   f"rank {r} to take the {PHASE_NAMES[code]} command"))
 
-    def forward(self, x, y, train):
+    def forward(self, x, y, train, feedback=False):
+        self._forward_pass(x, y, train)
+        if feedback:
+            self.train_feedback()
+
+    def _forward_pass(self, x, y, train):
         self._settle_loss()
         self._command(FORWARD, int(bool(train)))
         self._steps += 1
@@ -330,7 +335,7 @@ class MPIEngine(LocalEngine):
                 self._guarded(name, "feedback", self.nodes[name].train_feedback)
         self._settle_loss()
 
-    def backward(self):
+    def backward(self, start_updates=False):  # (updates wait for `update`: no overlap yet on ranks)
         self._command(BACKWARD)
         self._sent["backward"], self.inboxes["backward"] = {}, {}
         self._run("backward", self._backward, lambda node, inbox: node.backward(inbox), True)

@@ -61,7 +61,7 @@ class DenseLayer(Node):
                                    if feedback is not None else None)
         self.x = self.a = self.h = None  # this step's input, pre-activation and output
         self.target = None  # the target this step's update descends toward
-        self.grads = None
+        self._grads = self._error = None  # this step's forward gradients, or the (x, e) they come from
         self.reconstruction_loss = None
         self.history = None  # (x, a, h) of past steps, newest last, when a delayed channel feeds this layer
 
@@ -249,8 +249,8 @@ class DenseLayer(Node):
         else:
             delta = inbox["gradient"]  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
             self.target = h - self.target_step * delta
-        e, dW, db = k.param_grads(x, a, h, delta, self.activation)
-        self.grads = {"W": dW, "b": db} if "b" in self.forward_params else {"W": dW}
+        e = k.pre_activation_error(a, h, delta, self.activation)
+        self._grads, self._error = None, (x, e)
         # each message declares what it was computed from (its provenance, read by the locality audit)
         out = Outbox()
         if "gradient" in self.down_kinds:  # backprop: the receiver gets this layer's Wᵀ and s' (weight transport)
@@ -266,6 +266,23 @@ class DenseLayer(Node):
                 out.send("target", x - self.target_step * k.input_grad(e, W), "Wᵀ", "s'", "gradient", lag=lag,
                          base=x)
         return out
+
+    def prepare_update(self):
+        """Take this step's weight-gradient product xᵀe, which `backward` leaves out: it is not on the path of the
+        message sent down, so an engine may run it beside that path. Changes no parameter."""
+        if self._grads is None and self._error is not None:
+            dW, db = self.k.dense.weight_grads(*self._error)
+            self._grads = {"W": dW, "b": db} if "b" in self.forward_params else {"W": dW}
+
+    @property
+    def grads(self):
+        """This step's forward gradients {W, b} (taken now if `prepare_update` was not called)."""
+        self.prepare_update()
+        return self._grads
+
+    @grads.setter
+    def grads(self, value):
+        self._grads, self._error = value, None
 
     def apply_update(self):
         self.forward_optimizer.step(self.forward_params, self.grads)

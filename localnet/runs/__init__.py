@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..threads import layout as thread_layout
 from ..errors import RunError
 from ..spec import dump_spec, load_spec
 
@@ -154,6 +155,7 @@ class RunDir:
         write_json(path / "environment.json", {
             "versions": _versions(), "backend": backend, "seed": spec.seed, "dtype": spec.dtype,
             "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "threads": thread_layout(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         run.write_summary({"status": "running"})
         return run
@@ -379,3 +381,4 @@ class RunDir:
                 checkpoint = newer
         return {layer: {k[len(PARAM):]: v for k, v in state.items() if k.startswith(PARAM)}
                 for layer, state in states.items()}
+

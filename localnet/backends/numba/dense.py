@@ -388,7 +388,7 @@ def _ov_two_over(h):
 
 
 @njit(**JIT)
-def _param_grads(x, a, h, delta, c, e, dW, db):
+def _pre_activation_error(a, h, delta, c, e):
     rows, cols = e.shape
     if c == TANH:
         for i in range(rows):
@@ -398,6 +398,11 @@ def _param_grads(x, a, h, delta, c, e, dW, db):
         for i in range(rows):
             for j in range(cols):
                 e[i, j] = delta[i, j] * _deriv(c, a[i, j], h[i, j])
+
+
+@njit(**JIT)
+def _weight_grads(x, e, dW, db):
+    rows, cols = e.shape
     db[:] = 0
     for i in range(rows):
         for j in range(cols):
@@ -516,14 +521,20 @@ def local_delta(h, target):
     return out
 
 
-def param_grads(x, a, h, delta, act):
-    """Gradients of W, b from dℒ/dh = delta, through this layer's own non-linearity only."""
-    x = _c(x)
+def pre_activation_error(a, h, delta, act):
+    """e = dℒ/da from dℒ/dh = delta, through this layer's own non-linearity only."""
     e = np.empty(h.shape, h.dtype)
-    dW = np.empty((x.shape[1], h.shape[1]), h.dtype)
-    db = np.empty(h.shape[1], h.dtype)
-    _param_grads(x, _c(a), _c(h), _c(delta), code(act), e, dW, db)
-    return e, dW, db
+    _pre_activation_error(_c(a), _c(h), _c(delta), code(act), e)
+    return e
+
+
+def weight_grads(x, e):
+    """Gradients of W, b from the pre-activation error e."""
+    x, e = _c(x), _c(e)
+    dW = np.empty((x.shape[1], e.shape[1]), e.dtype)
+    db = np.empty(e.shape[1], e.dtype)
+    _weight_grads(x, e, dW, db)
+    return dW, db
 
 
 def input_grad(e, W):

@@ -27,10 +27,15 @@ def local_delta(h, target):
     return 2 * (h - target) / h.shape[0]
 
 
-def param_grads(x, a, h, delta, act):
-    """Gradients of W, b from dℒ/dh = delta, through this layer's own non-linearity only."""
-    e = delta * activations.derivative(act, a, h)
-    return e, x.T @ e, e.sum(axis=0)
+def pre_activation_error(a, h, delta, act):
+    """e = dℒ/da from dℒ/dh = delta, through this layer's own non-linearity only."""
+    return delta * activations.derivative(act, a, h)
+
+
+def weight_grads(x, e):
+    """Gradients of W, b from the pre-activation error e. Apart from `pre_activation_error` so that the
+    product can wait for the update, off the path of the message to the layer below."""
+    return x.T @ e, e.sum(axis=0)
 
 
 def input_grad(e, W):

@@ -1,0 +1,65 @@
+"""How a process spends its cores: layer jobs in two threads, each with its own share of the BLAS threads.
+
+Why not leave it to BLAS: at this project's shapes a product is too small to split well. Measured on the 2-core
+machines (float32, 128x256 @ 256x256 inside a Numba kernel, one run of /tmp-style microbenchmark kept in
+`localnet bench`'s GEMM line): OpenBLAS with 2 threads ~97 GFLOP/s, with 1 thread ~148, and two such products in
+two threads at once, 1 BLAS thread each, ~270. The DTP step has two chains of work that no message orders against
+each other (the forward/target chain, and each layer's feedback training and update beside it), so the local engine
+runs them in two threads (`localnet/engines/local.py`), and BLAS gets the cores left over per thread.
+
+`configure` sets this for the whole process (BLAS limits are process-wide, through threadpoolctl); `workers`
+configures the default on first use: `$LOCALNET_THREADS`, else every core this process may run on.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import LocalnetError
+
+MAX_WORKERS = 2  # the two chains of a step; more threads would wait on messages
+
+_workers = None
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure(threads: int | None = None) -> tuple[int, int]:
+    """Use `threads` cores (default: `$LOCALNET_THREADS`, else all available): returns (workers, BLAS threads
+    per worker). Engines built afterwards use `workers` threads; BLAS is limited for the whole process."""
+    global _workers
+    if threads is None:
+        text = os.environ.get("LOCALNET_THREADS", "")
+        try:
+            threads = int(text) if text else available_cores()
+        except ValueError:
+            raise LocalnetError(f"LOCALNET_THREADS={text!r}: expected a whole number of threads ≥ 1") from None
+    if threads < 1:
+        raise LocalnetError(f"threads: expected a whole number ≥ 1, found {threads}")
+    workers = min(MAX_WORKERS, threads)
+    blas = max(1, threads // workers)
+    import scipy.linalg.cython_blas  # noqa: F401  a limit reaches only libraries loaded: SciPy's is numba's BLAS
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=blas, user_api="blas")
+    _workers = workers
+    return workers, blas
+
+
+def workers() -> int:
+    """The number of threads an engine built now runs layer jobs in."""
+    if _workers is None:
+        configure()
+    return _workers
+
+
+def layout() -> dict:
+    """{workers, blas}: what a run's bit-for-bit repeatability depends on besides the spec and seed (OpenBLAS's
+    rounding may change with its thread count). `blas` lists the thread counts of every BLAS loaded."""
+    from threadpoolctl import threadpool_info
+    n = workers()
+    return {"workers": n, "blas": sorted({i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"})}

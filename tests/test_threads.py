@@ -1,0 +1,112 @@
+"""Two workers run a step's feedback training and updates beside its chain of messages: the numbers must be the
+serial engine's bit for bit, whatever the rule, backend or units, and a failing job must surface, not hang."""
+
+import time
+
+import numpy as np
+import pytest
+
+from localnet import threads
+from localnet.engines import LocalEngine, using
+from localnet.errors import LocalnetError
+from localnet.network import Network
+from localnet.spec import load_spec
+
+N_FEATURES, N_CLASSES = 9, 4
+
+
+def spec(rule="dtp", backend="numpy", first_target="output", acts=("tanh", "tanh", "tanh"), fb_act="tanh",
+         diagnostics=0):
+    widths = (12, 11, 10)
+    layers = [{"name": f"h{i + 1}", "size": w, "activation": a} for i, (w, a) in enumerate(zip(widths, acts))]
+    return load_spec({
+        "name": "threads", "seed": 5, "dtype": "float32", "backend": backend, "data": {"name": "digits"},
+        "network": {"layers": [*layers, {"name": "out", "size": N_CLASSES, "activation": "linear"}],
+                    "feedback": {"activation": fb_act, "bias": fb_act != "linear"}},
+        "rule": {"name": rule, "target_step": 0.2, "feedback_noise": 0.3, "first_target": first_target,
+                 "feedback_iterations": 2},
+        "optimizer": {"forward": {"type": "adam", "lr": 0.01}, "feedback": {"type": "rmsprop", "lr": 0.01}},
+        "diagnostics": {"every": diagnostics},
+    })
+
+
+def trained(s, workers, steps=4):
+    with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=workers)):
+        net = Network(s, 5, N_FEATURES, N_CLASSES)
+    assert (net.engine._pool is not None) == (workers > 1)
+    net.jobs = jobs = []  # what went to the worker (which thread runs each depends on timing; numbers must not)
+    if net.engine._pool is not None:
+        submit = net.engine._submit
+        net.engine._submit = lambda name, phase, method: jobs.append((name, phase)) or submit(name, phase, method)
+    rng = np.random.default_rng(0)
+    metrics = []
+    for _ in range(steps):
+        x, y = rng.standard_normal((16, N_FEATURES)), rng.integers(0, N_CLASSES, 16)
+        metrics.append(net.train_step(x, y))
+    return net, metrics
+
+
+CASES = [dict(rule="dtp"), dict(rule="dtp", backend="numba"), dict(rule="bp"), dict(rule="bp", backend="numba"),
+         dict(rule="tp"), dict(rule="dtp", first_target="last_hidden"),
+         dict(rule="dtp", backend="numba", acts=("stochastic_binary", "step", "tanh")),
+         dict(rule="ddtp_linear", fb_act="linear")]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
+def test_two_workers_give_the_serial_engines_numbers_bit_for_bit(case):
+    (serial, m1), (threaded, m2) = trained(spec(**case), 1), trained(spec(**case), 2)
+    assert not serial.jobs and {p for _, p in threaded.jobs} == ({"feedback", "update"} if case["rule"] != "bp"
+                                                                  else {"update"})
+    assert m1 == m2
+    s1, s2 = serial.state(), threaded.state()
+    for name in s1:
+        for key in s1[name]:
+            assert np.array_equal(s1[name][key], s2[name][key]), (name, key)
+    initial = trained(spec(**case), 1, steps=0)[0].parameters()
+    assert all(not np.array_equal(initial[n]["W"], serial.parameters()[n]["W"]) for n in serial.layers)  # it learned
+
+
+def test_feedback_step_and_a_probe_wait_for_every_job():
+    s = spec(diagnostics=1)
+    (serial, _), (threaded, _) = trained(s, 1, steps=2), trained(s, 2, steps=2)
+    for net in (serial, threaded):
+        net.feedback_step(np.ones((3, N_FEATURES)), np.zeros(3, np.int64))
+        assert not net.engine._feedback_jobs and not net.engine._update_jobs
+    assert all(np.array_equal(a, b) for n in serial.layers for a, b in
+               zip(serial.parameters()[n].values(), threaded.parameters()[n].values()))
+
+
+def test_a_failing_job_surfaces_and_no_job_is_left_running():
+    net, _ = trained(spec(), 2, steps=1)
+
+    def broken():
+        raise RuntimeError("feedback kernel failed")
+    done = []
+
+    def slow_gradient():  # started before h2's failure is joined, in the backward pass
+        time.sleep(0.3)
+        done.append(True)
+    net.layers["h2"].train_feedback = broken
+    net.layers["out"].prepare_update = slow_gradient
+    before = net.parameters()
+    with pytest.raises(RuntimeError, match="feedback kernel failed"):
+        net.train_step(np.ones((3, N_FEATURES)), np.zeros(3, np.int64))
+    assert done  # the other jobs were waited for before the error surfaced
+    assert not net.engine._feedback_jobs and not net.engine._update_jobs
+    after = net.parameters()  # and no forward parameter changed: updates wait for the whole backward phase
+    assert all(np.array_equal(before[n][k], after[n][k]) for n in before for k in ("W", "b"))
+
+
+def test_thread_settings(monkeypatch):
+    monkeypatch.setenv("LOCALNET_THREADS", "two")
+    with pytest.raises(LocalnetError, match="LOCALNET_THREADS='two'"):
+        threads.configure()
+    with pytest.raises(LocalnetError, match="≥ 1"):
+        threads.configure(0)
+    try:
+        assert threads.configure(1) == (1, 1) and threads.workers() == 1
+        assert threads.configure(2) == (2, 1)
+        assert threads.configure(8) == (2, 4)
+    finally:
+        monkeypatch.delenv("LOCALNET_THREADS")
+        threads.configure()
