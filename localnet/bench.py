@@ -3,7 +3,8 @@
 One process, side by side:
 - the machine's measured float32 GEMM rate, and the floor it sets for the benchmarked net: the seconds per epoch
   its matrix products alone would take at that rate (and, measured, at the net's own matrix shapes);
-- seconds per training epoch for every backend that imports (numpy reference, numba, cuda where present) and, when
+- seconds per training epoch for every backend that imports (numpy reference, numba, cuda where present; numba
+  also as `numba serial`, one thread with BLAS on every core, to show what the engine's threads give) and, when
   PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
   against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
 - a per-phase breakdown (data, forward, feedback training, targets, updates), peak memory, a size sweep (batch,
@@ -251,8 +252,17 @@ def _state_mib(net):
 # -------------------------------------------------------------------------------------------------------------
 # Timing the library's own training step
 # -------------------------------------------------------------------------------------------------------------
-def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None):
-    """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up)."""
+def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, serial=False):
+    """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up).
+    `serial`: the layout before layer jobs ran in threads, one thread with BLAS on every core, for comparison."""
+    if serial:
+        from threadpoolctl import threadpool_limits
+
+        from .engines import LocalEngine, using
+        from .threads import available_cores
+        with threadpool_limits(limits=available_cores(), user_api="blas"), \
+                using(lambda graph, nodes: LocalEngine(graph, nodes, workers=1)):
+            return time_epochs(spec, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
     from .network import build
     from .training import DATA_ORDER_STREAM, _passes
     t0 = time.perf_counter()
@@ -547,7 +557,7 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
 
     from .errors import LocalnetError
     from .network import build
-    from .threads import layout
+    from .threads import layout, workers
     report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": layout(),
                           "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
               "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
@@ -582,6 +592,12 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
             report["results"].append(dict(backend=name, rule=rule, peak_rss_mib=_peak_rss_mib(),
                                           other_load=load.other(), **timed))
+            if name == "numba" and workers() > 1:
+                say(f"timing {name} {rule}, serial")
+                load = LoadMeter()
+                timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches, serial=True)
+                report["results"].append(dict(backend=f"{name} serial", rule=rule, peak_rss_mib=_peak_rss_mib(),
+                                              other_load=load.other(), **timed))
             say(f"breakdown {name} {rule}")
             report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
             time.sleep(QUIET_S)

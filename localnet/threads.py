@@ -1,11 +1,12 @@
 """How a process spends its cores: layer jobs in two threads, each with its own share of the BLAS threads.
 
-Why not leave it to BLAS: at this project's shapes a product is too small to split well. Measured on the 2-core
-machines (float32, 128x256 @ 256x256 inside a Numba kernel, one run of /tmp-style microbenchmark kept in
-`localnet bench`'s GEMM line): OpenBLAS with 2 threads ~97 GFLOP/s, with 1 thread ~148, and two such products in
-two threads at once, 1 BLAS thread each, ~270. The DTP step has two chains of work that no message orders against
-each other (the forward/target chain, and each layer's feedback training and update beside it), so the local engine
-runs them in two threads (`localnet/engines/local.py`), and BLAS gets the cores left over per thread.
+Why not leave it to BLAS: at this project's shapes a product is too small to split well. On the 2-core machines
+(float32, 128x256 @ 256x256 in a Numba kernel, while other jobs shared the machine) OpenBLAS gave ~97 GFLOP/s with
+2 threads, ~148 with 1, and ~270 for two such products in two threads at once, 1 BLAS thread each; `localnet bench`
+measures the same three layouts at the benchmarked net's shapes. A DTP step has two streams of work that no message
+orders against each other (the forward/target chain; each layer's feedback training and weight-gradient product
+beside it), so the local engine runs them in two threads (`localnet/engines/local.py`), and BLAS gets the cores
+left over per thread.
 
 `configure` sets this for the whole process (BLAS limits are process-wide, through threadpoolctl); `workers`
 configures the default on first use: `$LOCALNET_THREADS`, else every core this process may run on.

@@ -50,7 +50,10 @@ train: {batch_size: 32}
     row = report["results"][0]
     assert row["seconds"] > 0 and row["vs_peak_floor"] > 0 and row["peak_rss_mib"] > 0
     assert set(report["breakdown"]["numpy"]["dtp"]) == {"data", "forward", "feedback", "targets", "updates"}
-    assert report["floor"]["dtp"]["peak_s"] > 0
+    floor = report["floor"]["dtp"]
+    assert floor["peak_s"] > 0 and set(floor["layouts_s"]) == {"blas_all", "blas_1", "two_workers"}
+    assert floor["gemm_at_shapes_s"] == min(floor["layouts_s"].values()) > 0
+    assert report["machine"]["threads"]["workers"] in (1, 2)
 
 
 def test_pytorch_comparison_step_runs_when_torch_is_installed():
