@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from ..errors import LocalityError, LocalnetError
 from ..graph import INPUT, NetworkGraph
 from ..isolation import check_isolation
@@ -52,7 +54,7 @@ class LocalEngine:
                 self._refuse_write(name, phase, inbox, exc)
                 raise
             for m in messages.values():  # numpy lets a view be made writable again when its memory's owner is
-                if m.payload.flags.writeable:
+                if isinstance(m.payload, np.ndarray) and m.payload.flags.writeable:  # (device arrays have no flag)
                     raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
                                         f"in the {phase} phase; what a node receives is read-only")
 
