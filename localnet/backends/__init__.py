@@ -13,9 +13,17 @@ BACKENDS = {"numpy": "localnet.backends.numpy", "numba": "localnet.backends.numb
 PREFERENCE = ("cuda", "numba", "numpy")  # `auto` picks the first that imports; faster backends go in front as they land
 
 
+def _driver_present():
+    """Whether a CUDA driver library is installed: `auto` skips importing numba.cuda (about 1 s) when none is."""
+    import ctypes.util
+    return any(ctypes.util.find_library(lib) for lib in ("cuda", "nvcuda"))
+
+
 def get_backend(name):
     if name == "auto":
         for candidate in PREFERENCE:
+            if candidate == "cuda" and not _driver_present():
+                continue
             try:
                 module = importlib.import_module(BACKENDS[candidate])
             except (ImportError, LocalnetError):

@@ -19,23 +19,20 @@ samples compare sigm(a) with a uniform of the stream keyed by `subkey(key)`. Uni
 functions are the device's float64 ones, so normals agree with the CPU backend's to float32 rounding.
 
 Under Numba's CUDA simulator every thread is a Python thread, so tiles and blocks are small there (TILE 4, 32
-threads per block): the same code, and tiny test shapes then cover several tiles and ragged edges.
+threads per block): the same code, and tiny test shapes then cover several tiles and ragged edges. (There the
+SplitMix64 arithmetic runs on NumPy uint64 scalars, which warn about the wrap-around the device does silently.)
 """
 
 import math
-import warnings
 
 import numpy as np
 from numba import cuda, float32, float64
 
 from . import SIMULATED
 
-if SIMULATED:  # the simulator runs SplitMix64 on NumPy uint64 scalars, which warn where the device wraps silently
-    warnings.filterwarnings("ignore", "overflow encountered in scalar", RuntimeWarning, __name__)
-
 TILE = 4 if SIMULATED else 16  # matmul tile edge (threads per block: TILE²)
-THREADS = 32 if SIMULATED else 256  # threads per block of element-wise kernels and reductions
-PARTIALS = 8 if SIMULATED else 256  # blocks of the first reduction stage
+THREADS = 8 if SIMULATED else 256  # threads per block of element-wise kernels and reductions
+PARTIALS = 4 if SIMULATED else 256  # blocks of the first reduction stage
 
 CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5}
 LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC = range(6)
@@ -348,7 +345,7 @@ def _partial_sums(x, partials):
     t = cuda.threadIdx.x
     acc = 0.0
     for k in range(cuda.grid(1), x.size, cuda.gridsize(1)):
-        acc += x[k]
+        acc += float64(x[k])
     sh[t] = acc
     cuda.syncthreads()
     s = THREADS // 2
