@@ -144,6 +144,28 @@ def test_registered_simulated_and_never_picked_by_auto():
         assert get_backend("auto").NAME != "cuda"
 
 
+def test_bench_times_cuda_only_on_a_real_gpu():
+    from localnet import bench
+    assert ("cuda" in bench._backends()) == (not cu.SIMULATED)
+
+
+def test_bench_gpu_section_runs_on_tiny_sizes(tmp_path, monkeypatch):
+    """The GPU part of `localnet bench` end to end, shrunk so that the simulator can run it (no timing asserted)."""
+    from localnet import bench
+    spec = tmp_path / "t.yaml"
+    spec.write_text("name: t\ndata: {name: digits}\nnetwork:\n  layers:\n    - {name: h1, size: 5}\n"
+                    "    - {name: out, size: 3, activation: linear}\nrule: {name: dtp}\n")
+    rate = bench.measure_cuda_gemm_rate
+    monkeypatch.setattr(bench, "measure_cuda_gemm_rate", lambda: rate(size=6, repeats=1))
+    monkeypatch.setattr(bench, "WIDE", 6)
+    monkeypatch.setattr(bench, "WIDE_BATCH", 4)
+    x, y = np.random.default_rng(0).random((8, 4), dtype=np.float32), np.arange(8) % 3
+    report = bench.time_cuda({"dtp": spec}, x, y, 3, epochs=1, warmup=1, batches=1, torch=False)
+    assert report["gemm_gflops"] > 0 and report["device"]
+    (row,) = report["rows"]
+    assert row["layers"] == [6, 3] and row["batch_size"] == 4 and row["seconds"] > 0 and row["vs_gemm_floor"] > 0
+
+
 def test_same_interface_as_the_reference():
     for module in ("dense", "loss", "optim", "activations", "arrays"):
         want = {n for n, v in vars(getattr(ref, module)).items() if callable(v) and not n.startswith("_")
