@@ -383,6 +383,14 @@ def test_parameters_stay_on_the_device():
     assert all(hasattr(a, "copy_to_host") and not isinstance(a, np.ndarray) for a in arrays)
 
 
+def test_audit_gives_the_same_verdicts_on_the_device():
+    from localnet.audit import audit_network
+    x, y = batches(1, rows=3)[0]
+    reports = [audit_network(build(tiny_spec(b)), x.astype(np.float64), y).to_dict() for b in ("cuda", "numpy")]
+    assert any(u["measured"] for layer in reports[0]["layers"].values() for u in layer["uses"])  # perturbed W, V
+    assert reports[0] == reports[1]
+
+
 @pytest.mark.parametrize("extra,path", [
     ({"rule": {"name": "ddtp_linear"}, "network": {"layers": [{"name": "h1", "size": 5}, {
         "name": "out", "size": 3, "activation": "linear"}], "feedback": {"activation": "linear"}}}, "rule.name"),
