@@ -15,6 +15,8 @@ another order and the device's tanh/exp: rtol 1e-4 / atol 2e-5, which still catc
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -407,3 +409,25 @@ def test_what_does_not_run_on_the_device_is_refused_at_build_time(extra, path):
         build(spec)
     with pytest.raises(LocalnetError, match="local engine"):
         cu.check_supported(tiny_spec("cuda"), engine=object())
+
+
+def test_fixed_feedback_runs_on_the_device():
+    from localnet.spec import to_data
+    data = to_data(tiny_spec("cuda", noise=0.3))
+    data["network"]["layers"][1]["constraints"] = [{"type": "fixed_feedback"}]
+    net = build(localnet.load_spec(data))
+    before = net.parameters()["h2"]["V"]
+    x, y = batches(1, rows=3)[0]
+    net.train_step(x, y)
+    after = net.parameters()
+    np.testing.assert_array_equal(after["h2"]["V"], before)
+    assert not np.array_equal(after["h2"]["W"], build(localnet.load_spec(data)).parameters()["h2"]["W"])
+
+
+@pytest.mark.skipif(os.environ.get("LOCALNET_CUDA_REAL") == "1", reason="a GPU is present")
+def test_no_gpu_and_no_simulator_is_a_clear_error():
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="0")
+    code = "from localnet.backends import get_backend\nget_backend('cuda')"
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "LocalnetError: backend 'cuda': no CUDA GPU is available" in done.stderr
