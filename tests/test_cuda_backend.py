@@ -185,8 +185,8 @@ def test_forward_and_feedback_match_reference(case):
     a0, h0 = ref.dense.forward(d["x"], d["W"], d["b"], d["act"])
     close(a, a0, dt)
     close(h, h0, dt)
-    close(cu.dense.feedback(d["h"], d["V"], d["c"], d["fb_act"]), ref.dense.feedback(d["h"], d["V"], d["c"], d["fb_act"]),
-          dt)
+    args = (d["h"], d["V"], d["c"], d["fb_act"])
+    close(cu.dense.feedback(*args), ref.dense.feedback(*args), dt)
 
 
 @FEW

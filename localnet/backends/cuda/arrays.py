@@ -30,10 +30,6 @@ def to_host(a):
     return a.copy_to_host() if is_device(a) else np.array(a)
 
 
-def empty(shape, dtype):
-    return cuda.device_array(shape, dtype)
-
-
 def zeros_like(a):
     out = cuda.device_array(a.shape, a.dtype)
     if out.size:
