@@ -15,8 +15,11 @@ the same numbers run after run on one device.
 Random numbers follow the numba CPU backend's scheme exactly (localnet/backends/numba/dense.py): element i of a
 call's stream is SplitMix64's output i for the call's 64-bit key; Gaussians are Box–Muller of one output (float32:
 two 24-bit uniforms) or two outputs (float64: 53-bit uniforms), pair i filling elements i and n//2 + i; Bernoulli
-samples compare sigm(a) with a uniform of the stream keyed by `subkey(key)`. Uniforms are exact; the transcendental
-functions are the device's float64 ones, so normals agree with the CPU backend's to float32 rounding.
+samples compare sigm(a) with uniform i of the call's stream (in feedback training, of the stream keyed by
+`subkey(key)`). Uniforms are exact; the transcendental functions are the device's float64 ones, so normals agree
+with the CPU backend's to float32 rounding.
+
+Every call allocates its outputs with `cuda.device_array` (Numba's default allocator, no pool).
 
 Under Numba's CUDA simulator every thread is a Python thread, so tiles and blocks are small there (TILE 4, 32
 threads per block): the same code, and tiny test shapes then cover several tiles and ragged edges. (There the
