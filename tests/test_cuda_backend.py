@@ -326,7 +326,7 @@ def assert_parameters_close(p, q, **tol):
             np.testing.assert_allclose(p[layer][k], q[layer][k], **tol)
 
 
-@pytest.mark.parametrize("rule", ["dtp", "bp"])
+@pytest.mark.parametrize("rule", ["dtp", "tp", "bp"])
 def test_networks_agree_with_numpy_without_noise(rule):
     """With no feedback noise nothing random is drawn, so whole steps match the reference (float64)."""
     nets = [build(tiny_spec(b, rule)) for b in ("cuda", "numpy")]
