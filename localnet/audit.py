@@ -177,6 +177,7 @@ def measure_backward(net, perturbation=0.5, seed=0):
     parameters, the layer's attributes and the channels are restored afterwards."""
     from .messages import Inbox
     engine, rng = net.engine, np.random.default_rng(seed)
+    arrays = net.backend.arrays  # parameters and messages may live on a device
     out = {}
     for name, layer in net.layers.items():
         inbox = engine.inboxes["backward"].get(name)
@@ -190,15 +191,15 @@ def measure_backward(net, perturbation=0.5, seed=0):
             for key, param in layer.parameters().items():
                 if key not in ("W", "V"):
                     continue
-                original = param.copy()
+                original = arrays.to_host(param)
                 try:
-                    param += (perturbation * (np.abs(param).mean() + 1e-3)
-                              * rng.standard_normal(param.shape)).astype(param.dtype)
+                    arrays.assign(param, original + (perturbation * (np.abs(original).mean() + 1e-3)
+                                                     * rng.standard_normal(param.shape)).astype(param.dtype))
                     again = layer.backward(quiet)
                 finally:
-                    param[...] = original
+                    arrays.assign(param, original)
                 for kind in base:
-                    results[kind][key] = not np.array_equal(base[kind], again[kind])
+                    results[kind][key] = not np.array_equal(arrays.to_host(base[kind]), arrays.to_host(again[kind]))
         finally:
             vars(layer).clear()
             vars(layer).update(saved)

@@ -3,12 +3,15 @@
 One process, side by side:
 - the machine's measured float32 GEMM rate, and the floor it sets for the benchmarked net: the seconds per epoch
   its matrix products alone would take at that rate (and, measured, at the net's own matrix shapes);
-- seconds per training epoch for every backend that imports (numpy reference, numba, cuda where present; numba
+- seconds per training epoch for every backend that imports (numpy reference, numba, cuda on a real GPU; numba
   also as `numba serial`, one thread with BLAS on every core, to show what the engine's threads give) and, when
   PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
   against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
 - a per-phase breakdown (data, forward, feedback training, targets, updates), peak memory, a size sweep (batch,
-  width, depth) and start-up to the first batch in a fresh process (first run compiling, then with the cache warm).
+  width, depth) and start-up to the first batch in a fresh process (first run compiling, then with the cache warm);
+- on a real GPU (backend cuda imports, not under the simulator): the FLOP rate of the cuda backend's own matrix
+  product kernel and seconds per epoch of a wide net (hidden layers 4096 wide, batch 1024), against PyTorch on the
+  GPU when it sees one; without a GPU the report says "cuda: no GPU".
 
 Epochs are timed on the real data when they are on disk (never downloaded here), else on random data of the same
 shape; each epoch is exactly the trainer's loop (`training._passes`, a fresh permutation, `x[idx]` gathers,
@@ -75,12 +78,15 @@ def _dataset(spec):
 
 def _backends():
     from .backends import BACKENDS
+    from .errors import LocalnetError
     out = {}
     for name, module in BACKENDS.items():
         try:
-            out[name] = importlib.import_module(module)
-        except ImportError:
+            module = importlib.import_module(module)
+        except (ImportError, LocalnetError):  # (cuda: numba-cuda missing, or no GPU)
             continue
+        if not getattr(module, "SIMULATED", False):  # the CUDA simulator is for tests, not for timing
+            out[name] = module
     return out
 
 
@@ -342,9 +348,9 @@ class TorchNet:
 
     ACTS = ("linear", "tanh", "sigmoid", "relu")
 
-    def __init__(self, spec, n_features, n_classes):
+    def __init__(self, spec, n_features, n_classes, device="cpu"):
         import torch
-        self.torch = torch
+        self.torch, self.device = torch, device
         if spec.dtype != "float32":
             raise ValueError("the PyTorch comparison is float32 only")
         layers = spec.network.layers
@@ -360,18 +366,18 @@ class TorchNet:
         sizes = [n_features] + [layer.size for layer in layers[:-1]] + [n_classes]
         gen = torch.Generator().manual_seed(spec.seed)
         self.acts = [self._act(layer.activation) for layer in layers]
-        self.W = [torch.nn.init.xavier_normal_(torch.empty(a, b), generator=gen).requires_grad_()
+        self.W = [torch.nn.init.xavier_normal_(torch.empty(a, b), generator=gen).to(device).requires_grad_()
                   for a, b in zip(sizes[:-1], sizes[1:])]
-        self.b = [torch.zeros(b, requires_grad=True) for b in sizes[1:]]
+        self.b = [torch.zeros(b, device=device, requires_grad=True) for b in sizes[1:]]
         self.rule = r
         fo = spec.optimizer.forward
         self.opt = self._adam(self.W + self.b, fo)
         if r.name == "dtp":
             fb = spec.network.feedback
             self.fb_act = self._act(fb.activation)
-            self.V = [None] + [torch.nn.init.xavier_normal_(torch.empty(b, a), generator=gen).requires_grad_()
-                               for a, b in zip(sizes[1:-1], sizes[2:])]
-            self.c = [None] + [torch.zeros(a, requires_grad=True) for a in sizes[1:-1]]
+            self.V = [None] + [torch.nn.init.xavier_normal_(torch.empty(b, a), generator=gen).to(device)
+                               .requires_grad_() for a, b in zip(sizes[1:-1], sizes[2:])]
+            self.c = [None] + [torch.zeros(a, device=device, requires_grad=True) for a in sizes[1:-1]]
             self.fb_opt = self._adam(self.V[1:] + self.c[1:], spec.optimizer.feedback)
 
     def _act(self, name):
@@ -386,6 +392,7 @@ class TorchNet:
     def step(self, x, y):
         torch = self.torch
         x, y = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
+        x, y = x.to(self.device), y.to(self.device)
         if self.rule.name == "bp":
             h = x
             for W, b, act in zip(self.W, self.b, self.acts):
@@ -431,9 +438,9 @@ class TorchNet:
         return float(loss.detach())
 
 
-def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None):
+def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, device="cpu"):
     import torch
-    net = TorchNet(spec, x.shape[1], n_classes)
+    net = TorchNet(spec, x.shape[1], n_classes, device)
     torch.manual_seed(spec.seed)
     size, n = spec.train.batch_size, len(x)
     starts = list(range(0, n, size))
@@ -452,6 +459,67 @@ def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None):
         seconds.append((time.perf_counter() - began) * len(starts) / len(todo))
     return dict(seconds=float(np.median(seconds)), epochs=[round(s, 4) for s in seconds],
                 threads=torch.get_num_threads(), version=torch.__version__)
+
+
+# -------------------------------------------------------------------------------------------------------------
+# The GPU (backend cuda, only on a real GPU)
+# -------------------------------------------------------------------------------------------------------------
+WIDE = 4096  # the wide net: every hidden layer this wide, batch WIDE_BATCH
+WIDE_BATCH = 1024
+
+
+def measure_cuda_gemm_rate(size=4096, repeats=5):
+    """Best-of float32 rate (GFLOP/s) of the cuda backend's own matrix-product kernel on square matrices."""
+    from numba import cuda
+
+    from .backends.cuda import kernels
+    rng = np.random.default_rng(0)
+    a, b = (cuda.to_device(rng.random((size, size), dtype=np.float32)) for _ in range(2))
+    c = cuda.device_array((size, size), np.float32)
+    kernels.matmul(a, b, c)
+    cuda.synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        kernels.matmul(a, b, c)
+        cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def time_cuda(rules, x, y, n_classes, *, epochs, warmup, batches, torch):
+    """Backend cuda on the wide net (every hidden layer WIDE units, batch WIDE_BATCH) for each rule, against
+    the matrix-product kernel's measured rate and, when PyTorch sees the GPU, PyTorch on it (the benchmarked nets
+    themselves are timed with the other backends)."""
+    from numba import cuda
+    from .network import build
+    name = getattr(cuda.get_current_device(), "name", "the CUDA simulator")
+    out = {"device": name.decode() if isinstance(name, bytes) else str(name), "gemm_gflops": measure_cuda_gemm_rate(),
+           "rows": []}
+    use_torch = False
+    if torch:
+        try:
+            import torch as _torch
+            use_torch = _torch.cuda.is_available()
+        except ImportError:
+            pass
+    for rule, path in rules.items():
+        base = _load(path, "cuda")
+        wide = [f"network.layers.{layer.name}.size={WIDE}" for layer in base.network.layers[:-1]]
+        s = _load(path, "cuda", [*wide, f"train.batch_size={WIDE_BATCH}"])
+        timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
+        gemm_s = flops(step_gemms(build(s, n_features=x.shape[1], n_classes=n_classes), WIDE_BATCH)) * \
+            -(-len(x) // WIDE_BATCH) / (out["gemm_gflops"] * 1e9)
+        row = dict(rule=rule, layers=[layer.size for layer in s.network.layers], batch_size=WIDE_BATCH,
+                   seconds=timed["seconds"], vs_gemm_floor=timed["seconds"] / gemm_s)
+        if use_torch:
+            try:
+                row["pytorch_seconds"] = time_torch_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup,
+                                                           batches=batches, device="cuda")["seconds"]
+            except ValueError as exc:
+                row["pytorch_skipped"] = str(exc)
+        out["rows"].append(row)
+    return out
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -563,6 +631,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
               "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
     for b in missing:
         report["skipped"][b] = "does not import here"
+    if "cuda" not in available:
+        report["skipped"]["cuda"] = "no GPU"
     say("measuring the float32 GEMM rate")
     peak = measure_gemm_rate()
     report["machine"]["gemm_gflops"] = peak
@@ -626,6 +696,11 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
         r["vs_gemm_at_shapes"] = r["seconds"] / fl["gemm_at_shapes_s"]
         if r["rule"] in torch_s:
             r["vs_pytorch"] = r["seconds"] / torch_s[r["rule"]]
+
+    if "cuda" in names:
+        say("the GPU: kernel FLOP rate and the wide net")
+        report["cuda"] = time_cuda(rules, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches,
+                                   torch=torch)
 
     if sweep and names:
         fastest = min((r for r in report["results"] if r["backend"] in names and r["rule"] == spec.rule.name),
@@ -706,6 +781,16 @@ def render(report, console):
         for r in sw["rows"]:
             t.add_row(r["axis"], str(r["value"]), f"{r['us_per_sample']:.1f}", f"{r['mflop_per_sample']:.2f}",
                       f"{r['gflops']:.0f}", f"{100 * r['vs_peak']:.0f}%")
+        console.print(t)
+    if report.get("cuda"):
+        g = report["cuda"]
+        t = Table(title=f"cuda on {g['device']} (its matrix-product kernel: {g['gemm_gflops']:.0f} GFLOP/s, "
+                        f"float32 4096³): the wide net")
+        for col in ("rule", "net", "s / epoch", "× its GEMM floor", "PyTorch s / epoch"):
+            t.add_column(col)
+        for r in g["rows"]:
+            t.add_row(r["rule"], f"{'-'.join(map(str, r['layers']))} ×{r['batch_size']}", f"{r['seconds']:.2f}",
+                      f"{r['vs_gemm_floor']:.2f}", f"{r['pytorch_seconds']:.2f}" if "pytorch_seconds" in r else "-")
         console.print(t)
     if report.get("startup"):
         s = report["startup"]

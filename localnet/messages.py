@@ -41,6 +41,8 @@ _TAGS = {}  # the tuples `Outbox.send` was given -> their (checked) frozensets
 
 
 def read_only(array):
+    if hasattr(array, "copy_to_host"):  # a device array (backend cuda): no read-only flag exists; it crosses as is
+        return array
     view = np.asarray(array).view()
     view.flags.writeable = False
     return view

@@ -45,9 +45,9 @@ class Network:
         rule = get_rule(spec.rule.name)
         r = spec.rule
         seeds = np.random.SeedSequence(seed).spawn(len(spec.network.layers))
-        nodes = {INPUT: InputNode(INPUT),
+        nodes = {INPUT: InputNode(INPUT, self.backend.arrays),
                  LOSS: LossNode(LOSS, spec.network.loss, r.target_step, self.backend.loss,
-                                _down_kinds(self.graph, LOSS))}
+                                _down_kinds(self.graph, LOSS), self.backend.arrays)}
         for layer_spec, layer_seed in zip(spec.network.layers, seeds):
             name = layer_spec.name
             feedback = None
@@ -71,6 +71,7 @@ class Network:
         self.layers = {name: nodes[name] for name in self.graph.layers}
         self.loss = nodes[LOSS]
         self.engine = new_engine(self.graph, nodes)  # LocalEngine unless inside engines.using(...)
+        self.backend.check_supported(spec, self.engine)  # what a backend cannot run is refused before any step
         check_layer_constraints(spec, self.graph)
         self.engine.bind_channels(seed)  # constraints' generators: the network's seed and each channel's identity
         self.engine.check_isolation()  # LocalityError if a node holds another or another's memory
@@ -94,7 +95,7 @@ class Network:
         """Copies of the activations h_1..h_L for a batch (stochastic units give their mean unless `train`)."""
         x, y = self._batch(x)
         self.engine.forward(x, y, train)
-        return [layer.h.copy() for layer in self.layers.values()]
+        return [self.backend.arrays.to_host(layer.h) for layer in self.layers.values()]
 
     def targets(self, x, y) -> list:
         """Copies of the targets ĥ_1..ĥ_L the rule would send for this batch, with no parameter change.
@@ -107,7 +108,7 @@ class Network:
             self.engine.backward()
         for layer in self.layers.values():
             layer.grads = None
-        return [layer.target.copy() for layer in self.layers.values()]
+        return [self.backend.arrays.to_host(layer.target) for layer in self.layers.values()]
 
     def train_step(self, x, y) -> dict:
         """One step of the rule on a batch: forward, feedback training, targets, forward update."""
@@ -149,7 +150,8 @@ class Network:
     # -- parameters ----------------------------------------------------------------------------------------
     def parameters(self) -> dict:
         """Copies of every layer's parameters: W, b and, where a feedback map exists, V, c."""
-        return {name: {k: v.copy() for k, v in layer.parameters().items()} for name, layer in self.layers.items()}
+        to_host = self.backend.arrays.to_host
+        return {name: {k: to_host(v) for k, v in layer.parameters().items()} for name, layer in self.layers.items()}
 
     def load_parameters(self, params: dict):
         """Overwrite parameters in place from a dict shaped like `parameters()`; every key must match."""
@@ -163,7 +165,7 @@ class Network:
                 value = np.asarray(value)
                 if value.shape != own[key].shape:
                     raise LocalnetError(f"layer {name!r}, {key}: shape {value.shape}, expected {own[key].shape}")
-                own[key][...] = value
+                self.backend.arrays.assign(own[key], value)
 
     # -- full state, for checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:

@@ -9,10 +9,14 @@ from .errors import LocalnetError
 
 class Optimizer:
     def __init__(self, spec, params: dict, kernels):
+        """kernels: the backend's optim module (its STEPS, state_names, and the backend's `arrays`: the state lives
+        where the parameters do)."""
         self.spec = spec
         self._step = kernels.STEPS[spec.type]
+        self._arrays = kernels.arrays
         self.t = 0
-        self.state = {name: {s: np.zeros_like(p) for s in kernels.state_names(spec)} for name, p in params.items()}
+        self.state = {name: {s: self._arrays.zeros_like(p) for s in kernels.state_names(spec)}
+                      for name, p in params.items()}
 
     def step(self, params: dict, grads: dict):
         """Update each parameter in place from its gradient."""
@@ -25,7 +29,7 @@ class Optimizer:
         out = {"t": np.array(self.t, np.int64)}
         for name, arrays in self.state.items():
             for key, value in arrays.items():
-                out[f"{name}.{key}"] = value.copy()
+                out[f"{name}.{key}"] = self._arrays.to_host(value)
         return out
 
     def load_state_dict(self, state: dict):
@@ -40,5 +44,5 @@ class Optimizer:
                                     f"expected {own[key].dtype} of shape {own[key].shape}")
         for name, arrays in self.state.items():
             for key, array in arrays.items():
-                array[...] = state[f"{name}.{key}"]
+                self._arrays.assign(array, state[f"{name}.{key}"])
         self.t = int(state["t"])

@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+
 from ..errors import LocalityError, LocalnetError
 from ..graph import INPUT, NetworkGraph
 from ..isolation import check_isolation
@@ -35,7 +37,9 @@ class LocalEngine:
     def __init__(self, graph: NetworkGraph, nodes: dict, workers: int | None = None):
         self.graph, self.nodes = graph, nodes
         self.audit = Audit()
-        workers = configured_workers() if workers is None else workers
+        if workers is None:
+            one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
+            workers = 1 if one else configured_workers()
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
         self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
         declared = {name: frozenset(c.kind for c in graph.inbound(name, KINDS)) for name in nodes}
@@ -64,7 +68,7 @@ class LocalEngine:
                 self._refuse_write(name, phase, inbox, exc)
                 raise
             for m in messages.values():  # numpy lets a view be made writable again when its memory's owner is
-                if m.payload.flags.writeable:
+                if isinstance(m.payload, np.ndarray) and m.payload.flags.writeable:  # (device arrays have no flag)
                     raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
                                         f"in the {phase} phase; what a node receives is read-only")
 

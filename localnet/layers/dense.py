@@ -56,6 +56,9 @@ class DenseLayer(Node):
             if feedback.bias and direct_from is None:  # a direct linear map needs none: the difference cancels it
                 self.feedback_params["c"] = (np.zeros(n_in, dtype) if fixed is None or fixed.scale is None else
                                              init_rng.uniform(-fixed.scale, fixed.scale, n_in).astype(dtype))
+        # parameters live where the backend computes (the device, for cuda); everything above drew them on the host
+        self.forward_params = {k: kernels.arrays.to_device(v) for k, v in self.forward_params.items()}
+        self.feedback_params = {k: kernels.arrays.to_device(v) for k, v in self.feedback_params.items()}
         self.forward_optimizer = Optimizer(forward_optimizer, self.forward_params, kernels.optim)
         self.feedback_optimizer = (Optimizer(feedback_optimizer, self.feedback_params, kernels.optim)
                                    if feedback is not None else None)
@@ -85,7 +88,7 @@ class DenseLayer(Node):
         count and moments (`forward_optimizer.t`, `forward_optimizer.W.m`, ...) and its generator (`rng`, the
         bit generator's state as JSON text); below a delayed channel also its kept past steps
         (`history.<i>.<x|a|h>`, oldest first)."""
-        out = {f"param.{k}": v.copy() for k, v in self.parameters().items()}
+        out = {f"param.{k}": self.k.arrays.to_host(v) for k, v in self.parameters().items()}
         for prefix, opt in self._optimizers():
             out.update({f"{prefix}.{k}": v for k, v in opt.state_dict().items()})
         out["rng"] = np.array(json.dumps(self.rng.bit_generator.state))
@@ -141,7 +144,7 @@ class DenseLayer(Node):
             except LocalnetError as exc:
                 raise LocalnetError(f"layer {self.name!r}, {prefix}: {exc}") from None
         for key, value in params.items():
-            value[...] = state[f"param.{key}"]
+            self.k.arrays.assign(value, state[f"param.{key}"])
         self.rng.bit_generator.state = rng_state
         if self.history is not None:
             self.history = deque(history, maxlen=self.history.maxlen)
@@ -158,7 +161,7 @@ class DenseLayer(Node):
         """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
         if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
             return False
-        return self.target is None or bool(np.isfinite(self.target.sum()))
+        return self.target is None or self.k.arrays.sum_is_finite(self.target)
 
     def nonfinite(self, phase) -> bool:
         """Whether this layer's current values of `phase` (one of PHASES) hold a NaN or an Inf."""
@@ -174,7 +177,7 @@ class DenseLayer(Node):
             arrays = [v for _, opt in self._optimizers() for d in opt.state.values() for v in d.values()]
         else:
             raise ValueError(phase)
-        return any(a is not None and not np.isfinite(a).all() for a in arrays)
+        return any(a is not None and not np.isfinite(self.k.arrays.to_host(a)).all() for a in arrays)
 
     def forward(self, inbox, train):
         self.x = inbox["activation"]
@@ -248,7 +251,7 @@ class DenseLayer(Node):
             delta = k.local_delta(h, self.target)  # local loss ‖h − ĥ‖²
         else:
             delta = inbox["gradient"]  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
-            self.target = h - self.target_step * delta
+            self.target = self.k.arrays.descend(h, delta, self.target_step)
         e = k.pre_activation_error(a, h, delta, self.activation)
         self._grads, self._error = None, (x, e)
         # each message declares what it was computed from (its provenance, read by the locality audit)
@@ -263,8 +266,8 @@ class DenseLayer(Node):
                 out.send("target", self.rule.target_below(k, x, h, self.target, V, c, self.feedback_activation),
                          "target", *(("V", "c") if c is not None else ("V",)), lag=lag, base=x)
             else:  # the first target, one step down ℒ's gradient with respect to this layer's input
-                out.send("target", x - self.target_step * k.input_grad(e, W), "Wᵀ", "s'", "gradient", lag=lag,
-                         base=x)
+                out.send("target", self.k.arrays.descend(x, k.input_grad(e, W), self.target_step), "Wᵀ", "s'",
+                         "gradient", lag=lag, base=x)
         return out
 
     def prepare_update(self):

@@ -7,10 +7,14 @@ LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse"}
 
 
 class LossNode(Node):
-    def __init__(self, name, loss, target_step, kernels, down_kinds):
+    def __init__(self, name, loss, target_step, kernels, down_kinds, arrays=None):
+        """kernels: the backend's loss module; arrays: its array API (numpy's when not given)."""
+        if arrays is None:
+            from ..backends.numpy import arrays
         self.name = name
         self.down_kinds = frozenset(down_kinds)
         self._loss = getattr(kernels, LOSSES[loss])
+        self._descend = arrays.descend
         self.target_step = target_step
         self.value = self.correct = None
         self._h = self._grad = None
@@ -26,5 +30,5 @@ class LossNode(Node):
             out.send("gradient", self._grad, "∂ℒ")
         if "target" in self.down_kinds:
             # the first target is one step down ℒ's gradient: ĥ_L = h_L − η̂ ∂ℒ/∂h_L
-            out.send("target", self._h - self.target_step * self._grad, "∂ℒ", base=self._h)
+            out.send("target", self._descend(self._h, self._grad, self.target_step), "∂ℒ", base=self._h)
         return out

@@ -12,6 +12,7 @@ slows both several-fold. Keep per-step arithmetic on one backend; occasional Num
 
 import scipy.linalg.cython_blas  # noqa: F401  np.dot inside @njit calls SciPy's BLAS: fail at import, not mid-run
 
+from ..numpy import arrays, check_supported  # noqa: F401  (host arrays, and nothing to refuse, as numpy)
 from . import activations, dense, loss, optim
 
 NAME = "numba"

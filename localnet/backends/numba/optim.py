@@ -10,6 +10,7 @@ from numba import njit
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
+from ..numpy import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
 from ..numpy.optim import state_names  # noqa: F401  (the state layout is the algorithm's, not the backend's)
 
 JIT = dict(cache=True, nogil=True, error_model="numpy")

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from . import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
+
 
 def _decayed(p, g, spec):
     return g + spec.weight_decay * p if spec.weight_decay else g
