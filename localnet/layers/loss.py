@@ -3,7 +3,7 @@
 from ..messages import Outbox
 from .base import Node
 
-LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse"}
+LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse", "reconstruction": "reconstruction"}
 
 
 class LossNode(Node):
