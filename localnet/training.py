@@ -318,7 +318,8 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
                 idx = order[start:start + t.batch_size]
                 probe = None
                 if every and (steps + 1) % every == 0:  # diagnostics: measured between backward and update
-                    net.probe = probe = Probe(y[idx], reconstruction=step == net.train_step)
+                    net.probe = probe = Probe(x[idx] if net.reconstructs else y[idx],
+                                              reconstruction=step == net.train_step)
                 # an auto-encoder's target is the clean input; input noise corrupts what the network sees only
                 metrics = step(noisy_inputs(spec, x[idx], epoch, p, b), x[idx] if net.reconstructs else y[idx])
                 steps += 1

@@ -244,3 +244,13 @@ def test_without_their_files_mnist_and_cifar_specs_fail_with_the_data_error(name
     with pytest.raises(DataError, match=f"data set {spec.data.name!r} not found"):
         train(spec, runs_root=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+def test_diagnostics_of_an_auto_encoder_measure_against_the_clean_input(tmp_path):
+    # backprop's gradient for the output layer is the local update's direction when its target is one step
+    # down ℒ's gradient: angle 0 only if the probe's ℒ is the reconstruction of the input
+    summary, run = train(small(*AE, "train.epochs=1", "diagnostics.every=13"), runs_root=tmp_path)
+    records = [r for r in RunDir(run.path).metrics() if r.get("kind") == "diagnostics"]
+    assert len(records) == 3
+    for r in records:
+        assert r["layers"]["out"]["angle_bp"] < 1e-3
