@@ -167,7 +167,7 @@ class Network:
         mean = 0.0
         for _ in range(samples):
             self.engine.forward(x, y, train=True)
-            out = np.asarray(self.loss._h, dtype=np.float64)
+            out = np.asarray(self.loss.output, dtype=np.float64)
             if self.spec.network.loss == "softmax_cross_entropy":
                 out = np.exp(out - out.max(axis=1, keepdims=True))
                 out /= out.sum(axis=1, keepdims=True)

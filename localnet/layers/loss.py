@@ -20,6 +20,11 @@ class LossNode(Node):
         self.value, self._grad, self.correct = self._loss(self._h, inbox["label"])
         return {}
 
+    @property
+    def output(self):
+        """The network's output h_L this node last received (read-only, as delivered)."""
+        return self._h
+
     def backward(self, inbox):
         out = Outbox()
         if "gradient" in self.down_kinds:
