@@ -193,9 +193,19 @@ def eval_(run_dir, split):
 
 @main.command()
 @click.argument("run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--table", is_flag=True, help="Print the comparison table even for one RUN_DIR.")
+@click.option("--html", "html_out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also write the comparison table as an HTML page.")
+@click.option("--plot", "plot_out", metavar="FILE", type=click.Path(dir_okay=False),
+              help="Also draw the runs' learning curves, overlaid, to a PNG (needs matplotlib).")
 @_fail_cleanly
-def report(run_dirs):
-    """Print each RUN_DIR's status, checkpoint and per-epoch metrics (completed, interrupted or killed runs)."""
+def report(run_dirs, table=False, html_out=None, plot_out=None):
+    """With one RUN_DIR, print its status, checkpoint and per-epoch metrics (completed, interrupted or killed runs).
+    With several (or --table, --html, --plot), print a Markdown table comparing them: spec, rule, data, final
+    train and test error, best validation accuracy and its epoch, seconds per epoch, each layer's angle with
+    backprop at the last diagnostics record."""
+    if table or html_out or plot_out or len(run_dirs) > 1:
+        return _compare(run_dirs, html_out, plot_out)
     from .runs import RunDir
     for path in run_dirs:
         run = RunDir(path)
@@ -238,6 +248,27 @@ def report(run_dirs):
         for split in ("train", "validation", "test"):
             if isinstance(summary.get(f"{split}_accuracy"), (int, float)):
                 console.print(f"  {split} accuracy {100 * summary[split + '_accuracy']:.2f}%")
+
+
+def _compare(run_dirs, html_out, plot_out):
+    from pathlib import Path
+
+    from . import report as comparison
+    from .runs import write_text
+    if plot_out:
+        from .plot import _matplotlib
+        _matplotlib()  # fail before reading anything
+    rows = [comparison.row(path) for path in run_dirs]
+    for r in rows:
+        if r.warning:
+            _warn(r.warning)
+    click.echo(comparison.markdown(rows), nl=False)
+    if html_out:
+        write_text(Path(html_out), comparison.html_page(rows))
+        err.print(f"wrote {escape(html_out)}", soft_wrap=True)
+    if plot_out:
+        from .plot import RunCurves, draw
+        err.print(f"wrote {escape(str(draw([RunCurves(p) for p in run_dirs], plot_out)))}", soft_wrap=True)
 
 
 from .plot import plot as _plot  # noqa: E402  (the command lives in its own module)

@@ -15,6 +15,7 @@ from .constraints import constraints_for
 from .messages import BACKWARD_KINDS, FORWARD_KINDS
 from .rules import get_rule
 from .spec import Spec
+from .spec.names import INPUT_TARGET_LOSSES
 
 INPUT, LOSS = "input", "loss"
 
@@ -106,7 +107,12 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
                 raise spec_error(spec, ("network",), f"{name!r} receives no {kind}",
                                  expected=f"a channel of kind {kind} into {name!r}")
     n_in = {name: sizes[producers[name, "activation"]] for name in order[1:]}
-    if n_in[LOSS] != n_classes:
+    reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: the label is the input itself
+    if reconstructs and n_in[LOSS] != n_features:
+        raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
+                         f"loss {spec.network.loss!r} on {spec.data.name}",
+                         expected=f"{n_features} units (one per input feature)", found=n_in[LOSS])
+    if not reconstructs and n_in[LOSS] != n_classes:
         raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
                          f"{spec.data.name}", expected=f"{n_classes} units (one per class)", found=n_in[LOSS])
 
@@ -137,10 +143,10 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
             if sender != LOSS and rule.direct:
                 direct_in[receiver] = sizes[sender]
         elif kind == "label":
-            shape = ()
+            shape = (n_features,) if reconstructs else ()
         else:
             shape = (sizes[sender],)
-        dtype = "int64" if kind == "label" else spec.dtype
+        dtype = "int64" if kind == "label" and not reconstructs else spec.dtype
         constraints = constraints_for(spec, sender, receiver, kind, where[2] if where[1] == "channels" else None)
         g.add_edge(sender, receiver, key=kind, index=index,
                    channel=Channel(sender, receiver, kind, shape, dtype, constraints))

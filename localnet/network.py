@@ -18,6 +18,7 @@ from .layers.source import InputNode
 from .messages import BACKWARD_KINDS
 from .rules import get_rule
 from .spec import Spec, load_spec
+from .spec.names import INPUT_TARGET_LOSSES
 
 
 def build(spec, seed=None, *, n_features=None, n_classes=None) -> "Network":
@@ -41,6 +42,7 @@ class Network:
         self.dtype = np.dtype(spec.dtype)
         self.backend = backends.get_backend(spec.backend)
         self.graph = build_graph(spec, n_features, n_classes)
+        self.reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: the label is the input
         self.n_features, self.n_classes = n_features, n_classes
         rule = get_rule(spec.rule.name)
         r = spec.rule
@@ -84,6 +86,11 @@ class Network:
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise LocalnetError(f"input batch must have shape (batch, {self.n_features}), got {x.shape}")
+        if self.reconstructs:  # the target is the clean input: given (input noise corrupts x only) or x itself
+            y = x if y is None or np.ndim(y) == 1 else np.ascontiguousarray(y, dtype=self.dtype)
+            if y.shape != x.shape:
+                raise LocalnetError(f"reconstruction targets must have the input's shape {x.shape}, got {y.shape}")
+            return x, y
         if y is None:
             y = np.zeros(len(x), np.int64)
         y = np.ascontiguousarray(y, dtype=np.int64)
@@ -137,15 +144,50 @@ class Network:
         return {"loss": self.loss.value, "correct": self.loss.correct}
 
     def evaluate(self, x, y, batch_size=1000) -> dict:
-        """Mean loss and accuracy in evaluation mode (no sampling, no learning)."""
+        """Mean loss and accuracy in evaluation mode (no learning): stochastic units give their mean, or, with
+        `train.eval_samples: N`, the prediction is the mean of N sampled passes' output probabilities."""
+        samples = self.spec.train.eval_samples
         total_loss = correct = 0.0
         for start in range(0, len(x), batch_size):
             xb, yb = self._batch(x[start:start + batch_size], y[start:start + batch_size])
-            self.engine.forward(xb, yb, train=False)
-            total_loss += self.loss.value * len(xb)
-            correct += self.loss.correct
+            if samples and not self.reconstructs:
+                loss, right = self._sampled(xb, yb, samples)
+            else:
+                self.engine.forward(xb, yb, train=False)
+                loss, right = self.loss.value, self.loss.correct
+            total_loss += loss * len(xb)
+            correct += right
         n = max(len(x), 1)
         return {"loss": total_loss / n, "accuracy": correct / n}
+
+    def _sampled(self, x, y, samples):
+        """Batch-mean loss and correct count of the mean of `samples` sampled passes' output probabilities
+        (softmax of the output for the cross-entropy; the output itself for mse). The layers' generators advance,
+        as in training, so a resumed run draws the same samples."""
+        mean = 0.0
+        for _ in range(samples):
+            self.engine.forward(x, y, train=True)
+            out = np.asarray(self.loss.output, dtype=np.float64)
+            if self.spec.network.loss == "softmax_cross_entropy":
+                out = np.exp(out - out.max(axis=1, keepdims=True))
+                out /= out.sum(axis=1, keepdims=True)
+            mean = mean + out / samples
+        rows = np.arange(len(y))
+        if self.spec.network.loss == "softmax_cross_entropy":
+            loss = float(-np.log(np.maximum(mean[rows, y], np.finfo(np.float64).tiny)).mean())
+        else:
+            onehot = np.zeros_like(mean)
+            onehot[rows, y] = 1
+            loss = float(((mean - onehot) ** 2).sum(axis=1).mean())
+        return loss, int((mean.argmax(axis=1) == y).sum())
+
+    def set_feedback_noise(self, sigma):
+        """Set σ of every layer's feedback training (the per-epoch schedule of `rule.feedback_noise_decay`)."""
+        if hasattr(self.engine, "comm"):
+            raise LocalnetError("rule.feedback_noise_decay needs the local engine: the MPI engine's ranks keep the "
+                                "spec's constant σ")
+        for layer in self.layers.values():
+            layer.feedback_noise = sigma
 
     # -- parameters ----------------------------------------------------------------------------------------
     def parameters(self) -> dict:

@@ -25,6 +25,7 @@ from .runs import RunDir
 from .spec import load_spec
 
 DATA_ORDER_STREAM = 0xDA7A  # mixed into the seed so the shuffling stream differs from every layer's
+INPUT_NOISE_STREAM = 0x1A0153  # input noise: one generator per (epoch, pass, batch), so resuming needs no state
 CHECKPOINT_FORMAT = 1
 
 
@@ -130,6 +131,22 @@ def load_data(spec):
     d = spec.data
     return load_dataset(d.name, path=d.path, validation=d.validation, test=d.test, scale=d.scale,
                         dtype=np.dtype(spec.dtype), download=d.download)
+
+
+def feedback_noise(rule, epoch):
+    """σ of feedback training in `epoch` (from 1): σ / (1 + (epoch − 1)/τ) with τ = rule.feedback_noise_decay."""
+    tau = rule.feedback_noise_decay
+    return rule.feedback_noise / (1 + (epoch - 1) / tau) if tau else rule.feedback_noise
+
+
+def noisy_inputs(spec, x, epoch, pass_, batch):
+    """A training batch's inputs with `train.input_noise` Gaussian noise added (x itself when σ is 0), drawn from
+    a generator keyed by the seed and the batch's position."""
+    std = spec.train.input_noise
+    if not std:
+        return x
+    rng = np.random.default_rng([spec.seed, INPUT_NOISE_STREAM, epoch, pass_, batch])
+    return x + (std * rng.standard_normal(x.shape)).astype(x.dtype)
 
 
 def _passes(spec, net):
@@ -286,6 +303,8 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
         spent = pos.epoch_seconds if resumed else 0.0
         first_pass, first_batch = (pos.pass_, pos.batch) if resumed else (0, 0)
         began = time.perf_counter()
+        if spec.rule.feedback_noise_decay:
+            net.set_feedback_noise(feedback_noise(spec.rule, epoch))
         for p in range(first_pass, len(passes)):
             step = passes[p]
             for b in range(first_batch if p == first_pass else 0, len(starts)):
@@ -299,8 +318,10 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
                 idx = order[start:start + t.batch_size]
                 probe = None
                 if every and (steps + 1) % every == 0:  # diagnostics: measured between backward and update
-                    net.probe = probe = Probe(y[idx], reconstruction=step == net.train_step)
-                metrics = step(x[idx], y[idx])
+                    net.probe = probe = Probe(x[idx] if net.reconstructs else y[idx],
+                                              reconstruction=step == net.train_step)
+                # an auto-encoder's target is the clean input; input noise corrupts what the network sees only
+                metrics = step(noisy_inputs(spec, x[idx], epoch, p, b), x[idx] if net.reconstructs else y[idx])
                 steps += 1
                 if probe is not None:
                     net.probe = None

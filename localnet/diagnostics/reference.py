@@ -68,6 +68,8 @@ def onehot(labels, n):
 def loss_value(name, out, labels):
     """ℒ averaged over the batch: softmax cross-entropy of logits, or squared error against one-hot labels."""
     out = np.asarray(out, np.float64)
+    if name == "reconstruction":  # `labels` is the clean input
+        return float(np.sum((out - np.asarray(labels, np.float64)) ** 2) / len(out))
     if name == "mse":
         return float(np.sum((out - onehot(labels, out.shape[1])) ** 2) / len(out))
     if name == "softmax_cross_entropy":
@@ -80,6 +82,8 @@ def loss_value(name, out, labels):
 def loss_gradient(name, out, labels):
     """∂ℒ/∂h_L for a batch (ℒ averaged over the batch)."""
     out = np.asarray(out, np.float64)
+    if name == "reconstruction":
+        return 2.0 * (out - np.asarray(labels, np.float64)) / len(out)
     if name == "mse":
         return 2.0 * (out - onehot(labels, out.shape[1])) / len(out)
     if name == "softmax_cross_entropy":

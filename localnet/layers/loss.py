@@ -3,7 +3,7 @@
 from ..messages import Outbox
 from .base import Node
 
-LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse"}
+LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse", "reconstruction": "reconstruction"}
 
 
 class LossNode(Node):
@@ -23,6 +23,11 @@ class LossNode(Node):
         self._h = inbox["activation"]
         self.value, self._grad, self.correct = self._loss(self._h, inbox["label"])
         return {}
+
+    @property
+    def output(self):
+        """The network's output h_L this node last received (read-only, as delivered)."""
+        return self._h
 
     def backward(self, inbox):
         out = Outbox()

@@ -2,7 +2,8 @@
 
 ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "step", "stochastic_binary")
 INITS = ("xavier_normal", "xavier_uniform", "orthogonal")
-LOSSES = ("softmax_cross_entropy", "mse")
+LOSSES = ("softmax_cross_entropy", "mse", "reconstruction")
+INPUT_TARGET_LOSSES = ("reconstruction",)  # their target is the (clean) input, not a label: auto-encoders
 RULES = ("dtp", "tp", "bp")
 BACKENDS = ("auto", "numpy", "numba", "cuda")
 RESERVED_NODES = ("input", "loss")

@@ -126,6 +126,8 @@ class RuleSpec:
     `last_hidden` (Lee et al. 2015) trains the output layer on ℒ and sets the first target on h_{L-1}.
     schedule: `alternate_batch` trains feedback then forward weights on each batch; `alternate_epoch` (Lee et
     al.'s code) makes one full pass of feedback training, then one of forward training, per epoch.
+    feedback_noise_decay: τ > 0 makes σ decay with the epoch e (from 1) as σ / (1 + (e − 1)/τ), Lee et al.'s
+    schedule for their discrete and stochastic nets (0.5/(1+epoch/50), their epoch counting from 0); 0: constant.
     """
 
     name: str = option("dtp", choices=lambda: _rules())
@@ -134,6 +136,7 @@ class RuleSpec:
     feedback_noise: float = option(0.1, ge=0.0)
     feedback_iterations: int = option(1, ge=0, le=10_000)
     schedule: str = option("alternate_batch", choices=("alternate_batch", "alternate_epoch"))
+    feedback_noise_decay: float = option(0.0, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -148,11 +151,18 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """input_noise: σ of Gaussian noise added to each training batch's inputs (not to evaluation's, nor to a
+    reconstruction loss's target, which stays the clean input): Lee et al.'s stochastic net and denoising
+    auto-encoder. eval_samples: evaluate a network with stochastic units by the mean of this many sampled output
+    passes (Lee et al.: 100); 0 uses the units' mean activations in one pass."""
+
     epochs: int = option(10, ge=0, le=1_000_000)
     batch_size: int = option(128, ge=1, le=1 << 20)
     shuffle: bool = True
     eval_batch_size: int = option(1000, ge=1, le=1 << 20)
     checkpoint_every: int = option(1, ge=0, le=1_000_000)  # epochs; 0: only at the end and when interrupted
+    input_noise: float = option(0.0, ge=0.0)
+    eval_samples: int = option(0, ge=0, le=10_000)
 
 
 @dataclass(frozen=True)

@@ -25,3 +25,11 @@ def mse(out, labels):
     loss = float(np.einsum("ij,ij->", diff, diff) / n)
     correct = int((out.argmax(axis=1) == labels).sum())
     return loss, (2 / n) * diff, correct
+
+
+def reconstruction(out, x):
+    """An auto-encoder's loss: squared error against the clean input x, summed over units and averaged over the
+    batch. Nothing to classify, so no sample counts as correct."""
+    diff = out - x
+    n = out.shape[0]
+    return float(np.einsum("ij,ij->", diff, diff) / n), (2 / n) * diff, 0

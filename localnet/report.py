@@ -1,0 +1,103 @@
+"""`localnet report RUN_DIR...` with several runs: one table comparing them (Markdown, optionally HTML), the numbers
+read back from each run directory as training wrote them (summary.json, metrics.jsonl, spec.yaml)."""
+
+from __future__ import annotations
+
+import html
+import statistics
+from dataclasses import dataclass
+
+from .runs import RunDir
+from .spec.names import INPUT_TARGET_LOSSES
+
+COLUMNS = ("run", "spec", "rule", "data", "epochs", "train error", "test error", "best validation (epoch)",
+           "s / epoch", "angle with backprop at the end")
+MISSING = "–"
+
+
+@dataclass
+class RunRow:
+    """One run's row: every cell already formatted, MISSING where the run has no such number."""
+
+    cells: dict
+    warning: str | None = None
+
+
+def _percent_error(accuracy):
+    return f"{100 * (1 - accuracy):.2f} %" if isinstance(accuracy, (int, float)) else MISSING
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def row(path) -> RunRow:
+    """Read one run directory into a row. An auto-encoder (a loss whose target is the input) has no error rate:
+    its error cells give the loss instead. The angle is each layer's at the last diagnostics record."""
+    run = RunDir(path)
+    run.check()
+    spec = run.spec()
+    summary = run.summary()
+    records, skipped = run.read_metrics()
+    epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
+    diagnostics = [r for r in records if r.get("kind") == "diagnostics" and isinstance(r.get("layers"), dict)]
+
+    status = summary.get("status", "?")
+    label = run.path.name + ("" if status == "completed" else f" ({status})")
+    reconstructs = spec.network.loss in INPUT_TARGET_LOSSES
+    if reconstructs:
+        def error(split):
+            loss = summary.get(f"{split}_loss")
+            return f"loss {loss:.4g}" if _number(loss) else MISSING
+    else:
+        def error(split):
+            return _percent_error(summary.get(f"{split}_accuracy"))
+
+    best = MISSING
+    key, better = ("val_loss", min) if reconstructs else ("val_accuracy", max)
+    scored = [r for r in epochs if _number(r.get(key))]
+    if scored:
+        top = better(scored, key=lambda r: r[key])  # the first epoch that reaches the best value
+        value = f"loss {top[key]:.4g}" if reconstructs else f"{100 * top[key]:.2f} %"
+        best = f"{value} ({top['epoch']})"
+
+    seconds = summary.get("seconds_per_epoch")
+    if not _number(seconds):
+        times = [r["seconds"] for r in epochs if _number(r.get("seconds"))]
+        seconds = statistics.median(times) if times else None
+
+    angle = MISSING
+    if diagnostics:
+        last = diagnostics[-1]
+        parts = [f"{name} {fields['angle_bp']:.1f}°" for name, fields in last["layers"].items()
+                 if isinstance(fields, dict) and _number(fields.get("angle_bp"))]
+        if parts:
+            angle = ", ".join(parts) + f" (epoch {last.get('epoch', '?')}, batch {last.get('batch', '?')})"
+
+    rule = spec.rule.name
+    if spec.rule.name in ("dtp", "tp"):
+        rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
+    cells = {"run": label, "spec": spec.name, "rule": rule, "data": spec.data.name,
+             "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
+             "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,
+             "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING, "angle with backprop at the end": angle}
+    return RunRow(cells, run.metrics_warning(skipped))
+
+
+def markdown(rows) -> str:
+    """A GitHub-flavoured Markdown table; a `|` inside a cell is escaped."""
+    def line(values):
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+    out = [line(COLUMNS), line(["---"] * len(COLUMNS))]
+    out += [line(r.cells[c] for c in COLUMNS) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def html_page(rows, title="localnet runs") -> str:
+    """A self-contained HTML page holding the same table, every cell escaped."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(r.cells[c])}</td>" for c in COLUMNS) + "</tr>\n"
+                   for r in rows)
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            "<style>table{border-collapse:collapse}td,th{border:1px solid #999;padding:2px 6px}</style></head>\n"
+            f"<body><table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody></table></body></html>\n")

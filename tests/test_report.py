@@ -1,0 +1,111 @@
+"""`localnet report` with several runs: the comparison table's numbers are those the run directories hold
+(read back here from summary.json and metrics.jsonl by hand), in Markdown and HTML, with the curves plotted."""
+
+import html
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import localnet
+from localnet.cli import main
+from localnet.training import train
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "specs" / "quickstart.yaml"
+SMALL = ["backend=numpy", "train.epochs=3", "network.layers.h1.size=16", "network.layers.h2.size=16"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Three real quick-start-sized runs: DTP with diagnostics, backprop without, and an auto-encoder."""
+    root = tmp_path_factory.mktemp("runs")
+    variants = {"dtp": ["diagnostics.every=10"], "bp": ["rule.name=bp"],
+                "ae": ["network.loss=reconstruction", "network.layers.out.size=64",
+                       "network.layers.out.activation=sigmoid", "train.epochs=2"]}
+    out = {}
+    for name, extra in variants.items():
+        _, run = train(localnet.load_spec(QUICKSTART, SMALL + extra), runs_root=root / name)
+        out[name] = run.path
+    return out
+
+
+def table_rows(text):
+    """{run directory name: {column: cell}} of a Markdown table."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert set(lines[1].replace("|", "").split()) == {"---"}
+    rows = {}
+    for line in lines[2:]:
+        cells = dict(zip(header, (c.strip() for c in line.strip("|").split(" | "))))
+        rows[cells["run"].split()[0]] = cells
+    return rows
+
+
+def read(path):
+    summary = json.loads((path / "summary.json").read_text())
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    return summary, records
+
+
+def test_the_table_holds_each_runs_numbers(runs):
+    result = CliRunner().invoke(main, ["report", str(runs["dtp"]), str(runs["bp"])])
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    assert list(rows) == [runs["dtp"].name, runs["bp"].name]
+    for name in ("dtp", "bp"):
+        summary, records = read(runs[name])
+        row = rows[runs[name].name]
+        epochs = [r for r in records if r.get("kind") != "diagnostics"]
+        best = max(epochs, key=lambda r: (r["val_accuracy"], -r["epoch"]))
+        assert row["spec"] == "quickstart" and row["data"] == "digits" and row["epochs"] == "3"
+        assert row["rule"].startswith(name)
+        assert row["train error"] == f"{100 - 100 * summary['train_accuracy']:.2f} %"
+        assert row["test error"] == f"{100 - 100 * summary['test_accuracy']:.2f} %"
+        assert row["best validation (epoch)"] == f"{100 * best['val_accuracy']:.2f} % ({best['epoch']})"
+        assert row["s / epoch"] == f"{summary['seconds_per_epoch']:.2f}"
+    # the DTP run logged diagnostics: each layer's angle at the last record; the backprop run logged none
+    _, records = read(runs["dtp"])
+    last = [r for r in records if r.get("kind") == "diagnostics"][-1]
+    angles = rows[runs["dtp"].name]["angle with backprop at the end"]
+    for layer in ("h1", "h2", "out"):
+        assert f"{layer} {last['layers'][layer]['angle_bp']:.1f}°" in angles
+    assert rows[runs["bp"].name]["angle with backprop at the end"] == "–"
+
+
+def test_an_auto_encoder_reports_its_loss_not_an_error_rate(runs):
+    result = CliRunner().invoke(main, ["report", "--table", str(runs["ae"])])
+    assert result.exit_code == 0, result.output
+    row = table_rows(result.output)[runs["ae"].name]
+    summary, records = read(runs["ae"])
+    assert row["test error"] == f"loss {summary['test_loss']:.4g}"
+    best = min(records, key=lambda r: (r["val_loss"], r["epoch"]))
+    assert row["best validation (epoch)"] == f"loss {best['val_loss']:.4g} ({best['epoch']})"
+
+
+def test_html_and_plot(runs, tmp_path):
+    pytest.importorskip("matplotlib")
+    page, png = tmp_path / "runs.html", tmp_path / "curves.png"
+    result = CliRunner().invoke(main, ["report", str(runs["dtp"]), str(runs["bp"]), "--html", str(page),
+                                       "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    rows = table_rows(result.output)
+    cells = re.findall(r"<td>(.*?)</td>", page.read_text())
+    for row in rows.values():
+        for value in row.values():
+            assert html.escape(value) in cells
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_one_run_keeps_the_per_run_report(runs):
+    result = CliRunner().invoke(main, ["report", str(runs["bp"])])
+    assert result.exit_code == 0, result.output
+    assert "status: completed" in result.output and "| run |" not in result.output
+
+
+def test_a_directory_that_is_not_a_run_is_one_error_line(runs, tmp_path):
+    result = CliRunner().invoke(main, ["report", str(runs["bp"]), str(tmp_path)])
+    assert result.exit_code == 1
+    assert str(tmp_path) in result.output and "Traceback" not in result.output
