@@ -322,6 +322,19 @@ def scaled_difference(x, y, scale, out):
 
 
 @cuda.jit
+def _square(x, out):
+    k = cuda.grid(1)
+    if k < x.size:
+        out[k] = x[k] * x[k]
+
+
+def square(x, out):
+    """out = x² over flat arrays."""
+    if x.size:
+        _square[blocks(x.size), THREADS](x, out)
+
+
+@cuda.jit
 def _column_sums(e, out):
     j = cuda.grid(1)
     if j < e.shape[1]:
