@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from localnet.engines.mpi import auto_placement, parse_placement
-from localnet.errors import LocalnetError
+from localnet.errors import LocalnetError, SpecError
+from localnet.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -79,6 +80,21 @@ def test_parse_placement_names_every_layer():
         parse_placement("h1=1", ("h1", "h2"))
     with pytest.raises(LocalnetError, match="expected <layer>=<rank>"):
         parse_placement("h9=1,h1=0", ("h1",))
+
+
+def test_spec_placement_names_every_layer_once(tmp_path):
+    text = (SPECS / "quickstart.yaml").read_text()
+    good = load_spec(SPECS / "quickstart.yaml", ["placement=[[h1], [h2, out]]"])
+    assert good.placement == (("h1",), ("h2", "out"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "placement:\n  - [h1, h2]\n  - [out, h9]\n")
+    line = text.count("\n") + 3
+    with pytest.raises(SpecError, match=rf"bad.yaml:{line}: placement.1.1: unknown layer.*found 'h9'"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="already placed on rank 0"):
+        load_spec(SPECS / "quickstart.yaml", ["placement=[[h1, h2], [h2, out]]"])
+    with pytest.raises(SpecError, match="every layer needs a rank.*no rank for out"):
+        load_spec(SPECS / "quickstart.yaml", ["placement=[[h1], [h2]]"])
 
 
 # -- same numbers --------------------------------------------------------------------------------------------------
@@ -175,3 +191,73 @@ def test_a_receive_that_waits_too_long_names_what_it_waited_for(tmp_path):
                   timeout=60)
     assert done.returncode != 0
     assert "rank 0 waited" in done.stderr and "rank 1" in done.stderr, done.stderr
+
+
+# -- placement from the spec ---------------------------------------------------------------------------------------
+@needs_mpi
+def test_spec_placement_is_used_and_bit_identical(tmp_path, local_quickstart):
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--runs-dir", str(tmp_path),
+                  env={"LOCALNET_MPI_FAIL": "1:3:hang", "LOCALNET_MPI_TIMEOUT": "2"})
+    # h1 on rank 1 (not automatic placement's rank 0): the hang on rank 1 blocks rank 0 at h1's activation
+    assert done.returncode != 0 and "for the activation from 'h1' (rank 1)" in done.stderr, done.stderr
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--runs-dir", str(tmp_path / "ok"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "ok")), checkpoint_arrays(local_quickstart))
+
+
+@needs_mpi
+def test_a_placement_on_more_ranks_than_running_fails_on_every_rank_naming_the_line(tmp_path):
+    spec = tmp_path / "placed.yaml"
+    text = (SPECS / "quickstart.yaml").read_text()
+    spec.write_text(text + "placement:\n  - [h1]\n  - [h2]\n  - [out]\n")
+    began = time.monotonic()
+    done = mpirun(2, str(spec), "--backend", "numpy", "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert time.monotonic() - began < 30
+    assert done.returncode == 2
+    line = text.count("\n") + 1
+    assert f"placed.yaml:{line}: placement: the placement puts layers on 3 ranks; mpiexec started 2" in done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before a run directory exists
+
+
+# -- pipelining ----------------------------------------------------------------------------------------------------
+DELAYED = "[{type: delay, steps: 1, kind: target}]"
+
+
+@needs_mpi
+@pytest.mark.parametrize("k", [2, 3])
+def test_pipelined_run_equals_the_local_engine_with_crossing_targets_delayed_one_step(k, tmp_path, local_quickstart):
+    """The pipelined schedule's semantics: every target that crosses ranks arrives one step late, exactly as a
+    `delay: 1` constraint on that channel in one process (checkpoints mid-run and at the end, logged metrics)."""
+    placement = "[[h1], [h2, out]]" if k == 2 else "[[h1], [h2], [out]]"
+    delayed = ["h2"] if k == 2 else ["h2", "out"]  # the layers whose target channel down crosses ranks
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2"]
+    done = mpirun(k, *args, "--set", "train.pipeline=true", "--set", f"placement={placement}",
+                  "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, *[a for name in delayed for a in ("--set", f"network.layers.{name}.constraints={DELAYED}")],
+                "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    mpi_arrays = checkpoint_arrays(only_run(tmp_path / "mpi"))
+    assert_bit_identical(mpi_arrays, checkpoint_arrays(only_run(tmp_path / "local")))
+    assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
+    plain = checkpoint_arrays(local_quickstart)["h1.npz"]["param.W"]
+    assert not np.array_equal(mpi_arrays["h1.npz"]["param.W"], plain)  # the stale targets did change the result
+
+
+@needs_mpi
+def test_a_pipelined_run_killed_mid_run_resumes_bit_identical(tmp_path):
+    """A checkpoint takes the message in flight into the channel's queue, so a resumed run goes on exactly."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=3"]
+    placed = ["--set", "train.pipeline=true", "--set", "placement=[[h1], [h2, out]]"]
+    done = mpirun(2, *args, *placed, "--runs-dir", str(tmp_path / "mpi"), env={"LOCALNET_MPI_FAIL": "1:100:exit"},
+                  timeout=60)
+    assert done.returncode != 0
+    run = only_run(tmp_path / "mpi")
+    assert json.loads((run / "summary.json").read_text())["checkpoint"]["epoch"] == 3  # after 2 of 39-step epochs
+    again = mpirun(2, "--resume", str(run))
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref = local(*args, "--set", f"network.layers.h2.constraints={DELAYED}", "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(only_run(tmp_path / "local")))

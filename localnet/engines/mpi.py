@@ -35,10 +35,12 @@ import traceback
 
 import numpy as np
 
-from ..errors import GraphError, LocalnetError
+from ..errors import GraphError, LocalnetError, SpecError
 from ..graph import INPUT, LOSS
-from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Outbox
+from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Message, Outbox
 from .local import LocalEngine
+
+LATE_KINDS = ("target", "gradient")  # what a pipelined schedule delivers a step late where it crosses ranks
 
 _BITS = {tag: 1 << i for i, tag in enumerate(PROVENANCE)}
 _TAGS_OF = {}  # bit mask -> frozenset of provenance tags
@@ -102,6 +104,23 @@ def auto_placement(spec_layers, sizes, ranks):
     return placement
 
 
+def resolve_placement(spec, layers, sizes, ranks, override=None):
+    """layer -> rank for `ranks` running ranks: the CLI's `--placement` (`override`), else the spec's `placement`
+    section, else automatic. A spec placement that needs more ranks than are running is a SpecError naming its
+    line, raised alike on every rank (so every rank stops)."""
+    if override is not None:
+        return parse_placement(override, layers) if isinstance(override, str) else dict(override)
+    if spec.placement is None:
+        return auto_placement(list(layers), sizes, ranks)
+    used = max((r for r, names in enumerate(spec.placement) if names), default=0) + 1
+    if used > ranks:
+        from ..graph import spec_error
+        raise spec_error(spec, ("placement",), f"the placement puts layers on {used} ranks; mpiexec started {ranks}",
+                         expected=f"layers on ranks 0..{ranks - 1} (mpiexec -n {ranks})",
+                         found=f"layers on rank {used - 1}")
+    return {name: rank for rank, names in enumerate(spec.placement) for name in names}
+
+
 def parse_placement(text, layers):
     """`h1=0,h2=1,...` -> {layer: rank}; every layer must be named."""
     placement = {}
@@ -116,8 +135,23 @@ def parse_placement(text, layers):
     return placement
 
 
+def parameter_counts(graph, nodes):
+    return [sum(v.size for v in nodes[name].parameters().values()) for name in graph.layers]
+
+
+def engine_factory(spec, comm=None, placement=None):
+    """(graph, nodes) -> MPIEngine for `spec`: its placement (`placement`, the CLI's, overrides the spec's) and
+    its pipelined schedule (`train.pipeline`)."""
+    def factory(graph, nodes):
+        from mpi4py import MPI
+        world = comm or MPI.COMM_WORLD
+        layers = resolve_placement(spec, graph.layers, parameter_counts(graph, nodes), world.Get_size(), placement)
+        return MPIEngine(graph, nodes, world, layers, pipeline=spec.train.pipeline)
+    return factory
+
+
 class MPIEngine(LocalEngine):
-    def __init__(self, graph, nodes, comm=None, placement=None):
+    def __init__(self, graph, nodes, comm=None, placement=None, pipeline=False):
         super().__init__(graph, nodes)
         if comm is None:
             from mpi4py import MPI
@@ -126,8 +160,7 @@ class MPIEngine(LocalEngine):
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         if placement is None:
-            sizes = [sum(v.size for v in nodes[name].parameters().values()) for name in graph.layers]
-            placement = auto_placement(graph.layers, sizes, self.size)
+            placement = auto_placement(list(graph.layers), parameter_counts(graph, nodes), self.size)
         bad = {k: r for k, r in placement.items() if not 0 <= r < self.size}
         if bad:
             raise LocalnetError(f"placement puts {bad} on ranks outside 0..{self.size - 1}")
@@ -140,6 +173,12 @@ class MPIEngine(LocalEngine):
         self.placement = {INPUT: 0, **placement, LOSS: placement[feeder]}
         self.local = frozenset(n for n, r in self.placement.items() if r == self.rank)
         self.tags = {c.identity: CHANNEL_BASE + 2 * i for i, c in enumerate(graph.channels)}
+        # pipelined schedule: targets (gradients) that cross ranks arrive one step late (docs/mpi.md, "Pipelining")
+        self.late = frozenset(c.identity for c in graph.channels if pipeline and c.kind in LATE_KINDS
+                              and self.placement[c.sender] != self.placement[c.receiver])
+        self._in_flight = set()  # late channels into this rank with last step's message not yet received
+        self._late_provenance = {}  # late channel -> provenance of the last message it received
+        self._deferred = []  # sends on late channels: completed when the receiver takes them, a step later
         self.timeout = timeout_seconds()
         self._out = {phase: {name: [c for c in graph.outbound(name, kinds)
                                     if self.placement[c.receiver] != self.rank]
@@ -192,6 +231,62 @@ class MPIEngine(LocalEngine):
             self._wait(request.Test, what)
         self._pending = []
 
+    # -- the pipelined schedule --------------------------------------------------------------------------------
+    def bind_channels(self, seed):
+        """A late channel gets one more step of delay than its spec says, so its queue, its checkpointed state
+        and the receiver's kept history are exactly those of a channel with that delay in the local engine."""
+        from ..spec import ConstraintSpec
+        for c in self.graph.channels:
+            if c.identity in self.late:
+                c.constraints = (*c.constraints, ConstraintSpec(type="delay", steps=1))
+        super().bind_channels(seed)
+
+    def _late(self, c, train):
+        """The message a late channel delivers this step without waiting for this step's: the delay queue is
+        the channel's own queue followed by the message in flight (last step's, received only now). The first
+        step, and the first after a resume, take this step's message at once, as the local engine does."""
+        queue = c.pipeline.delay.queue
+        if c.identity in self._in_flight:
+            self._arrive(c, train)
+        provenance = self._late_provenance.get(c.identity)
+        if provenance is None or not queue:
+            payload, provenance, lag = self._receive(c)
+            self._late_provenance[c.identity] = provenance
+            return c.deliver(payload, provenance, self._remote_reference(c, lag, 0), train, lag)
+        if len(queue) == queue.maxlen:  # this step's message, once it arrives, pushes the oldest out
+            queue.popleft()
+        payload, lag = queue[0]
+        self._in_flight.add(c.identity)
+        return Message(c.kind, c.sender, payload, provenance, lag + len(queue))
+
+    def _arrive(self, c, train):
+        """Receive a late channel's message of the previous step into its delay queue, as `deliver` would have
+        queued it then (displaced by the receiver's own activation of that step)."""
+        payload, provenance, lag = self._receive(c)
+        self._late_provenance[c.identity] = provenance
+        arrived = c.arrive(payload, self._remote_reference(c, lag, 1), train)
+        c.pipeline.delay.queue.append((np.array(arrived), lag))
+        self._in_flight.discard(c.identity)
+
+    def _settle_late(self):
+        """Take every late message in flight into its queue and complete every late send (before gathering
+        state for a checkpoint, and before stopping): afterwards the channels' state is the local engine's."""
+        for c in self.graph.channels:
+            if c.identity in self._in_flight and self.placement[c.receiver] == self.rank:
+                self._arrive(c, True)
+        for request, _buffer, what in self._deferred:
+            self._wait(request.Test, what)
+        self._deferred = []
+
+    def _remote_reference(self, c, lag, age):
+        """For a displacement channel: (0, the receiver's own activation of the message's step), the message
+        having crossed as ĥ minus the sender's view of it; None otherwise. `age`: steps since it was sent."""
+        if not c.displacement:
+            return None
+        lag += age
+        own = self._sent["forward"][c.receiver]["activation"] if not lag else self.nodes[c.receiver].output_of(lag)
+        return np.dtype(c.dtype).type(0), own
+
     # -- routing -----------------------------------------------------------------------------------------------
     def _receive(self, c):
         source = self.placement[c.sender]
@@ -222,8 +317,11 @@ class MPIEngine(LocalEngine):
         header = np.array([_mask(out.provenance.get(c.kind, NO_PROVENANCE)), lag], np.int64)
         dest, tag = self.placement[c.receiver], self.tags[c.identity]
         what = f"rank {dest} to take the {c.kind} for {c.receiver!r} on channel {c.identity}"
-        self._pending.append((self.comm.Isend(header, dest, tag), header, what))
-        self._pending.append((self.comm.Isend(payload, dest, tag + 1), payload, what))
+        sends = self._pending
+        if c.identity in self.late:  # the receiver takes it a step later: complete it then
+            sends = self._deferred = [s for s in self._deferred if not s[0].Test()]
+        sends.append((self.comm.Isend(header, dest, tag), header, what))
+        sends.append((self.comm.Isend(payload, dest, tag + 1), payload, what))
         self.stats["messages"] += 2
         self.stats["bytes"] += header.nbytes + payload.nbytes
 
@@ -246,13 +344,12 @@ class MPIEngine(LocalEngine):
                     payload, provenance = out[c.kind], out.provenance.get(c.kind, NO_PROVENANCE)
                     lag = out.lags.get(c.kind, 0) if out.lags else 0
                     reference = self._reference(c, out, lag) if c.displacement else None
-                else:
+                elif c.identity in self.late:
+                    messages[c.kind] = self._late(c, train)
+                    continue
+                else:  # on a displacement channel what arrived is the change; the receiver adds its activation
                     payload, provenance, lag = self._receive(c)
-                    reference = None
-                    if c.displacement:  # what arrived is the change; the receiver adds its own activation
-                        own = (self._sent["forward"][c.receiver]["activation"] if not lag
-                               else self.nodes[c.receiver].output_of(lag))
-                        reference = (payload.dtype.type(0), own)
+                    reference = self._remote_reference(c, lag, 0)
                 messages[c.kind] = c.deliver(payload, provenance, reference, train, lag)
             inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
             try:
@@ -355,6 +452,7 @@ class MPIEngine(LocalEngine):
             return
         self._command(SYNC)
         self._finish_sends()
+        self._settle_late()
         if self.rank != 0:
             state = ({n: self.nodes[n].state() for n in self.graph.layers if n in self.local},
                      {c.identity: c.state() for c in self._own_channels()})
@@ -408,6 +506,7 @@ class MPIEngine(LocalEngine):
         if self.rank == 0 and self.size > 1:
             self._command(STOP)
             self._finish_sends()
+            self._settle_late()
 
     def serve(self):
         """The loop of a rank other than 0: run each phase rank 0 commands, until STOP."""
@@ -429,6 +528,7 @@ class MPIEngine(LocalEngine):
             elif code == PUSH:
                 self.push()
             elif code == STOP:
+                self._settle_late()
                 return
             elif code == STATS:
                 self.gather_stats(bool(arg))
@@ -456,7 +556,7 @@ def mpi_network(spec, n_features, n_classes, placement=None):
     """A Network for `spec` whose engine is an MPIEngine on COMM_WORLD."""
     from ..network import Network
     from . import using
-    with using(lambda graph, nodes: MPIEngine(graph, nodes, placement=placement)):
+    with using(engine_factory(spec, placement=placement)):
         return Network(spec, spec.seed, n_features, n_classes)
 
 
@@ -471,8 +571,7 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
     holder = {}
 
     def factory(graph, nodes):
-        layers = parse_placement(placement, graph.layers) if isinstance(placement, str) else placement
-        engine = holder["engine"] = MPIEngine(graph, nodes, comm, layers)
+        engine = holder["engine"] = engine_factory(holder["spec"], comm, placement)(graph, nodes)
         return engine
 
     try:
@@ -481,6 +580,7 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
             checked = RunDir(resume_dir).spec()
         else:
             checked = spec
+        holder["spec"] = checked
         if checked.diagnostics.every:
             raise LocalnetError("diagnostics (`diagnostics.every`) probe every layer from one process; the MPI "
                                 "engine does not support them yet: run them with the local engine")
@@ -505,6 +605,7 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
             backend = run_dir.environment().get("backend")
             if spec.backend == "auto" and isinstance(backend, str):
                 spec = load_spec(spec, [f"backend={backend}"])
+        holder["spec"] = spec
         from ..data import dataset_shape
         n_features, n_classes = dataset_shape(spec.data.name)[:2]
         with using(factory):
@@ -518,6 +619,10 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
         if os.environ.get("LOCALNET_MPI_TRACEBACK"):
             traceback.print_exc()
         engine = holder.get("engine")
+        if engine is None and isinstance(exc, SpecError):  # the spec and K alone decide it: every rank has it
+            if comm.Get_rank() == 0:
+                raise
+            sys.exit(2)
         if engine is None:
             print(f"localnet mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}; stopping all ranks",
                   file=sys.stderr, flush=True)
@@ -568,9 +673,7 @@ def bench(spec_path, *, steps=200, warmup=20, placement=None, overrides=()):
     if comm.Get_size() == 1:
         net = build(spec, n_features=n_features, n_classes=n_classes)
     else:
-        net = mpi_network(spec, n_features, n_classes,
-                          parse_placement(placement, [layer.name for layer in spec.network.layers])
-                          if placement else None)
+        net = mpi_network(spec, n_features, n_classes, placement)
         if comm.Get_rank() != 0:
             try:
                 net.engine.serve()

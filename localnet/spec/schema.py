@@ -153,6 +153,7 @@ class TrainSpec:
     shuffle: bool = True
     eval_batch_size: int = option(1000, ge=1, le=1 << 20)
     checkpoint_every: int = option(1, ge=0, le=1_000_000)  # epochs; 0: only at the end and when interrupted
+    pipeline: bool = False  # MPI engine: targets that cross ranks arrive one step late, so ranks overlap (docs/mpi.md)
 
 
 @dataclass(frozen=True)
@@ -176,3 +177,4 @@ class Spec:
     dtype: str = option("float32", choices=("float32", "float64"))
     backend: str = option("auto", choices=names.BACKENDS)
     description: str | None = None
+    placement: tuple[tuple[str, ...], ...] | None = None  # MPI engine: the layers of rank 0, of rank 1, ... (docs/mpi.md)
