@@ -177,4 +177,4 @@ class Spec:
     dtype: str = option("float32", choices=("float32", "float64"))
     backend: str = option("auto", choices=names.BACKENDS)
     description: str | None = None
-    placement: tuple[tuple[str, ...], ...] | None = None  # MPI engine: the layers of rank 0, of rank 1, ... (docs/mpi.md)
+    placement: tuple[tuple[str, ...], ...] | None = None  # MPI: rank 0's layers, rank 1's, ... (docs/mpi.md)
