@@ -261,3 +261,28 @@ def test_a_pipelined_run_killed_mid_run_resumes_bit_identical(tmp_path):
     ref = local(*args, "--set", f"network.layers.h2.constraints={DELAYED}", "--runs-dir", str(tmp_path / "local"))
     assert ref.returncode == 0, ref.stderr
     assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(only_run(tmp_path / "local")))
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------------
+@needs_mpi
+def test_bench_counts_messages_and_bytes_per_step_and_times_both_engines():
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "localnet", "bench",
+                           str(SPECS / "quickstart.yaml"), "--engine", "mpi", "--backend", "numpy", "--steps", "10", "--warmup", "2", "--repeats", "1",
+                           "--placement", "h1=0,h2=1,out=1", "--json"],
+                          capture_output=True, text=True, timeout=120, env=full, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ranks"] == 2 and report["placement"] == [["h1"], ["h2", "out"]]
+    assert report["late_channels"] == ["h2>h1.target"]
+    assert set(report["local"]) == {"default threads", "1 thread"} and set(report["mpi"]) == {"plain", "pipelined"}
+    # per step, across ranks: h1's activation (32 x 128 float32), the labels (32 int64) for the loss on rank 1 and
+    # h2's target (32 x 128 float32), each an int64[2] header and a payload
+    for row in report["mpi"].values():
+        assert row["messages_per_step"] == 6
+        assert row["bytes_per_step"] == 2 * 32 * 128 * 4 + 32 * 8 + 3 * 16
+        assert len(row["wait_seconds_per_step"]) == 2 and all(w >= 0 for w in row["wait_seconds_per_step"])
+    for rows in (report["local"], report["mpi"]):
+        for row in rows.values():
+            assert row["seconds_per_step"] > 0 and row["samples_per_second"] == pytest.approx(
+                32 / row["seconds_per_step"])

@@ -657,62 +657,112 @@ def abort_others(code=1):
         MPI.COMM_WORLD.Abort(code)
 
 
-def bench(spec_path, *, steps=200, warmup=20, placement=None, overrides=()):
-    """Under mpiexec: time `steps` training steps of `spec_path` with the MPI engine on K ranks; rank 0 returns
-    {seconds_per_step, samples_per_second, per step: messages, bytes, comm seconds (per rank)}; other ranks None.
-    Without mpiexec (one rank) it times the local engine instead, for the comparison."""
+BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-1: none, done)
+
+
+def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None):
+    """Under `mpiexec -n K`: seconds per training step of `spec_path` with the MPI engine on K ranks, plain and
+    pipelined, against the local engine timed in rank 0's process in the same invocation (with the BLAS thread
+    count it started with, and with one thread); MPI ranks run with one BLAS thread each. Each configuration is
+    timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is reported, with messages,
+    bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the report, others None."""
     from mpi4py import MPI
+    from threadpoolctl import threadpool_limits
+
+    from ..data import dataset_shape
+    from ..spec import load_spec
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    spec = load_spec(spec_path, list(overrides) + ([f"backend={backend}"] if backend else []))
+    n_features, n_classes = dataset_shape(spec.data.name)[:2]
+    nets = {}
+    try:
+        if size > 1:
+            for schedule in ("plain", "pipelined"):
+                variant = load_spec(spec, [f"train.pipeline={schedule == 'pipelined'}"])
+                nets[schedule] = mpi_network(variant, n_features, n_classes, placement)
+        if rank != 0:
+            engine = next(iter(nets.values())).engine
+            which = np.empty(1, np.int64)
+            with threadpool_limits(1):
+                while True:
+                    engine._probe(0, BENCH, "the next benchmark from rank 0", timeout=10 * engine.timeout)
+                    comm.Recv(which, 0, BENCH)
+                    if which[0] < 0:
+                        return None
+                    list(nets.values())[int(which[0])].engine.serve()
+    except BaseException as exc:
+        if size == 1 or not nets:
+            raise
+        next(iter(nets.values())).engine.fail(exc)
+    try:
+        return _bench_root(spec, spec_path, nets, steps, warmup, repeats)
+    except BaseException as exc:
+        if not nets:
+            raise
+        next(iter(nets.values())).engine.fail(exc)
+
+
+def _bench_root(spec, spec_path, nets, steps, warmup, repeats):
+    """Rank 0's part of `bench`: time every configuration and tell the other ranks which network to serve."""
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from ..network import build
-    from ..spec import load_spec
     from ..training import load_data
     comm = MPI.COMM_WORLD
-    spec = load_spec(spec_path, list(overrides))
-    from ..data import dataset_shape
-    n_features, n_classes = dataset_shape(spec.data.name)[:2]
-    if comm.Get_size() == 1:
-        net = build(spec, n_features=n_features, n_classes=n_classes)
-    else:
-        net = mpi_network(spec, n_features, n_classes, placement)
-        if comm.Get_rank() != 0:
-            try:
-                net.engine.serve()
-            except BaseException as exc:  # noqa: BLE001 - any failure ends every rank
-                net.engine.fail(exc)
-            return None
+    size = comm.Get_size()
     data = load_data(spec)
+    n_features, n_classes = data.n_features, data.n_classes
     x, y, b = data.train.x, data.train.y, spec.train.batch_size
     n = (len(x) // b) * b
+    threads = sum(p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas") or None
+    local_net = build(spec, n_features=n_features, n_classes=n_classes)
+    configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
+    configs += [("mpi", schedule, net, 1) for schedule, net in nets.items()]
+    times = {(engine, what): [] for engine, what, _, _ in configs}
+    stats = {what: [] for what in nets}
 
-    def step(i):
-        start = (i * b) % n
-        net.train_step(x[start:start + b], y[start:start + b])
+    def timed(net, count, first):
+        began = time.perf_counter()
+        for i in range(first, first + count):
+            start = (i * b) % n
+            net.train_step(x[start:start + b], y[start:start + b])
+        return time.perf_counter() - began
 
-    for i in range(warmup):
-        step(i)
-    engine = net.engine
-    if comm.Get_size() > 1:
-        engine.gather_stats(reset=True)
-    began = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(i)
-    seconds = time.perf_counter() - began
-    report = {"ranks": comm.Get_size(), "backend": net.backend.NAME, "batch": b, "steps": steps,
-              "seconds_per_step": seconds / steps, "samples_per_second": steps * b / seconds}
-    if comm.Get_size() > 1:
-        stats = engine.gather_stats(reset=True)
-        report.update(placement={k: v for k, v in engine.placement.items()},
-                      messages_per_step=sum(s["messages"] for s in stats) / steps,
-                      bytes_per_step=sum(s["bytes"] for s in stats) / steps,
-                      comm_seconds_per_step=[s["comm_seconds"] / steps for s in stats])
-        engine.stop()
+    for r in range(repeats):
+        for engine_name, what, net, limit in configs:
+            if engine_name == "mpi":
+                index = np.array([list(nets).index(what)], np.int64)
+                for dest in range(1, size):
+                    comm.Send(index, dest, BENCH)
+            with threadpool_limits(limit):
+                if r == 0:
+                    timed(net, warmup, 0)
+                if engine_name == "mpi":
+                    net.engine.gather_stats(reset=True)
+                times[(engine_name, what)].append(timed(net, steps, warmup + r * steps) / steps)
+                if engine_name == "mpi":
+                    stats[what].append(net.engine.gather_stats(reset=True))
+                    net.engine.stop()
+    for dest in range(1, size):
+        comm.Send(np.array([-1], np.int64), dest, BENCH)
+    report = {"spec": str(spec_path), "ranks": size, "backend": local_net.backend.NAME, "batch": b, "steps": steps,
+              "repeats": repeats, "blas_threads_at_start": threads, "local": {}, "mpi": {}}
+    for (engine_name, what), seconds in times.items():
+        median = float(np.median(seconds))
+        row = {"seconds_per_step": median, "samples_per_second": b / median, "all": seconds}
+        if engine_name == "mpi":
+            per = stats[what]
+            row.update(messages_per_step=float(np.median([sum(s["messages"] for s in p) for p in per])) / steps,
+                       bytes_per_step=float(np.median([sum(s["bytes"] for s in p) for p in per])) / steps,
+                       wait_seconds_per_step=[float(np.median([p[k]["comm_seconds"] for p in per])) / steps
+                                              for k in range(size)])
+        report[engine_name][what] = row
+    if nets:
+        engine = nets["plain"].engine
+        report["placement"] = [sorted((n for n in engine.graph.layers if engine.placement[n] == k),
+                                      key=engine.graph.layers.index) for k in range(size)]
+        report["late_channels"] = sorted(nets["pipelined"].engine.late)
     return report
 
-
-if __name__ == "__main__":  # mpiexec -n K python -m localnet.engines.mpi SPEC [STEPS] [key=value ...]
-    import json
-    place = os.environ.get("LOCALNET_MPI_PLACEMENT")
-    result = bench(sys.argv[1], steps=int(sys.argv[2]) if len(sys.argv) > 2 else 200, overrides=sys.argv[3:],
-                   placement=place)
-    if result is not None:
-        print(json.dumps(result))
