@@ -71,6 +71,14 @@ def _provenance(mask):
     return tags
 
 
+def threads_per_rank(comm):
+    """BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on K
+    cores do not oversubscribe them."""
+    from mpi4py import MPI
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+
+
 def timeout_seconds():
     return float(os.environ.get("LOCALNET_MPI_TIMEOUT", "120"))
 
@@ -564,11 +572,16 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
     """Train (or resume) under mpiexec: rank 0 runs the training loop and returns (summary, run directory);
     every other rank serves its layers and returns (None, None). Any failure stops every rank."""
     from mpi4py import MPI
-
-    from .. import training
-    from . import using
+    from threadpoolctl import threadpool_limits
     comm = MPI.COMM_WORLD
     holder = {}
+    with threadpool_limits(threads_per_rank(comm) if comm.Get_size() > 1 else None):
+        return _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks)
+
+
+def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
+    from .. import training
+    from . import using
 
     def factory(graph, nodes):
         engine = holder["engine"] = engine_factory(holder["spec"], comm, placement)(graph, nodes)
@@ -663,9 +676,10 @@ BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-
 def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None):
     """Under `mpiexec -n K`: seconds per training step of `spec_path` with the MPI engine on K ranks, plain and
     pipelined, against the local engine timed in rank 0's process in the same invocation (with the BLAS thread
-    count it started with, and with one thread); MPI ranks run with one BLAS thread each. Each configuration is
-    timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is reported, with messages,
-    bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the report, others None."""
+    count it started with, and with one thread); MPI ranks share the machine's cores (`threads_per_rank`). Each
+    configuration is timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is
+    reported, with messages, bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the
+    report, others None."""
     from mpi4py import MPI
     from threadpoolctl import threadpool_limits
 
@@ -684,7 +698,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
         if rank != 0:
             engine = next(iter(nets.values())).engine
             which = np.empty(1, np.int64)
-            with threadpool_limits(1):
+            with threadpool_limits(threads_per_rank(comm)):
                 while True:
                     engine._probe(0, BENCH, "the next benchmark from rank 0", timeout=10 * engine.timeout)
                     comm.Recv(which, 0, BENCH)
@@ -719,7 +733,7 @@ def _bench_root(spec, spec_path, nets, steps, warmup, repeats):
     threads = sum(p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas") or None
     local_net = build(spec, n_features=n_features, n_classes=n_classes)
     configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
-    configs += [("mpi", schedule, net, 1) for schedule, net in nets.items()]
+    configs += [("mpi", schedule, net, threads_per_rank(comm)) for schedule, net in nets.items()]
     times = {(engine, what): [] for engine, what, _, _ in configs}
     stats = {what: [] for what in nets}
 
