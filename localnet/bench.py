@@ -712,7 +712,8 @@ def _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides
     if path is None:
         raise click.UsageError(f"no spec given and specs/{DEFAULT_SPEC} not found")
     report = mpi.bench(path, steps=steps, warmup=warmup, repeats=repeats, placement=placement,
-                       overrides=overrides, backend=backends[0] if backends else None)
+                       overrides=overrides, backend=backends[0] if backends else None,
+                       progress=lambda text: click.echo(text, err=True))
     if report is None:
         return
     if as_json:

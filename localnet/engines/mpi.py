@@ -72,7 +72,7 @@ def _provenance(mask):
 
 
 def threads_per_rank(comm):
-    """BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on K
+    """(Collective: every rank calls it.) BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on K
     cores do not oversubscribe them."""
     from mpi4py import MPI
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -673,13 +673,14 @@ def abort_others(code=1):
 BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-1: none, done)
 
 
-def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None):
+def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None,
+          progress=None):
     """Under `mpiexec -n K`: seconds per training step of `spec_path` with the MPI engine on K ranks, plain and
     pipelined, against the local engine timed in rank 0's process in the same invocation (with the BLAS thread
     count it started with, and with one thread); MPI ranks share the machine's cores (`threads_per_rank`). Each
     configuration is timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is
     reported, with messages, bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the
-    report, others None."""
+    report, others None; `progress(text)` hears of each measurement as it ends."""
     from mpi4py import MPI
     from threadpoolctl import threadpool_limits
 
@@ -689,6 +690,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
     rank, size = comm.Get_rank(), comm.Get_size()
     spec = load_spec(spec_path, list(overrides) + ([f"backend={backend}"] if backend else []))
     n_features, n_classes = dataset_shape(spec.data.name)[:2]
+    threads = threads_per_rank(comm)  # collective: every rank, once
     nets = {}
     try:
         if size > 1:
@@ -698,7 +700,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
         if rank != 0:
             engine = next(iter(nets.values())).engine
             which = np.empty(1, np.int64)
-            with threadpool_limits(threads_per_rank(comm)):
+            with threadpool_limits(threads):
                 while True:
                     engine._probe(0, BENCH, "the next benchmark from rank 0", timeout=10 * engine.timeout)
                     comm.Recv(which, 0, BENCH)
@@ -710,14 +712,14 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
             raise
         next(iter(nets.values())).engine.fail(exc)
     try:
-        return _bench_root(spec, spec_path, nets, steps, warmup, repeats)
+        return _bench_root(spec, spec_path, nets, threads, steps, warmup, repeats, progress or (lambda text: None))
     except BaseException as exc:
         if not nets:
             raise
         next(iter(nets.values())).engine.fail(exc)
 
 
-def _bench_root(spec, spec_path, nets, steps, warmup, repeats):
+def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, progress):
     """Rank 0's part of `bench`: time every configuration and tell the other ranks which network to serve."""
     from mpi4py import MPI
     from threadpoolctl import threadpool_info, threadpool_limits
@@ -733,7 +735,7 @@ def _bench_root(spec, spec_path, nets, steps, warmup, repeats):
     threads = sum(p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas") or None
     local_net = build(spec, n_features=n_features, n_classes=n_classes)
     configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
-    configs += [("mpi", schedule, net, threads_per_rank(comm)) for schedule, net in nets.items()]
+    configs += [("mpi", schedule, net, rank_threads) for schedule, net in nets.items()]
     times = {(engine, what): [] for engine, what, _, _ in configs}
     stats = {what: [] for what in nets}
 
@@ -756,13 +758,15 @@ def _bench_root(spec, spec_path, nets, steps, warmup, repeats):
                 if engine_name == "mpi":
                     net.engine.gather_stats(reset=True)
                 times[(engine_name, what)].append(timed(net, steps, warmup + r * steps) / steps)
+                progress(f"repeat {r + 1}: {engine_name}, {what}: {times[(engine_name, what)][-1]:.4f} s/step")
                 if engine_name == "mpi":
                     stats[what].append(net.engine.gather_stats(reset=True))
                     net.engine.stop()
     for dest in range(1, size):
         comm.Send(np.array([-1], np.int64), dest, BENCH)
     report = {"spec": str(spec_path), "ranks": size, "backend": local_net.backend.NAME, "batch": b, "steps": steps,
-              "repeats": repeats, "blas_threads_at_start": threads, "local": {}, "mpi": {}}
+              "repeats": repeats, "blas_threads_at_start": threads, "blas_threads_per_rank": rank_threads,
+              "local": {}, "mpi": {}}
     for (engine_name, what), seconds in times.items():
         median = float(np.median(seconds))
         row = {"seconds_per_step": median, "samples_per_second": b / median, "all": seconds}
