@@ -71,8 +71,8 @@ def run_one(spec_path, overrides, seed, name, runs_root, threads=None):
     spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"])
     try:
         if threads:
-            from threadpoolctl import threadpool_limits
-            with threadpool_limits(threads):
+            from .engines.mpi import limit_blas
+            with limit_blas(threads):
                 summary, run = train(spec, runs_root=runs_root)
         else:
             summary, run = train(spec, runs_root=runs_root)

@@ -79,6 +79,14 @@ def threads_per_rank(comm):
     return max(1, cores // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
 
 
+def limit_blas(threads):
+    """threadpoolctl's limit on every BLAS library, loaded first: the numba backend's products call SciPy's
+    OpenBLAS, which a limit set before it is loaded would miss (and K ranks would oversubscribe the cores)."""
+    import scipy.linalg  # noqa: F401 - loads SciPy's BLAS so that the limit covers it
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(threads)
+
+
 def timeout_seconds():
     return float(os.environ.get("LOCALNET_MPI_TIMEOUT", "120"))
 
@@ -572,10 +580,9 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
     """Train (or resume) under mpiexec: rank 0 runs the training loop and returns (summary, run directory);
     every other rank serves its layers and returns (None, None). Any failure stops every rank."""
     from mpi4py import MPI
-    from threadpoolctl import threadpool_limits
     comm = MPI.COMM_WORLD
     holder = {}
-    with threadpool_limits(threads_per_rank(comm) if comm.Get_size() > 1 else None):
+    with limit_blas(threads_per_rank(comm) if comm.Get_size() > 1 else None):
         return _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks)
 
 
@@ -682,7 +689,6 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
     reported, with messages, bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the
     report, others None; `progress(text)` hears of each measurement as it ends."""
     from mpi4py import MPI
-    from threadpoolctl import threadpool_limits
 
     from ..data import dataset_shape
     from ..spec import load_spec
@@ -700,7 +706,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
         if rank != 0:
             engine = next(iter(nets.values())).engine
             which = np.empty(1, np.int64)
-            with threadpool_limits(threads):
+            with limit_blas(threads):
                 while True:
                     engine._probe(0, BENCH, "the next benchmark from rank 0", timeout=10 * engine.timeout)
                     comm.Recv(which, 0, BENCH)
@@ -722,7 +728,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
 def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, progress):
     """Rank 0's part of `bench`: time every configuration and tell the other ranks which network to serve."""
     from mpi4py import MPI
-    from threadpoolctl import threadpool_info, threadpool_limits
+    from threadpoolctl import threadpool_info
 
     from ..network import build
     from ..training import load_data
@@ -732,7 +738,7 @@ def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, pro
     n_features, n_classes = data.n_features, data.n_classes
     x, y, b = data.train.x, data.train.y, spec.train.batch_size
     n = (len(x) // b) * b
-    threads = sum(p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas") or None
+    threads = max((p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas"), default=None)
     local_net = build(spec, n_features=n_features, n_classes=n_classes)
     configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
     configs += [("mpi", schedule, net, rank_threads) for schedule, net in nets.items()]
@@ -752,7 +758,7 @@ def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, pro
                 index = np.array([list(nets).index(what)], np.int64)
                 for dest in range(1, size):
                     comm.Send(index, dest, BENCH)
-            with threadpool_limits(limit):
+            with limit_blas(limit):
                 if r == 0:
                     timed(net, warmup, 0)
                 if engine_name == "mpi":
