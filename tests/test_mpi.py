@@ -256,6 +256,8 @@ def test_a_pipelined_run_killed_mid_run_resumes_bit_identical(tmp_path):
     assert done.returncode != 0
     run = only_run(tmp_path / "mpi")
     assert json.loads((run / "summary.json").read_text())["checkpoint"]["epoch"] == 3  # after 2 of 39-step epochs
+    other = mpirun(3, "--resume", str(run), "--placement", "h1=0,h2=1,out=2")  # other late channels: refused
+    assert other.returncode != 0 and "resume it on the placement it started with" in other.stderr, other.stderr
     again = mpirun(2, "--resume", str(run))
     assert again.returncode == 0, again.stdout + again.stderr
     ref = local(*args, "--set", f"network.layers.h2.constraints={DELAYED}", "--runs-dir", str(tmp_path / "local"))
@@ -268,8 +270,8 @@ def test_a_pipelined_run_killed_mid_run_resumes_bit_identical(tmp_path):
 def test_bench_counts_messages_and_bytes_per_step_and_times_both_engines():
     full = {k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}
     done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "localnet", "bench",
-                           str(SPECS / "quickstart.yaml"), "--engine", "mpi", "--backend", "numpy", "--steps", "10", "--warmup", "2", "--repeats", "1",
-                           "--placement", "h1=0,h2=1,out=1", "--json"],
+                           str(SPECS / "quickstart.yaml"), "--engine", "mpi", "--backend", "numpy", "--steps", "10",
+                           "--warmup", "2", "--repeats", "1", "--placement", "h1=0,h2=1,out=1", "--json"],
                           capture_output=True, text=True, timeout=120, env=full, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)

@@ -72,8 +72,8 @@ def _provenance(mask):
 
 
 def threads_per_rank(comm):
-    """(Collective: every rank calls it.) BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on K
-    cores do not oversubscribe them."""
+    """BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on
+    K cores do not oversubscribe them. Collective: every rank calls it."""
     from mpi4py import MPI
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
@@ -256,6 +256,16 @@ class MPIEngine(LocalEngine):
             if c.identity in self.late:
                 c.constraints = (*c.constraints, ConstraintSpec(type="delay", steps=1))
         super().bind_channels(seed)
+
+    def load_channel_state(self, state):
+        try:
+            super().load_channel_state(state)
+        except LocalnetError as exc:
+            if not self.late:
+                raise
+            late = ", ".join(sorted(self.late))
+            raise LocalnetError(f"{exc}; a pipelined run's late channels follow its placement (now {late}): "
+                                "resume it on the placement it started with") from None
 
     def _late(self, c, train):
         """The message a late channel delivers this step without waiting for this step's: the delay queue is
