@@ -15,6 +15,11 @@ receiver's rank, exactly as in the local engine). Schedules, routing and inboxes
 Same numbers: the arithmetic each node does is the local engine's, in the same order, on the same inputs, so the
 parameters after N steps are bit-identical for any K (tests/test_mpi.py checks K = 2 and 3).
 
+Placement (`resolve_placement`): the CLI's `--placement`, else the spec's `placement` section, else contiguous
+groups balanced by parameter count. Pipelining (`train.pipeline`): target and gradient channels that cross ranks
+deliver the previous step's message (`_late`), so a rank goes on to the next batch instead of waiting for the
+targets from above; the numbers are the local engine's with one more step of delay on those channels.
+
 Faults (DESIGN.md §7): every wait polls with a deadline ($LOCALNET_MPI_TIMEOUT seconds, default 120; commands
 wait 10x that) and names the rank and channel it waited for. A rank that raises sends its error to rank 0 and
 aborts the job after a short grace; rank 0 notices the report in any wait, raises `RankFailed` naming the rank
