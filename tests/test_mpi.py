@@ -202,6 +202,12 @@ def test_spec_placement_is_used_and_bit_identical(tmp_path, local_quickstart):
     # h1 on rank 1 (not automatic placement's rank 0): the hang on rank 1 blocks rank 0 at h1's activation
     assert done.returncode != 0 and "for the activation from 'h1' (rank 1)" in done.stderr, done.stderr
     done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--placement", "h1=0,h2=1,out=1",
+                  "--runs-dir", str(tmp_path / "cli"),
+                  env={"LOCALNET_MPI_FAIL": "1:3:hang", "LOCALNET_MPI_TIMEOUT": "2"})
+    # --placement wins: h1 is on rank 0 now, sending its activation to h2 on rank 1
+    assert done.returncode != 0 and "for rank 1 to take the activation for 'h2'" in done.stderr, done.stderr
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
                   "--set", "placement=[[h2], [h1, out]]", "--runs-dir", str(tmp_path / "ok"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "ok")), checkpoint_arrays(local_quickstart))
