@@ -297,3 +297,31 @@ def test_bench_counts_messages_and_bytes_per_step_and_times_both_engines():
         for row in rows.values():
             assert row["seconds_per_step"] > 0 and row["samples_per_second"] == pytest.approx(
                 32 / row["seconds_per_step"])
+
+
+# -- diagnostics ---------------------------------------------------------------------------------------------------
+@needs_mpi
+def test_diagnostics_under_mpi_log_what_the_local_engine_logs(tmp_path):
+    """The probe on rank 0 reads every layer: other ranks' layers are collected for it, and the records match."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+            "--set", "diagnostics.every=10"]
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    records, summary = logged(only_run(tmp_path / "mpi"))
+    expected, expected_summary = logged(only_run(tmp_path / "local"))
+    probes = [r for r in records if r.get("kind") == "diagnostics"]
+    assert len(probes) == 7 and all(set(r["layers"]) == {"h1", "h2", "out"} for r in probes)  # 78 steps / 10
+    assert probes[0]["layers"]["out"]["angle_bp"] is not None  # out is on rank 2: its numbers came from there
+    assert summary == expected_summary and len(records) == len(expected)
+    for got, want in zip(records, expected):
+        if got.get("kind") != "diagnostics":
+            assert got == want
+            continue
+        # the probe's float64 products follow the BLAS thread count in their last bits (one per rank here)
+        assert {k: v for k, v in got.items() if k != "layers"} == {k: v for k, v in want.items() if k != "layers"}
+        for name, fields in got["layers"].items():
+            for key, value in fields.items():
+                assert value == pytest.approx(want["layers"][name][key], rel=1e-9, abs=1e-12), (name, key)
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "mpi")), checkpoint_arrays(only_run(tmp_path / "local")))

@@ -53,9 +53,10 @@ _TAGS_OF = {}  # bit mask -> frozenset of provenance tags
 # message tags
 ERROR, LOSS_REPORT, STATE, COMMAND, CHANNEL_BASE = 1, 2, 3, 4, 100
 # commands
-FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS = range(1, 9)
+FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS, COLLECT = range(1, 10)
 PHASE_NAMES = {FORWARD: "forward", FEEDBACK: "feedback", BACKWARD: "backward", UPDATE: "update", SYNC: "sync",
-               PUSH: "push", STOP: "stop", STATS: "stats"}
+               PUSH: "push", STOP: "stop", STATS: "stats", COLLECT: "collect"}
+STEP_STATE = ("x", "a", "h", "target", "grads", "reconstruction_loss")  # what a layer keeps of its step (probe)
 
 
 class RankFailed(LocalnetError):
@@ -517,6 +518,28 @@ class MPIEngine(LocalEngine):
                 if c.identity in channels:
                     c.load_state(channels[c.identity])
 
+    def collect_layers(self):
+        """Rank 0's copies of every other rank's layers get those layers' parameters and what they kept of this
+        step (input, pre-activation, output, target, gradients, reconstruction loss): for the diagnostics probe,
+        which reads every layer between the backward phase and the update. Pickled: a probe step is rare."""
+        if self.size == 1:
+            return
+        self._command(COLLECT)
+        self._finish_sends()
+        if self.rank != 0:
+            kept = {n: ({k: getattr(self.nodes[n], k) for k in STEP_STATE}, self.nodes[n].parameters())
+                    for n in self.graph.layers if n in self.local}
+            self.comm.send(kept, 0, STATE)
+            return
+        for r in range(1, self.size):
+            self._probe(r, STATE, f"the layers of rank {r} for the diagnostics probe")
+            for name, (step, params) in self.comm.recv(source=r, tag=STATE).items():
+                layer = self.nodes[name]
+                for key, value in step.items():
+                    setattr(layer, key, value)
+                for key, value in params.items():
+                    layer.parameters()[key][...] = value
+
     def gather_stats(self, reset=False):
         """Rank 0: [each rank's {messages, bytes, comm_seconds}] since the last reset; others: send theirs."""
         self._command(STATS, int(reset))
@@ -561,6 +584,8 @@ class MPIEngine(LocalEngine):
             elif code == STOP:
                 self._settle_late()
                 return
+            elif code == COLLECT:
+                self.collect_layers()
             elif code == STATS:
                 self.gather_stats(bool(arg))
             else:
@@ -616,9 +641,6 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
         else:
             checked = spec
         holder["spec"] = checked
-        if checked.diagnostics.every:
-            raise LocalnetError("diagnostics (`diagnostics.every`) probe every layer from one process; the MPI "
-                                "engine does not support them yet: run them with the local engine")
         if comm.Get_rank() == 0:
             with using(factory):
                 try:
