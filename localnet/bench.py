@@ -815,11 +815,20 @@ def render(report, console):
 @click.option("--no-sweep", is_flag=True, help="Skip the size sweep.")
 @click.option("--no-startup", is_flag=True, help="Skip start-up timing in fresh processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
-def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_sweep, no_startup, as_json):
+@click.option("--engine", type=click.Choice(["local", "mpi"]), default="local", show_default=True,
+              help="mpi: under `mpiexec -n K`, the MPI engine (plain and pipelined) against the local engine.")
+@click.option("--steps", default=200, show_default=True, help="With --engine mpi: timed steps per repeat.")
+@click.option("--repeats", default=3, show_default=True, help="With --engine mpi: interleaved repeats (median).")
+@click.option("--placement", metavar="LAYER=RANK,...", help="With --engine mpi: the rank of every layer.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="With --engine mpi: spec overrides.")
+def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_sweep, no_startup, as_json,
+          engine="local", steps=200, repeats=3, placement=None, overrides=()):
     """Time every backend (and PyTorch, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
     backprop on the same net, against the machine's float32 GEMM floor."""
     from rich.console import Console
     err = Console(stderr=True, highlight=False)
+    if engine == "mpi":
+        return _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json)
     report = run_bench(spec_path, bp_spec_path, backends=list(backends) or None, epochs=epochs, warmup=warmup,
                        batches=batches, torch=not no_torch, sweep=not no_sweep, startup=not no_startup,
                        progress=None if as_json else (lambda msg: err.print(f"[dim]{msg}…[/]")))
@@ -827,3 +836,44 @@ def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, 
         click.echo(json.dumps(report, indent=2))
     else:
         render(report, Console(highlight=False))
+
+
+def _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json):
+    """`localnet bench --engine mpi`: rank 0 prints the report (engines/mpi.py, `bench`); other ranks nothing."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .engines import mpi
+    if len(backends) > 1:
+        raise click.UsageError("--engine mpi times one backend: give at most one --backend")
+    path = spec_path or _spec_path(DEFAULT_SPEC)
+    if path is None:
+        raise click.UsageError(f"no spec given and specs/{DEFAULT_SPEC} not found")
+    report = mpi.bench(path, steps=steps, warmup=warmup, repeats=repeats, placement=placement,
+                       overrides=overrides, backend=backends[0] if backends else None,
+                       progress=lambda text: click.echo(text, err=True))
+    if report is None:
+        return
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    console = Console(highlight=False)
+    local = report["local"]["1 thread"]["seconds_per_step"]
+    table = Table(title=f"{report['spec']}: seconds per training step (batch {report['batch']}, "
+                        f"{report['backend']}; median of {report['repeats']} × {report['steps']} steps)")
+    for col in ("engine", "setting", "s/step", "samples/s", "× local 1 thr.", "msgs/step", "kB/step",
+                "waiting s/step by rank"):
+        table.add_column(col)
+    for engine_name in ("local", "mpi"):
+        for what, r in report[engine_name].items():
+            table.add_row(engine_name if engine_name == "local" else f"mpi, K = {report['ranks']}", what,
+                          f"{r['seconds_per_step']:.4f}", f"{r['samples_per_second']:.0f}",
+                          f"{local / r['seconds_per_step']:.2f}×",
+                          f"{r['messages_per_step']:.0f}" if "messages_per_step" in r else "-",
+                          f"{r['bytes_per_step'] / 1000:.0f}" if "bytes_per_step" in r else "-",
+                          " ".join(f"{w:.4f}" for w in r.get("wait_seconds_per_step", ())) or "-")
+    console.print(table)
+    if report.get("placement"):
+        console.print("placement: " + "; ".join(f"rank {k}: {', '.join(names)}"
+                                                for k, names in enumerate(report["placement"])), soft_wrap=True)
+        console.print("pipelined: late channels " + (", ".join(report["late_channels"]) or "none"), soft_wrap=True)

@@ -39,6 +39,16 @@ class Channel:
         message's `lag`. `reference`, for a displacement channel: (the receiver's activation as the sender
         received it, the receiver's own activation); the target crosses as ĥ minus the first, and the receiver
         gets the second plus what arrived."""
+        payload = self.arrive(payload, reference, train)
+        pipeline = self.pipeline
+        if pipeline is not None:
+            if pipeline.delay is not None:
+                payload, lag = pipeline.delay(payload, lag)
+        return Message(self.kind, self.sender, payload, provenance, lag)
+
+    def arrive(self, payload, reference=None, train=True):
+        """What `deliver` hands its delay queue: the payload checked, displaced and transformed by the channel's
+        other constraints (the MPI engine's pipelined schedule queues what arrives late through this)."""
         if payload.shape[1:] != self.shape or payload.dtype != self.dtype:
             raise GraphError(f"channel {self} was handed {payload.dtype} of shape {payload.shape[1:]} per sample")
         pipeline = self.pipeline
@@ -50,10 +60,7 @@ class Channel:
             payload = np.asarray(own + change, dtype=self.dtype)
         elif pipeline is not None and pipeline.steps:
             payload = np.asarray(pipeline.transform(payload, train), dtype=self.dtype)
-        if pipeline is not None:
-            if pipeline.delay is not None:
-                payload, lag = pipeline.delay(payload, lag)
-        return Message(self.kind, self.sender, payload, provenance, lag)
+        return payload
 
     @property
     def delay(self):

@@ -277,3 +277,5 @@ from .bench import bench as _bench  # noqa: E402
 main.add_command(_bench)
 from .audit import audit_command as _audit  # noqa: E402
 main.add_command(_audit)
+from .sweep import sweep_command as _sweep  # noqa: E402
+main.add_command(_sweep)

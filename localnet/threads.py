@@ -44,11 +44,18 @@ def configure(threads: int | None = None) -> tuple[int, int]:
         raise LocalnetError(f"threads: expected a whole number ≥ 1, found {threads}")
     workers = min(MAX_WORKERS, threads)
     blas = max(1, threads // workers)
-    import scipy.linalg.cython_blas  # noqa: F401  a limit reaches only libraries loaded: SciPy's is numba's BLAS
-    from threadpoolctl import threadpool_limits
-    threadpool_limits(limits=blas, user_api="blas")
+    limit_blas(blas)
     _workers = workers
     return workers, blas
+
+
+def limit_blas(threads: int | None):
+    """Limit every loaded BLAS to `threads` (None: no limit); for the whole process, or until the end of a `with`
+    block when used as one. SciPy's BLAS, which numba kernels call, is loaded first: a limit misses libraries
+    loaded after it (and MPI ranks or sweep workers would then oversubscribe the cores)."""
+    import scipy.linalg.cython_blas  # noqa: F401
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def workers() -> int:

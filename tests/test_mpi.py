@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from localnet.engines.mpi import auto_placement, parse_placement
-from localnet.errors import LocalnetError
+from localnet.errors import LocalnetError, SpecError
+from localnet.spec import load_spec
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 MPIEXEC = shutil.which("mpiexec") or shutil.which("mpiexec", path=str(Path(sys.executable).parent))
@@ -79,6 +80,21 @@ def test_parse_placement_names_every_layer():
         parse_placement("h1=1", ("h1", "h2"))
     with pytest.raises(LocalnetError, match="expected <layer>=<rank>"):
         parse_placement("h9=1,h1=0", ("h1",))
+
+
+def test_spec_placement_names_every_layer_once(tmp_path):
+    text = (SPECS / "quickstart.yaml").read_text()
+    good = load_spec(SPECS / "quickstart.yaml", ["placement=[[h1], [h2, out]]"])
+    assert good.placement == (("h1",), ("h2", "out"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text + "placement:\n  - [h1, h2]\n  - [out, h9]\n")
+    line = text.count("\n") + 3
+    with pytest.raises(SpecError, match=rf"bad.yaml:{line}: placement.1.1: unknown layer.*found 'h9'"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="already placed on rank 0"):
+        load_spec(SPECS / "quickstart.yaml", ["placement=[[h1, h2], [h2, out]]"])
+    with pytest.raises(SpecError, match="every layer needs a rank.*no rank for out"):
+        load_spec(SPECS / "quickstart.yaml", ["placement=[[h1], [h2]]"])
 
 
 # -- same numbers --------------------------------------------------------------------------------------------------
@@ -175,3 +191,137 @@ def test_a_receive_that_waits_too_long_names_what_it_waited_for(tmp_path):
                   timeout=60)
     assert done.returncode != 0
     assert "rank 0 waited" in done.stderr and "rank 1" in done.stderr, done.stderr
+
+
+# -- placement from the spec ---------------------------------------------------------------------------------------
+@needs_mpi
+def test_spec_placement_is_used_and_bit_identical(tmp_path, local_quickstart):
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--runs-dir", str(tmp_path),
+                  env={"LOCALNET_MPI_FAIL": "1:3:hang", "LOCALNET_MPI_TIMEOUT": "2"})
+    # h1 on rank 1 (not automatic placement's rank 0): the hang on rank 1 blocks rank 0 at h1's activation
+    assert done.returncode != 0 and "for the activation from 'h1' (rank 1)" in done.stderr, done.stderr
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--placement", "h1=0,h2=1,out=1",
+                  "--runs-dir", str(tmp_path / "cli"),
+                  env={"LOCALNET_MPI_FAIL": "1:3:hang", "LOCALNET_MPI_TIMEOUT": "2"})
+    # --placement wins: h1 is on rank 0 now, sending its activation to h2 on rank 1
+    assert done.returncode != 0 and "for rank 1 to take the activation for 'h2'" in done.stderr, done.stderr
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+                  "--set", "placement=[[h2], [h1, out]]", "--runs-dir", str(tmp_path / "ok"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "ok")), checkpoint_arrays(local_quickstart))
+
+
+@needs_mpi
+def test_a_placement_on_more_ranks_than_running_fails_on_every_rank_naming_the_line(tmp_path):
+    spec = tmp_path / "placed.yaml"
+    text = (SPECS / "quickstart.yaml").read_text()
+    spec.write_text(text + "placement:\n  - [h1]\n  - [h2]\n  - [out]\n")
+    began = time.monotonic()
+    done = mpirun(2, str(spec), "--backend", "numpy", "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert time.monotonic() - began < 30
+    assert done.returncode == 2
+    line = text.count("\n") + 1
+    assert f"placed.yaml:{line}: placement: the placement puts layers on 3 ranks; mpiexec started 2" in done.stderr
+    assert not (tmp_path / "runs").exists()  # refused before a run directory exists
+
+
+# -- pipelining ----------------------------------------------------------------------------------------------------
+DELAYED = "[{type: delay, steps: 1, kind: target}]"
+
+
+@needs_mpi
+@pytest.mark.parametrize(("k", "spec"), [(2, "quickstart"), (3, "quickstart"), (3, "constraints-noise")])
+def test_pipelined_run_equals_the_local_engine_with_crossing_targets_delayed_one_step(k, spec, tmp_path,
+                                                                                     local_quickstart):
+    """The pipelined schedule's semantics: every target that crosses ranks arrives one step late, exactly as a
+    `delay: 1` constraint on that channel in one process (checkpoints mid-run and at the end, logged metrics;
+    with noisy channels, the noise drawn in the same order)."""
+    placement = "[[h1], [h2, out]]" if k == 2 else "[[h1], [h2], [out]]"
+    delayed = ["h2"] if k == 2 else ["h2", "out"]  # the layers whose target channel down crosses ranks
+    args = [str(SPECS / f"{spec}.yaml"), "--backend", "numpy", "--set", "train.epochs=2"]
+    done = mpirun(k, *args, "--set", "train.pipeline=true", "--set", f"placement={placement}",
+                  "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, *[a for name in delayed for a in ("--set", f"network.layers.{name}.constraints={DELAYED}")],
+                "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    mpi_arrays = checkpoint_arrays(only_run(tmp_path / "mpi"))
+    assert_bit_identical(mpi_arrays, checkpoint_arrays(only_run(tmp_path / "local")))
+    assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
+    if spec == "quickstart":
+        plain = checkpoint_arrays(local_quickstart)["h1.npz"]["param.W"]
+        assert not np.array_equal(mpi_arrays["h1.npz"]["param.W"], plain)  # the stale targets changed the result
+
+
+@needs_mpi
+def test_a_pipelined_run_killed_mid_run_resumes_bit_identical(tmp_path):
+    """A checkpoint takes the message in flight into the channel's queue, so a resumed run goes on exactly."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=3"]
+    placed = ["--set", "train.pipeline=true", "--set", "placement=[[h1], [h2, out]]"]
+    done = mpirun(2, *args, *placed, "--runs-dir", str(tmp_path / "mpi"), env={"LOCALNET_MPI_FAIL": "1:100:exit"},
+                  timeout=60)
+    assert done.returncode != 0
+    run = only_run(tmp_path / "mpi")
+    assert json.loads((run / "summary.json").read_text())["checkpoint"]["epoch"] == 3  # after 2 of 39-step epochs
+    other = mpirun(3, "--resume", str(run), "--placement", "h1=0,h2=1,out=2")  # other late channels: refused
+    assert other.returncode != 0 and "resume it on the placement it started with" in other.stderr, other.stderr
+    again = mpirun(2, "--resume", str(run))
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref = local(*args, "--set", f"network.layers.h2.constraints={DELAYED}", "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(only_run(tmp_path / "local")))
+
+
+# -- the benchmark ---------------------------------------------------------------------------------------------------
+@needs_mpi
+def test_bench_counts_messages_and_bytes_per_step_and_times_both_engines():
+    full = {k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}
+    done = subprocess.run([MPIEXEC, "-n", "2", sys.executable, "-m", "localnet", "bench",
+                           str(SPECS / "quickstart.yaml"), "--engine", "mpi", "--backend", "numpy", "--steps", "10",
+                           "--warmup", "2", "--repeats", "1", "--placement", "h1=0,h2=1,out=1", "--json"],
+                          capture_output=True, text=True, timeout=120, env=full, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["ranks"] == 2 and report["placement"] == [["h1"], ["h2", "out"]]
+    assert report["late_channels"] == ["h2>h1.target"]
+    assert set(report["local"]) == {"default threads", "1 thread"} and set(report["mpi"]) == {"plain", "pipelined"}
+    # per step, across ranks: h1's activation (32 x 128 float32), the labels (32 int64) for the loss on rank 1 and
+    # h2's target (32 x 128 float32), each an int64[2] header and a payload
+    for row in report["mpi"].values():
+        assert row["messages_per_step"] == 6
+        assert row["bytes_per_step"] == 2 * 32 * 128 * 4 + 32 * 8 + 3 * 16
+        assert len(row["wait_seconds_per_step"]) == 2 and all(w >= 0 for w in row["wait_seconds_per_step"])
+    for rows in (report["local"], report["mpi"]):
+        for row in rows.values():
+            assert row["seconds_per_step"] > 0 and row["samples_per_second"] == pytest.approx(
+                32 / row["seconds_per_step"])
+
+
+# -- diagnostics ---------------------------------------------------------------------------------------------------
+@needs_mpi
+def test_diagnostics_under_mpi_log_what_the_local_engine_logs(tmp_path):
+    """The probe on rank 0 reads every layer: other ranks' layers are collected for it, and the records match."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=2",
+            "--set", "diagnostics.every=10"]
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    records, summary = logged(only_run(tmp_path / "mpi"))
+    expected, expected_summary = logged(only_run(tmp_path / "local"))
+    probes = [r for r in records if r.get("kind") == "diagnostics"]
+    assert len(probes) == 7 and all(set(r["layers"]) == {"h1", "h2", "out"} for r in probes)  # 78 steps / 10
+    assert probes[0]["layers"]["out"]["angle_bp"] is not None  # out is on rank 2: its numbers came from there
+    assert summary == expected_summary and len(records) == len(expected)
+    for got, want in zip(records, expected):
+        if got.get("kind") != "diagnostics":
+            assert got == want
+            continue
+        # the probe's float64 products follow the BLAS thread count in their last bits (one per rank here)
+        assert {k: v for k, v in got.items() if k != "layers"} == {k: v for k, v in want.items() if k != "layers"}
+        for name, fields in got["layers"].items():
+            for key, value in fields.items():
+                assert value == pytest.approx(want["layers"][name][key], rel=1e-9, abs=1e-12), (name, key)
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "mpi")), checkpoint_arrays(only_run(tmp_path / "local")))

@@ -100,6 +100,9 @@ def measure(net, labels, reconstruction=True) -> dict:
       batch, each averaged over the samples (null without g, and for DDTP's direct maps, which invert no f_i)
     Squared errors are summed over units and averaged over the batch, like every loss in localnet.
     """
+    collect = getattr(net.engine, "collect_layers", None)  # the MPI engine: bring other ranks' layers here
+    if collect is not None:
+        collect()
     bp = backprop_gradients(net, labels)
     out = {}
     for name, layer in net.layers.items():

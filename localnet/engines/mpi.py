@@ -15,6 +15,11 @@ receiver's rank, exactly as in the local engine). Schedules, routing and inboxes
 Same numbers: the arithmetic each node does is the local engine's, in the same order, on the same inputs, so the
 parameters after N steps are bit-identical for any K (tests/test_mpi.py checks K = 2 and 3).
 
+Placement (`resolve_placement`): the CLI's `--placement`, else the spec's `placement` section, else contiguous
+groups balanced by parameter count. Pipelining (`train.pipeline`): target and gradient channels that cross ranks
+deliver the previous step's message (`_late`), so a rank goes on to the next batch instead of waiting for the
+targets from above; the numbers are the local engine's with one more step of delay on those channels.
+
 Faults (DESIGN.md §7): every wait polls with a deadline ($LOCALNET_MPI_TIMEOUT seconds, default 120; commands
 wait 10x that) and names the rank and channel it waited for. A rank that raises sends its error to rank 0 and
 aborts the job after a short grace; rank 0 notices the report in any wait, raises `RankFailed` naming the rank
@@ -35,10 +40,13 @@ import traceback
 
 import numpy as np
 
-from ..errors import GraphError, LocalnetError
+from ..errors import GraphError, LocalnetError, SpecError
 from ..graph import INPUT, LOSS
-from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Outbox
+from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Message, Outbox
+from ..threads import available_cores, limit_blas
 from .local import LocalEngine
+
+LATE_KINDS = ("target", "gradient")  # what a pipelined schedule delivers a step late where it crosses ranks
 
 _BITS = {tag: 1 << i for i, tag in enumerate(PROVENANCE)}
 _TAGS_OF = {}  # bit mask -> frozenset of provenance tags
@@ -46,9 +54,10 @@ _TAGS_OF = {}  # bit mask -> frozenset of provenance tags
 # message tags
 ERROR, LOSS_REPORT, STATE, COMMAND, CHANNEL_BASE = 1, 2, 3, 4, 100
 # commands
-FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS = range(1, 9)
+FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS, COLLECT = range(1, 10)
 PHASE_NAMES = {FORWARD: "forward", FEEDBACK: "feedback", BACKWARD: "backward", UPDATE: "update", SYNC: "sync",
-               PUSH: "push", STOP: "stop", STATS: "stats"}
+               PUSH: "push", STOP: "stop", STATS: "stats", COLLECT: "collect"}
+STEP_STATE = ("x", "a", "h", "target", "grads", "reconstruction_loss")  # what a layer keeps of its step (probe)
 
 
 class RankFailed(LocalnetError):
@@ -67,6 +76,13 @@ def _provenance(mask):
     if tags is None:
         tags = _TAGS_OF[mask] = frozenset(t for t, b in _BITS.items() if mask & b) or NO_PROVENANCE
     return tags
+
+
+def threads_per_rank(comm):
+    """BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on
+    K cores do not oversubscribe them. Collective: every rank calls it."""
+    from mpi4py import MPI
+    return max(1, available_cores() // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
 
 
 def timeout_seconds():
@@ -102,6 +118,23 @@ def auto_placement(spec_layers, sizes, ranks):
     return placement
 
 
+def resolve_placement(spec, layers, sizes, ranks, override=None):
+    """layer -> rank for `ranks` running ranks: the CLI's `--placement` (`override`), else the spec's `placement`
+    section, else automatic. A spec placement that needs more ranks than are running is a SpecError naming its
+    line, raised alike on every rank (so every rank stops)."""
+    if override is not None:
+        return parse_placement(override, layers) if isinstance(override, str) else dict(override)
+    if spec.placement is None:
+        return auto_placement(list(layers), sizes, ranks)
+    used = max((r for r, names in enumerate(spec.placement) if names), default=0) + 1
+    if used > ranks:
+        from ..graph import spec_error
+        raise spec_error(spec, ("placement",), f"the placement puts layers on {used} ranks; mpiexec started {ranks}",
+                         expected=f"layers on ranks 0..{ranks - 1} (mpiexec -n {ranks})",
+                         found=f"layers on rank {used - 1}")
+    return {name: rank for rank, names in enumerate(spec.placement) for name in names}
+
+
 def parse_placement(text, layers):
     """`h1=0,h2=1,...` -> {layer: rank}; every layer must be named."""
     placement = {}
@@ -116,8 +149,23 @@ def parse_placement(text, layers):
     return placement
 
 
+def parameter_counts(graph, nodes):
+    return [sum(v.size for v in nodes[name].parameters().values()) for name in graph.layers]
+
+
+def engine_factory(spec, comm=None, placement=None):
+    """(graph, nodes) -> MPIEngine for `spec`: its placement (`placement`, the CLI's, overrides the spec's) and
+    its pipelined schedule (`train.pipeline`)."""
+    def factory(graph, nodes):
+        from mpi4py import MPI
+        world = comm or MPI.COMM_WORLD
+        layers = resolve_placement(spec, graph.layers, parameter_counts(graph, nodes), world.Get_size(), placement)
+        return MPIEngine(graph, nodes, world, layers, pipeline=spec.train.pipeline)
+    return factory
+
+
 class MPIEngine(LocalEngine):
-    def __init__(self, graph, nodes, comm=None, placement=None):
+    def __init__(self, graph, nodes, comm=None, placement=None, pipeline=False):
         super().__init__(graph, nodes, workers=1)  # one thread per rank: the ranks are the parallelism
         if comm is None:
             from mpi4py import MPI
@@ -126,8 +174,7 @@ class MPIEngine(LocalEngine):
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         if placement is None:
-            sizes = [sum(v.size for v in nodes[name].parameters().values()) for name in graph.layers]
-            placement = auto_placement(graph.layers, sizes, self.size)
+            placement = auto_placement(list(graph.layers), parameter_counts(graph, nodes), self.size)
         bad = {k: r for k, r in placement.items() if not 0 <= r < self.size}
         if bad:
             raise LocalnetError(f"placement puts {bad} on ranks outside 0..{self.size - 1}")
@@ -140,6 +187,12 @@ class MPIEngine(LocalEngine):
         self.placement = {INPUT: 0, **placement, LOSS: placement[feeder]}
         self.local = frozenset(n for n, r in self.placement.items() if r == self.rank)
         self.tags = {c.identity: CHANNEL_BASE + 2 * i for i, c in enumerate(graph.channels)}
+        # pipelined schedule: targets (gradients) that cross ranks arrive one step late (docs/mpi.md, "Pipelining")
+        self.late = frozenset(c.identity for c in graph.channels if pipeline and c.kind in LATE_KINDS
+                              and self.placement[c.sender] != self.placement[c.receiver])
+        self._in_flight = set()  # late channels into this rank with last step's message not yet received
+        self._late_provenance = {}  # late channel -> provenance of the last message it received
+        self._deferred = []  # sends on late channels: completed when the receiver takes them, a step later
         self.timeout = timeout_seconds()
         self._out = {phase: {name: [c for c in graph.outbound(name, kinds)
                                     if self.placement[c.receiver] != self.rank]
@@ -192,6 +245,72 @@ class MPIEngine(LocalEngine):
             self._wait(request.Test, what)
         self._pending = []
 
+    # -- the pipelined schedule --------------------------------------------------------------------------------
+    def bind_channels(self, seed):
+        """A late channel gets one more step of delay than its spec says, so its queue, its checkpointed state
+        and the receiver's kept history are exactly those of a channel with that delay in the local engine."""
+        from ..spec import ConstraintSpec
+        for c in self.graph.channels:
+            if c.identity in self.late:
+                c.constraints = (*c.constraints, ConstraintSpec(type="delay", steps=1))
+        super().bind_channels(seed)
+
+    def load_channel_state(self, state):
+        try:
+            super().load_channel_state(state)
+        except LocalnetError as exc:
+            if not self.late:
+                raise
+            late = ", ".join(sorted(self.late))
+            raise LocalnetError(f"{exc}; a pipelined run's late channels follow its placement (now {late}): "
+                                "resume it on the placement it started with") from None
+
+    def _late(self, c, train):
+        """The message a late channel delivers this step without waiting for this step's: the delay queue is
+        the channel's own queue followed by the message in flight (last step's, received only now). The first
+        step, and the first after a resume, take this step's message at once, as the local engine does."""
+        queue = c.pipeline.delay.queue
+        if c.identity in self._in_flight:
+            self._arrive(c, train)
+        provenance = self._late_provenance.get(c.identity)
+        if provenance is None or not queue:
+            payload, provenance, lag = self._receive(c)
+            self._late_provenance[c.identity] = provenance
+            return c.deliver(payload, provenance, self._remote_reference(c, lag, 0), train, lag)
+        if len(queue) == queue.maxlen:  # this step's message, once it arrives, pushes the oldest out
+            queue.popleft()
+        payload, lag = queue[0]
+        self._in_flight.add(c.identity)
+        return Message(c.kind, c.sender, payload, provenance, lag + len(queue))
+
+    def _arrive(self, c, train):
+        """Receive a late channel's message of the previous step into its delay queue, as `deliver` would have
+        queued it then (displaced by the receiver's own activation of that step)."""
+        payload, provenance, lag = self._receive(c)
+        self._late_provenance[c.identity] = provenance
+        arrived = c.arrive(payload, self._remote_reference(c, lag, 1), train)
+        c.pipeline.delay.queue.append((np.array(arrived), lag))
+        self._in_flight.discard(c.identity)
+
+    def _settle_late(self):
+        """Take every late message in flight into its queue and complete every late send (before gathering
+        state for a checkpoint, and before stopping): afterwards the channels' state is the local engine's."""
+        for c in self.graph.channels:
+            if c.identity in self._in_flight and self.placement[c.receiver] == self.rank:
+                self._arrive(c, True)
+        for request, _buffer, what in self._deferred:
+            self._wait(request.Test, what)
+        self._deferred = []
+
+    def _remote_reference(self, c, lag, age):
+        """For a displacement channel: (0, the receiver's own activation of the message's step), the message
+        having crossed as ĥ minus the sender's view of it; None otherwise. `age`: steps since it was sent."""
+        if not c.displacement:
+            return None
+        lag += age
+        own = self._sent["forward"][c.receiver]["activation"] if not lag else self.nodes[c.receiver].output_of(lag)
+        return np.dtype(c.dtype).type(0), own
+
     # -- routing -----------------------------------------------------------------------------------------------
     def _receive(self, c):
         source = self.placement[c.sender]
@@ -222,8 +341,11 @@ class MPIEngine(LocalEngine):
         header = np.array([_mask(out.provenance.get(c.kind, NO_PROVENANCE)), lag], np.int64)
         dest, tag = self.placement[c.receiver], self.tags[c.identity]
         what = f"rank {dest} to take the {c.kind} for {c.receiver!r} on channel {c.identity}"
-        self._pending.append((self.comm.Isend(header, dest, tag), header, what))
-        self._pending.append((self.comm.Isend(payload, dest, tag + 1), payload, what))
+        sends = self._pending
+        if c.identity in self.late:  # the receiver takes it a step later: complete it then
+            sends = self._deferred = [s for s in self._deferred if not s[0].Test()]
+        sends.append((self.comm.Isend(header, dest, tag), header, what))
+        sends.append((self.comm.Isend(payload, dest, tag + 1), payload, what))
         self.stats["messages"] += 2
         self.stats["bytes"] += header.nbytes + payload.nbytes
 
@@ -246,13 +368,12 @@ class MPIEngine(LocalEngine):
                     payload, provenance = out[c.kind], out.provenance.get(c.kind, NO_PROVENANCE)
                     lag = out.lags.get(c.kind, 0) if out.lags else 0
                     reference = self._reference(c, out, lag) if c.displacement else None
-                else:
+                elif c.identity in self.late:
+                    messages[c.kind] = self._late(c, train)
+                    continue
+                else:  # on a displacement channel what arrived is the change; the receiver adds its activation
                     payload, provenance, lag = self._receive(c)
-                    reference = None
-                    if c.displacement:  # what arrived is the change; the receiver adds its own activation
-                        own = (self._sent["forward"][c.receiver]["activation"] if not lag
-                               else self.nodes[c.receiver].output_of(lag))
-                        reference = (payload.dtype.type(0), own)
+                    reference = self._remote_reference(c, lag, 0)
                 messages[c.kind] = c.deliver(payload, provenance, reference, train, lag)
             inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
             try:
@@ -360,6 +481,7 @@ class MPIEngine(LocalEngine):
             return
         self._command(SYNC)
         self._finish_sends()
+        self._settle_late()
         if self.rank != 0:
             state = ({n: self.nodes[n].state() for n in self.graph.layers if n in self.local},
                      {c.identity: c.state() for c in self._own_channels()})
@@ -393,6 +515,28 @@ class MPIEngine(LocalEngine):
                 if c.identity in channels:
                     c.load_state(channels[c.identity])
 
+    def collect_layers(self):
+        """Rank 0's copies of every other rank's layers get those layers' parameters and what they kept of this
+        step (input, pre-activation, output, target, gradients, reconstruction loss): for the diagnostics probe,
+        which reads every layer between the backward phase and the update. Pickled: a probe step is rare."""
+        if self.size == 1:
+            return
+        self._command(COLLECT)
+        self._finish_sends()
+        if self.rank != 0:
+            kept = {n: ({k: getattr(self.nodes[n], k) for k in STEP_STATE}, self.nodes[n].parameters())
+                    for n in self.graph.layers if n in self.local}
+            self.comm.send(kept, 0, STATE)
+            return
+        for r in range(1, self.size):
+            self._probe(r, STATE, f"the layers of rank {r} for the diagnostics probe")
+            for name, (step, params) in self.comm.recv(source=r, tag=STATE).items():
+                layer = self.nodes[name]
+                for key, value in step.items():
+                    setattr(layer, key, value)
+                for key, value in params.items():
+                    layer.parameters()[key][...] = value
+
     def gather_stats(self, reset=False):
         """Rank 0: [each rank's {messages, bytes, comm_seconds}] since the last reset; others: send theirs."""
         self._command(STATS, int(reset))
@@ -413,6 +557,7 @@ class MPIEngine(LocalEngine):
         if self.rank == 0 and self.size > 1:
             self._command(STOP)
             self._finish_sends()
+            self._settle_late()
 
     def serve(self):
         """The loop of a rank other than 0: run each phase rank 0 commands, until STOP."""
@@ -434,7 +579,10 @@ class MPIEngine(LocalEngine):
             elif code == PUSH:
                 self.push()
             elif code == STOP:
+                self._settle_late()
                 return
+            elif code == COLLECT:
+                self.collect_layers()
             elif code == STATS:
                 self.gather_stats(bool(arg))
             else:
@@ -461,7 +609,7 @@ def mpi_network(spec, n_features, n_classes, placement=None):
     """A Network for `spec` whose engine is an MPIEngine on COMM_WORLD."""
     from ..network import Network
     from . import using
-    with using(lambda graph, nodes: MPIEngine(graph, nodes, placement=placement)):
+    with using(engine_factory(spec, placement=placement)):
         return Network(spec, spec.seed, n_features, n_classes)
 
 
@@ -469,15 +617,18 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
     """Train (or resume) under mpiexec: rank 0 runs the training loop and returns (summary, run directory);
     every other rank serves its layers and returns (None, None). Any failure stops every rank."""
     from mpi4py import MPI
-
-    from .. import training
-    from . import using
     comm = MPI.COMM_WORLD
     holder = {}
+    with limit_blas(threads_per_rank(comm) if comm.Get_size() > 1 else None):
+        return _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks)
+
+
+def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
+    from .. import training
+    from . import using
 
     def factory(graph, nodes):
-        layers = parse_placement(placement, graph.layers) if isinstance(placement, str) else placement
-        engine = holder["engine"] = MPIEngine(graph, nodes, comm, layers)
+        engine = holder["engine"] = engine_factory(holder["spec"], comm, placement)(graph, nodes)
         return engine
 
     try:
@@ -486,9 +637,7 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
             checked = RunDir(resume_dir).spec()
         else:
             checked = spec
-        if checked.diagnostics.every:
-            raise LocalnetError("diagnostics (`diagnostics.every`) probe every layer from one process; the MPI "
-                                "engine does not support them yet: run them with the local engine")
+        holder["spec"] = checked
         if comm.Get_rank() == 0:
             with using(factory):
                 try:
@@ -510,6 +659,7 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
             backend = run_dir.environment().get("backend")
             if spec.backend == "auto" and isinstance(backend, str):
                 spec = load_spec(spec, [f"backend={backend}"])
+        holder["spec"] = spec
         from ..data import dataset_shape
         n_features, n_classes = dataset_shape(spec.data.name)[:2]
         with using(factory):
@@ -523,6 +673,10 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
         if os.environ.get("LOCALNET_MPI_TRACEBACK"):
             traceback.print_exc()
         engine = holder.get("engine")
+        if engine is None and isinstance(exc, SpecError):  # the spec and K alone decide it: every rank has it
+            if comm.Get_rank() == 0:
+                raise
+            sys.exit(2)
         if engine is None:
             print(f"localnet mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}; stopping all ranks",
                   file=sys.stderr, flush=True)
@@ -557,64 +711,116 @@ def abort_others(code=1):
         MPI.COMM_WORLD.Abort(code)
 
 
-def bench(spec_path, *, steps=200, warmup=20, placement=None, overrides=()):
-    """Under mpiexec: time `steps` training steps of `spec_path` with the MPI engine on K ranks; rank 0 returns
-    {seconds_per_step, samples_per_second, per step: messages, bytes, comm seconds (per rank)}; other ranks None.
-    Without mpiexec (one rank) it times the local engine instead, for the comparison."""
+BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-1: none, done)
+
+
+def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None,
+          progress=None):
+    """Under `mpiexec -n K`: seconds per training step of `spec_path` with the MPI engine on K ranks, plain and
+    pipelined, against the local engine timed in rank 0's process in the same invocation (with the BLAS thread
+    count it started with, and with one thread); MPI ranks share the machine's cores (`threads_per_rank`). Each
+    configuration is timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is
+    reported, with messages, bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the
+    report, others None; `progress(text)` hears of each measurement as it ends."""
     from mpi4py import MPI
 
-    from ..network import build
+    from ..data import dataset_shape
     from ..spec import load_spec
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    spec = load_spec(spec_path, list(overrides) + ([f"backend={backend}"] if backend else []))
+    n_features, n_classes = dataset_shape(spec.data.name)[:2]
+    threads = threads_per_rank(comm)  # collective: every rank, once
+    nets = {}
+    try:
+        if size > 1:
+            for schedule in ("plain", "pipelined"):
+                variant = load_spec(spec, [f"train.pipeline={schedule == 'pipelined'}"])
+                nets[schedule] = mpi_network(variant, n_features, n_classes, placement)
+        if rank != 0:
+            engine = next(iter(nets.values())).engine
+            which = np.empty(1, np.int64)
+            with limit_blas(threads):
+                while True:
+                    engine._probe(0, BENCH, "the next benchmark from rank 0", timeout=10 * engine.timeout)
+                    comm.Recv(which, 0, BENCH)
+                    if which[0] < 0:
+                        return None
+                    list(nets.values())[int(which[0])].engine.serve()
+    except BaseException as exc:
+        if size == 1 or not nets:
+            raise
+        next(iter(nets.values())).engine.fail(exc)
+    try:
+        return _bench_root(spec, spec_path, nets, threads, steps, warmup, repeats, progress or (lambda text: None))
+    except BaseException as exc:
+        if not nets:
+            raise
+        next(iter(nets.values())).engine.fail(exc)
+
+
+def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, progress):
+    """Rank 0's part of `bench`: time every configuration and tell the other ranks which network to serve."""
+    from mpi4py import MPI
+    from threadpoolctl import threadpool_info
+
+    from ..network import build
     from ..training import load_data
     comm = MPI.COMM_WORLD
-    spec = load_spec(spec_path, list(overrides))
-    from ..data import dataset_shape
-    n_features, n_classes = dataset_shape(spec.data.name)[:2]
-    if comm.Get_size() == 1:
-        net = build(spec, n_features=n_features, n_classes=n_classes)
-    else:
-        net = mpi_network(spec, n_features, n_classes,
-                          parse_placement(placement, [layer.name for layer in spec.network.layers])
-                          if placement else None)
-        if comm.Get_rank() != 0:
-            try:
-                net.engine.serve()
-            except BaseException as exc:  # noqa: BLE001 - any failure ends every rank
-                net.engine.fail(exc)
-            return None
+    size = comm.Get_size()
     data = load_data(spec)
+    n_features, n_classes = data.n_features, data.n_classes
     x, y, b = data.train.x, data.train.y, spec.train.batch_size
     n = (len(x) // b) * b
+    threads = max((p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas"), default=None)
+    local_net = build(spec, n_features=n_features, n_classes=n_classes)
+    configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
+    configs += [("mpi", schedule, net, rank_threads) for schedule, net in nets.items()]
+    times = {(engine, what): [] for engine, what, _, _ in configs}
+    stats = {what: [] for what in nets}
 
-    def step(i):
-        start = (i * b) % n
-        net.train_step(x[start:start + b], y[start:start + b])
+    def timed(net, count, first):
+        began = time.perf_counter()
+        for i in range(first, first + count):
+            start = (i * b) % n
+            net.train_step(x[start:start + b], y[start:start + b])
+        return time.perf_counter() - began
 
-    for i in range(warmup):
-        step(i)
-    engine = net.engine
-    if comm.Get_size() > 1:
-        engine.gather_stats(reset=True)
-    began = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        step(i)
-    seconds = time.perf_counter() - began
-    report = {"ranks": comm.Get_size(), "backend": net.backend.NAME, "batch": b, "steps": steps,
-              "seconds_per_step": seconds / steps, "samples_per_second": steps * b / seconds}
-    if comm.Get_size() > 1:
-        stats = engine.gather_stats(reset=True)
-        report.update(placement={k: v for k, v in engine.placement.items()},
-                      messages_per_step=sum(s["messages"] for s in stats) / steps,
-                      bytes_per_step=sum(s["bytes"] for s in stats) / steps,
-                      comm_seconds_per_step=[s["comm_seconds"] / steps for s in stats])
-        engine.stop()
+    for r in range(repeats):
+        for engine_name, what, net, limit in configs:
+            if engine_name == "mpi":
+                index = np.array([list(nets).index(what)], np.int64)
+                for dest in range(1, size):
+                    comm.Send(index, dest, BENCH)
+            with limit_blas(limit):
+                if r == 0:
+                    timed(net, warmup, 0)
+                if engine_name == "mpi":
+                    net.engine.gather_stats(reset=True)
+                times[(engine_name, what)].append(timed(net, steps, warmup + r * steps) / steps)
+                progress(f"repeat {r + 1}: {engine_name}, {what}: {times[(engine_name, what)][-1]:.4f} s/step")
+                if engine_name == "mpi":
+                    stats[what].append(net.engine.gather_stats(reset=True))
+                    net.engine.stop()
+    for dest in range(1, size):
+        comm.Send(np.array([-1], np.int64), dest, BENCH)
+    report = {"spec": str(spec_path), "ranks": size, "backend": local_net.backend.NAME, "batch": b, "steps": steps,
+              "repeats": repeats, "blas_threads_at_start": threads, "blas_threads_per_rank": rank_threads,
+              "local": {}, "mpi": {}}
+    for (engine_name, what), seconds in times.items():
+        median = float(np.median(seconds))
+        row = {"seconds_per_step": median, "samples_per_second": b / median, "all": seconds}
+        if engine_name == "mpi":
+            per = stats[what]
+            row.update(messages_per_step=float(np.median([sum(s["messages"] for s in p) for p in per])) / steps,
+                       bytes_per_step=float(np.median([sum(s["bytes"] for s in p) for p in per])) / steps,
+                       wait_seconds_per_step=[float(np.median([p[k]["comm_seconds"] for p in per])) / steps
+                                              for k in range(size)])
+        report[engine_name][what] = row
+    if nets:
+        engine = nets["plain"].engine
+        report["placement"] = [sorted((n for n in engine.graph.layers if engine.placement[n] == k),
+                                      key=engine.graph.layers.index) for k in range(size)]
+        report["late_channels"] = sorted(nets["pipelined"].engine.late)
     return report
 
-
-if __name__ == "__main__":  # mpiexec -n K python -m localnet.engines.mpi SPEC [STEPS] [key=value ...]
-    import json
-    place = os.environ.get("LOCALNET_MPI_PLACEMENT")
-    result = bench(sys.argv[1], steps=int(sys.argv[2]) if len(sys.argv) > 2 else 200, overrides=sys.argv[3:],
-                   placement=place)
-    if result is not None:
-        print(json.dumps(result))

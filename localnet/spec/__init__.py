@@ -115,6 +115,7 @@ def _check(spec, ctx):
     if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
         raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
                         expected="'output' for a one-layer network", found="'last_hidden'")
+    _check_placement(spec, ctx)
     total = 0
     sizes = [layer.size for layer in layers]
     for a, b in zip(sizes, sizes[1:]):
@@ -122,6 +123,31 @@ def _check(spec, ctx):
     if total > 1 << 31:
         raise ctx.error(("network", "layers"), "network is too large to allocate",
                         expected="at most 2**31 weights", found=f"{total} weights")
+
+
+def _check_placement(spec, ctx):
+    """`placement`: one list of layer names per MPI rank; every layer on exactly one rank."""
+    if spec.placement is None:
+        return
+    layers = [layer.name for layer in spec.network.layers]
+    if not spec.placement:
+        raise ctx.error(("placement",), "a placement names the layers of each rank",
+                        expected="a list of lists of layer names, one per rank", found="[]")
+    where = {}
+    for rank, names_ in enumerate(spec.placement):
+        for i, name in enumerate(names_):
+            path = ("placement", rank, i)
+            if name not in layers:
+                raise ctx.error(path, "unknown layer", expected="one of " + ", ".join(layers),
+                                found=short_repr(name))
+            if name in where:
+                raise ctx.error(path, f"layer {name!r} is already placed on rank {where[name]}",
+                                expected="each layer on one rank", found=f"{name!r} on ranks {where[name]} and {rank}")
+            where[name] = rank
+    missing = [name for name in layers if name not in where]
+    if missing:
+        raise ctx.error(("placement",), "every layer needs a rank", expected="a rank for every layer",
+                        found=f"no rank for {', '.join(missing)}")
 
 
 Spec.origin = None  # replaced per instance by load_spec; holds the file and line map for later errors

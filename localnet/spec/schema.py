@@ -163,6 +163,7 @@ class TrainSpec:
     checkpoint_every: int = option(1, ge=0, le=1_000_000)  # epochs; 0: only at the end and when interrupted
     input_noise: float = option(0.0, ge=0.0)
     eval_samples: int = option(0, ge=0, le=10_000)
+    pipeline: bool = False  # MPI engine: targets that cross ranks arrive one step late, so ranks overlap (docs/mpi.md)
 
 
 @dataclass(frozen=True)
@@ -186,3 +187,4 @@ class Spec:
     dtype: str = option("float32", choices=("float32", "float64"))
     backend: str = option("auto", choices=names.BACKENDS)
     description: str | None = None
+    placement: tuple[tuple[str, ...], ...] | None = None  # MPI: rank 0's layers, rank 1's, ... (docs/mpi.md)

@@ -1,0 +1,157 @@
+"""`localnet sweep`: one spec over a grid of `--set` overrides times seeds, runs in parallel (local processes, or
+MPI ranks with mpi4py.futures), each in its own run directory, with a one-line-per-run summary at the end
+(`localnet report` compares the runs in depth)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+
+import click
+
+from .errors import LocalnetError, SpecError
+from .threads import available_cores, configure
+
+
+def split_values(text):
+    """`a,b,[c,d]` -> ["a", "b", "[c,d]"]: commas inside brackets or braces belong to the value."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += ch
+    values.append(current)
+    return [v.strip() for v in values]
+
+
+def parse_grid(grid):
+    """[`key=v1,v2`, ...] -> [(key, [v1, v2]), ...]; SpecError naming the bad item."""
+    axes = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not values.strip():
+            raise SpecError("a grid axis looks like key.path=v1,v2,...", file="--grid", found=repr(item))
+        if key in (k for k, _ in axes):
+            raise SpecError("the same key is given twice", file="--grid", found=repr(key))
+        axes.append((key, split_values(values)))
+    return axes
+
+
+def plan(spec_path, grid, seeds):
+    """The runs of a sweep: [(name, overrides)], every combination of the grid's values, each with `seeds`
+    seeds (the spec's seed, then the next ones); each run's spec is loaded once here so a bad value fails
+    before anything runs."""
+    from .spec import load_spec
+    if seeds < 1:
+        raise LocalnetError(f"--seeds must be at least 1, got {seeds}")
+    base = load_spec(spec_path)
+    axes = parse_grid(grid)
+    runs = []
+    for values in itertools.product(*(v for _, v in axes)):
+        for i in range(seeds):
+            seed = base.seed + i
+            overrides = [f"{key}={value}" for (key, _), value in zip(axes, values)]
+            label = "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for (key, _), value in zip(axes, values))
+            name = "-".join(filter(None, (base.name, label, f"seed{seed}")))
+            load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"])
+            runs.append((name, overrides, seed))
+    return runs
+
+
+def run_one(spec_path, overrides, seed, name, runs_root, threads=None):
+    """Train one run of the sweep (in a worker process); its summary, or its failure, as a dict."""
+    from .spec import load_spec
+    from .training import train
+    spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"])
+    configure(threads)  # this worker process's share of the cores
+    try:
+        summary, run = train(spec, runs_root=runs_root)
+    except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others go on
+        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    return {**summary, "run_dir": str(run.path)}
+
+
+def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", on_done=None):
+    """Run every combination; returns [(name, overrides, seed, result)] in plan order. `jobs` local processes
+    (default: the cores), or with `use_mpi` the mpi4py.futures workers (`mpiexec -n K python -m mpi4py.futures
+    -m localnet sweep ... --mpi`: K − 1 workers)."""
+    runs = plan(spec_path, grid, seeds)
+    root = Path(runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(spec_path).stem}"
+    cores = available_cores()
+    if use_mpi:
+        from mpi4py.futures import MPIPoolExecutor
+        executor = MPIPoolExecutor()
+        threads = 1  # workers share their machines' cores: one BLAS thread each avoids oversubscribing them
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        jobs = max(1, min(jobs or cores, len(runs)))
+        executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        threads = max(1, cores // jobs)
+    results = {}
+    with executor:
+        futures = {executor.submit(run_one, str(spec_path), overrides, seed, name, str(root), threads): name
+                   for name, overrides, seed in runs}
+        from concurrent.futures import as_completed
+        for future in as_completed(futures):
+            name = futures[future]
+            try:
+                results[name] = future.result()
+            except Exception as exc:  # noqa: BLE001 - a worker that died: reported like a failed run
+                results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            if on_done:
+                on_done(name, results[name])
+    return root, [(name, overrides, seed, results[name]) for name, overrides, seed in runs]
+
+
+@click.command("sweep")
+@click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, exists=True))
+@click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
+              help="An axis of the grid: a --set key path and its values (repeatable; the runs are every "
+                   "combination).")
+@click.option("--seeds", default=1, show_default=True, help="Seeds per combination: the spec's seed and the next.")
+@click.option("--jobs", type=int, default=None, help="Runs at once in local processes (default: the cores).")
+@click.option("--mpi", "use_mpi", is_flag=True,
+              help="Run on mpi4py.futures workers: `mpiexec -n K python -m mpi4py.futures -m localnet sweep ...`.")
+@click.option("--runs-dir", default=lambda: os.environ.get("LOCALNET_RUNS", "runs"), show_default="runs",
+              help="Where the sweep's directory of runs is created (or $LOCALNET_RUNS).")
+def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
+    """Train SPEC for every combination of the --grid values times --seeds seeds, in parallel; each run gets its
+    own run directory under one sweep directory; prints one line per run (compare them with `localnet report`)."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .cli import _fail_cleanly
+    console = Console(highlight=False)
+
+    @_fail_cleanly
+    def go():
+        root, rows = sweep(spec_path, grid, seeds, jobs=jobs, use_mpi=use_mpi, runs_dir=runs_dir,
+                           on_done=lambda name, r: console.print(f"done {escape(name)}: {r.get('status')}"))
+        table = Table(title=f"sweep: {len(rows)} runs in {escape(str(root))}")
+        for col in ("run (directory: <time>-<run>-<id>)", "overrides", "seed", "status", "val acc", "test acc",
+                    "s / epoch"):
+            table.add_column(col)
+        for name, overrides, seed, r in rows:
+            def pct(key, r=r):
+                return f"{100 * r[key]:.2f}%" if isinstance(r.get(key), (int, float)) else "-"
+            table.add_row(escape(name),
+                          escape(" ".join(overrides)) or "-", str(seed), escape(str(r.get("status"))),
+                          pct("validation_accuracy"), pct("test_accuracy"),
+                          f"{r['seconds_per_epoch']:.2f}" if r.get("seconds_per_epoch") else "-")
+        console.print(table)
+        for name, _, _, r in rows:
+            if r.get("error"):
+                console.print(f"[red]{escape(name)}[/]: {escape(r['error'])}", soft_wrap=True)
+        if any(r.get("status") != "completed" for *_, r in rows):
+            raise LocalnetError("some runs did not complete (above)")
+
+    go()
