@@ -159,7 +159,9 @@ def show(spec_path, overrides):
     console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
     if g.feedback_layers:
         console.print(escape("  feedback: " + ", ".join(g.feedback_layers)) +
-                      f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g})")
+                      f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g}"
+                      + (f"/(1 + (epoch − 1)/{spec.rule.feedback_noise_decay:g})" if spec.rule.feedback_noise_decay
+                         else "") + ")")
     console.print(escape("  backward: " + " -> ".join(n for n in g.backward_order if n != "input")))
     console.print(escape("  update:   " + ", ".join(g.layers)))
 
