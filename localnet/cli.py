@@ -261,6 +261,7 @@ def _compare(run_dirs, html_out, plot_out):
             _warn(r.warning)
     click.echo(comparison.markdown(rows), nl=False)
     if html_out:
+        Path(html_out).parent.mkdir(parents=True, exist_ok=True)
         write_text(Path(html_out), comparison.html_page(rows))
         err.print(f"wrote {escape(html_out)}", soft_wrap=True)
     if plot_out:
