@@ -164,7 +164,9 @@ def show(spec_path, overrides):
     console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
     if g.feedback_layers:
         console.print(escape("  feedback: " + ", ".join(g.feedback_layers)) +
-                      f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g})")
+                      f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g}"
+                      + (f"/(1 + (epoch − 1)/{spec.rule.feedback_noise_decay:g})" if spec.rule.feedback_noise_decay
+                         else "") + ")")
     console.print(escape("  backward: " + " -> ".join(n for n in g.backward_order if n != "input")))
     console.print(escape("  update:   " + ", ".join(g.layers)))
 
@@ -264,6 +266,7 @@ def _compare(run_dirs, html_out, plot_out):
             _warn(r.warning)
     click.echo(comparison.markdown(rows), nl=False)
     if html_out:
+        Path(html_out).parent.mkdir(parents=True, exist_ok=True)
         write_text(Path(html_out), comparison.html_page(rows))
         err.print(f"wrote {escape(html_out)}", soft_wrap=True)
     if plot_out:

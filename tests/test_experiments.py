@@ -254,3 +254,12 @@ def test_diagnostics_of_an_auto_encoder_measure_against_the_clean_input(tmp_path
     assert len(records) == 3
     for r in records:
         assert r["layers"]["out"]["angle_bp"] < 1e-3
+
+
+def test_show_prints_the_noise_schedule():
+    from click.testing import CliRunner
+
+    from localnet.cli import main
+    result = CliRunner().invoke(main, ["show", str(ROOT / "specs" / "fashion-mnist-discrete-dtp.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "σ=0.5/(1 + (epoch − 1)/50)" in result.output

@@ -87,7 +87,7 @@ def test_an_auto_encoder_reports_its_loss_not_an_error_rate(runs):
 
 def test_html_and_plot(runs, tmp_path):
     pytest.importorskip("matplotlib")
-    page, png = tmp_path / "runs.html", tmp_path / "curves.png"
+    page, png = tmp_path / "new" / "runs.html", tmp_path / "curves.png"  # a missing folder is made
     result = CliRunner().invoke(main, ["report", str(runs["dtp"]), str(runs["bp"]), "--html", str(page),
                                        "--plot", str(png)])
     assert result.exit_code == 0, result.output
