@@ -153,6 +153,11 @@ class TrainSpec:
     shuffle: bool = True
     eval_batch_size: int = option(1000, ge=1, le=1 << 20)
     checkpoint_every: int = option(1, ge=0, le=1_000_000)  # epochs; 0: only at the end and when interrupted
+    # Meulemans et al.'s `epochs_fb`: full passes that train only the feedback maps before training starts (a
+    # learned feedback path from the first forward step), numbered 1 − N … 0 in metrics.jsonl
+    feedback_pretrain_epochs: int = option(0, ge=0, le=1000)
+    # their `extra_fb_epochs`: full feedback-only passes after each epoch's training pass
+    extra_feedback_epochs: int = option(0, ge=0, le=1000)
 
 
 @dataclass(frozen=True)
