@@ -98,6 +98,8 @@ class LocalEngine:
             node = self.nodes[name]
             if getattr(node, "direct_from", None) is not None:
                 self._guarded(name, "feedback", lambda: node.train_feedback(self.response_above(name)))
+            elif getattr(node.rule, "feedback_loss", None) == "round_trip":  # DTP-DRL
+                self._guarded(name, "feedback", lambda: node.train_feedback(self.round_trip(name)))
             else:
                 self._guarded(name, "feedback", node.train_feedback)
 
@@ -123,6 +125,32 @@ class LocalEngine:
                                                             frozenset(("W", "b"))))
             return h
         return respond
+
+    def round_trip(self, name):
+        """h -> DTP-DRL's round trip of `name`'s activation h: forward through the layers above to the output, then
+        back down as DTP targets through their feedback maps, r_{k-1} = h_{k-1} + g_k(r_k) − g_k(h_k), to `name`
+        (no state change, no channel constraints). Non-local by nature; recorded in the audit as a target from
+        the layer above, computed with the weights and feedback maps of every layer above."""
+        from ..graph import LOSS
+        from ..messages import Message
+        path, node = [], name
+        while True:
+            up = [c.receiver for c in self.graph.outbound(node, ("activation",))]
+            if not up or up[0] == LOSS:
+                break
+            node = up[0]
+            path.append(self.nodes[node])
+
+        def trip(h):
+            for layer in path:
+                h = layer.respond(h)
+            for layer in reversed(path):
+                h = layer.relay_down(h)
+            if self.audit.enabled and path:  # the top layer's trip is empty: its own f and g only
+                self.audit.record(name, "feedback", Message("target", path[0].name, h,
+                                                            frozenset(("W", "b", "V", "c"))))
+            return h
+        return trip
 
     def backward(self):
         """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule."""

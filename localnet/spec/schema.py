@@ -54,6 +54,9 @@ class FeedbackSpec:
     init: str = option("xavier_normal", choices=names.INITS)
     bias: bool = True
     optimizer: OptimizerSpec | None = None
+    # this map's own rule.feedback_noise and rule.feedback_iterations (Ernoult et al. set both per layer)
+    noise: float | None = option(None, ge=0.0)
+    iterations: int | None = option(None, ge=0, le=10_000)
 
 
 @dataclass(frozen=True)
