@@ -239,3 +239,31 @@ def test_numba_ldrl_matches_the_reference(data):
                                        act, V, c, fb_act, sigma, nbd.sample_key(kx))
     for a, r in zip(seeded, replay):
         np.testing.assert_array_equal(a, r)
+
+
+def test_mpi_engine_refuses_dtp_drl_across_ranks_and_runs_ldrl(tmp_path):
+    """DTP-DRL's round trip crosses every layer above: refused on two ranks, naming the layers; L-DRL is local and
+    runs on two ranks to the same test accuracy as on one."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    pytest.importorskip("mpi4py")
+    mpiexec = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if mpiexec is None:
+        pytest.skip("no mpiexec")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}, "OPENBLAS_NUM_THREADS": "1"}
+    common = ["specs/quickstart.yaml", "--set", "backend=numpy", "--set", "train.epochs=1", "--set",
+              "network.layers.h1.size=16", "--set", "network.layers.h2.size=16", "--engine", "mpi"]
+
+    def run(k, rule):
+        return subprocess.run([mpiexec, "-n", str(k), sys.executable, "-m", "localnet", "run", *common, "--set",
+                               f"rule.name={rule}", "--runs-dir", str(tmp_path / f"{rule}{k}")],
+                              capture_output=True, text=True, timeout=120, env=env, check=False)
+    refused = run(2, "dtp_drl")
+    assert refused.returncode != 0 and "layers h2 train their feedback maps on the network's round trip" in (
+        refused.stdout + refused.stderr)
+    one, two = run(1, "ldrl"), run(2, "ldrl")
+    assert one.returncode == two.returncode == 0, two.stdout + two.stderr
+    accuracy = [line for line in one.stdout.splitlines() if "test accuracy" in line]
+    assert accuracy and accuracy == [line for line in two.stdout.splitlines() if "test accuracy" in line]
