@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.numpy import activations
 from .dtp import DifferenceTargetPropagation
 
 
@@ -38,12 +37,10 @@ class DTPDifferenceReconstruction(DifferenceTargetPropagation):
     def drl_grads(k, h, r, eps, V, c, fb_act, sigma):
         """Gradients over V, c and value of (1/σ²)‖g(r) − g(h) − ε‖² (summed over units, averaged over the batch),
         g(z) = s̄(z V + c): h this layer's output, r the round trip's return to it, ε the noise at its input."""
-        stacked = np.concatenate([r, h])
+        stacked = np.concatenate([r, h])  # g(r) and g(h) from one product, their gradients from one more
         q, g = k.forward(stacked, V, c, fb_act)
         rows = len(h)
         diff = g[:rows] - g[rows:] - eps
         scale = 1.0 / (sigma * sigma * rows)
-        d = activations.derivative(fb_act, q, g)
-        e = (2 * scale) * np.concatenate([diff, -diff]) * d
-        loss = float(np.einsum("ij,ij->", diff, diff) * scale)
-        return stacked.T @ e, e.sum(axis=0), loss
+        _, dV, dc = k.param_grads(stacked, q, g, (2 * scale) * np.concatenate([diff, -diff]), fb_act)
+        return dV, dc, float(np.einsum("ij,ij->", diff, diff) * scale)
