@@ -33,7 +33,10 @@ LOSS_GRADIENT = "global loss gradient"
 GRADIENT_ABOVE = "gradient from the layer above"
 WEIGHTS = "another layer's weights"
 RESPONSE = "the output's response to noise injected here (a forward pass through the layers above)"
-CATEGORIES = (ACTIVATION, LABEL, TARGET_ABOVE, TARGET_OUTPUT, LOSS_GRADIENT, GRADIENT_ABOVE, WEIGHTS, RESPONSE)
+ROUND_TRIP = ("the network's round trip of noise injected here (forward through the layers above, back down "
+              "through their feedback maps)")
+CATEGORIES = (ACTIVATION, LABEL, TARGET_ABOVE, TARGET_OUTPUT, LOSS_GRADIENT, GRADIENT_ABOVE, WEIGHTS, RESPONSE,
+              ROUND_TRIP)
 
 LOCAL = "local"
 FIRST_TARGET = "local apart from the first target"
@@ -106,6 +109,8 @@ def classify(graph, receiver, kind, sender, provenance, transports=None, phase="
     transports = ("Wᵀ" in provenance) if transports is None else transports
     if kind == "activation" and phase == "feedback":  # DDTP's DRL: the output's response to a perturbation
         return (RESPONSE,), False
+    if kind == "target" and phase == "feedback":  # DTP-DRL: the perturbation's round trip through the layers above
+        return (ROUND_TRIP,), False
     if kind == "activation":
         return (ACTIVATION,), False
     if kind == "label":
@@ -133,6 +138,11 @@ def layer_verdict(uses):
         return NON_LOCAL, ("its feedback map is trained on the output's response to noise injected at this layer "
                            f"(a forward pass through the layers above to {response[0].sender}, as in Meulemans et "
                            "al.'s DRL); its targets come straight from the output")
+    trip = [u for u in uses if ROUND_TRIP in u.categories]
+    if trip:
+        return NON_LOCAL, ("its feedback map is trained on the round trip of noise injected at its input: forward "
+                           f"through the layers from {trip[0].sender} up to the output, and back down through "
+                           "their feedback maps (Meulemans et al.'s DRL for DTP)")
     wrong = [u for u in uses if not u.first and (WEIGHTS in u.categories or GRADIENT_ABOVE in u.categories)]
     if wrong:
         return NON_LOCAL, "; ".join(f"{u.kind} from {u.sender} computed with {u.sender}'s Wᵀ and s'" for u in wrong)
@@ -245,7 +255,7 @@ def audit_network(net, x, y, *, measure=True) -> AuditReport:
 
     layers = tuple(n for n in graph.forward_order if n in net.layers)
     verdicts = {n: layer_verdict([u for u in uses if u.receiver == n and (u.phase == "backward" or
-                                  RESPONSE in u.categories)]) for n in layers}
+                                  RESPONSE in u.categories or ROUND_TRIP in u.categories)]) for n in layers}
     verdict, reason = rule_verdict(verdicts)
     feedback = {n: (("fixed" if net.layers[n].feedback_fixed else "trained") if net.layers[n].has_feedback else None)
                 for n in layers}
@@ -310,6 +320,10 @@ def print_report(report, console):
         console.print("Feedback phase: each layer with a direct feedback map trains it on the output's response to "
                       "noise injected at the layer (DDTP's difference reconstruction loss); the update phase reads "
                       "no message.", soft_wrap=True)
+    elif any(ROUND_TRIP in u.categories for u in report.uses):
+        console.print("Feedback phase: each layer trains g on the round trip of noise injected at its input, "
+                      "forward to the output and back down through the feedback maps above (DTP-DRL's difference "
+                      "reconstruction loss); the update phase reads no message.", soft_wrap=True)
     else:
         console.print("The feedback and update phases read no message: a layer trains g on its own f around the "
                       "input it kept from the forward phase, and steps its own optimiser.", soft_wrap=True)

@@ -59,15 +59,19 @@ class Network:
             if direct_from is not None and feedback is not None and feedback.activation != "linear":
                 raise LocalnetError(f"rule {rule.name!r}: layer {name!r}'s direct feedback map must be linear "
                                     f"(feedback activation: linear), not {feedback.activation!r}")
-            if direct_from is not None and r.feedback_noise == 0:
+            noise = r.feedback_noise if feedback is None or feedback.noise is None else feedback.noise
+            if (direct_from is not None or getattr(rule, "feedback_loss", None) == "round_trip") and feedback \
+                    and noise == 0:
                 raise LocalnetError(f"rule {rule.name!r} trains its feedback maps with noise: rule.feedback_noise "
                                     "must be > 0 (the difference reconstruction loss divides by σ²)")
             fb_opt = (feedback.optimizer if feedback and feedback.optimizer else spec.optimizer.feedback)
             nodes[name] = DenseLayer(
                 name, self.graph.n_in[name], layer_spec, feedback=feedback,
                 forward_optimizer=layer_spec.optimizer or spec.optimizer.forward, feedback_optimizer=fb_opt,
-                rule=rule, target_step=r.target_step, feedback_noise=r.feedback_noise,
-                feedback_iterations=r.feedback_iterations, init=spec.network.init, dtype=self.dtype,
+                rule=rule, target_step=r.target_step,
+                feedback_noise=noise,
+                feedback_iterations=(r.feedback_iterations if feedback is None or feedback.iterations is None
+                                     else feedback.iterations), init=spec.network.init, dtype=self.dtype,
                 kernels=self.backend, seed=layer_seed, down_kinds=_down_kinds(self.graph, name),
                 direct_from=direct_from)
         self.layers = {name: nodes[name] for name in self.graph.layers}

@@ -93,9 +93,10 @@ class Position:
                 **{("pass" if k == "pass_" else k): v for k, v in asdict(self).items()}}
 
     @classmethod
-    def from_dict(cls, data, where, *, epochs, passes, batches):
-        """Check a trainer state read from `where` against the run's schedule; RunError naming it if it does
-        not fit."""
+    def from_dict(cls, data, where, *, epochs, passes, batches, first_epoch=1):
+        """Check a trainer state read from `where` against the run's schedule (`passes(epoch)`: that epoch's
+        number of passes; epochs from `first_epoch`, below 1 while feedback pre-training); RunError naming it
+        if it does not fit."""
         def bad(why):
             return RunError(f"checkpoint file {where} is invalid: {why}")
 
@@ -110,15 +111,17 @@ class Position:
         pos = cls(**kwargs)
         ints = ("epoch", "pass_", "batch", "correct", "seen", "steps")
         if not all(isinstance(getattr(pos, k), int) and not isinstance(getattr(pos, k), bool)
-                   and getattr(pos, k) >= 0 for k in ints):
+                   and getattr(pos, k) >= (first_epoch if k == "epoch" else 0) for k in ints):
             raise bad("epoch, pass, batch and counts must be non-negative integers")
         if not all(isinstance(getattr(pos, k), (int, float)) for k in ("loss_sum", "epoch_seconds")):
             raise bad("loss_sum and epoch_seconds must be numbers")
         if not isinstance(pos.seconds, list) or not all(isinstance(s, (int, float)) for s in pos.seconds):
             raise bad("seconds must be a list of numbers")
-        if not 1 <= pos.epoch <= epochs + 1 or pos.pass_ >= passes or pos.batch >= max(batches, 1):
+        if not first_epoch <= pos.epoch <= epochs + 1 or pos.pass_ >= passes(pos.epoch) \
+                or pos.batch >= max(batches, 1):
             raise bad(f"position epoch {pos.epoch}, pass {pos.pass_}, batch {pos.batch} is outside the run's "
-                      f"schedule ({epochs} epochs of {passes} pass(es) of {batches} batches)")
+                      f"schedule (epochs {first_epoch} to {epochs} of {passes(max(pos.epoch, 1))} pass(es) of "
+                      f"{batches} batches)")
         if pos.data_rng is not None:
             try:
                 np.random.PCG64().state = pos.data_rng
@@ -149,10 +152,20 @@ def noisy_inputs(spec, x, epoch, pass_, batch):
     return x + (std * rng.standard_normal(x.shape)).astype(x.dtype)
 
 
-def _passes(spec, net):
-    if spec.rule.schedule == "alternate_epoch" and net.graph.feedback_layers:
-        return [net.feedback_step, net.forward_step]
-    return [net.train_step]
+def _passes(spec, net, epoch=1):
+    """The passes over the data of `epoch`: feedback only while pre-training (epoch < 1); otherwise the schedule's,
+    then `train.extra_feedback_epochs` feedback-only passes. The last pass before those is the measured one."""
+    feedback = [net.feedback_step] if net.graph.feedback_layers else []
+    if epoch < 1:
+        return feedback
+    if spec.rule.schedule == "alternate_epoch" and feedback:
+        return [net.feedback_step, net.forward_step] + feedback * spec.train.extra_feedback_epochs
+    return [net.train_step] + feedback * spec.train.extra_feedback_epochs
+
+
+def _first_epoch(spec, net):
+    """1, or 1 − `train.feedback_pretrain_epochs` when the rule has feedback maps to pre-train."""
+    return 1 - spec.train.feedback_pretrain_epochs if net.graph.feedback_layers else 1
 
 
 # -- entry points -----------------------------------------------------------------------------------------------
@@ -167,7 +180,7 @@ def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
     run = RunDir.create(runs_root, spec, net.backend.NAME)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
-    return _run(spec, net, data, run, Position(), None, summary, on_epoch, on_batch, stop)
+    return _run(spec, net, data, run, Position(_first_epoch(spec, net)), None, summary, on_epoch, on_batch, stop)
 
 
 def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None):
@@ -198,7 +211,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
             warn(run.metrics_warning(skipped))
         run.rewrite_metrics([r for r in records if _logged_before(r, pos)])
         resumes = previous.get("resumes")
-        summary = {"status": "running", "run_dir": str(run.path), "epochs": pos.epoch - 1,
+        summary = {"status": "running", "run_dir": str(run.path), "epochs": max(pos.epoch - 1, 0),
                    "resumes": (resumes if isinstance(resumes, int) else 0) + 1,
                    "resumed_at": {"epoch": pos.epoch, "pass": pos.pass_, "batch": pos.batch}}
         run.write_summary(summary)
@@ -220,11 +233,12 @@ def _restore(run, spec, net, data):
     """The position and network state of the run's current checkpoint; (start, None) when it has none."""
     checkpoint = run.checkpoint_path()
     if checkpoint is None:
-        return Position(), None
+        return Position(_first_epoch(spec, net)), None
     trainer = run.load_trainer_state(checkpoint)
     batches = math.ceil(len(data.train.x) / spec.train.batch_size)
     pos = Position.from_dict(trainer, checkpoint / "trainer.json", epochs=spec.train.epochs,
-                             passes=len(_passes(spec, net)), batches=batches)
+                             passes=lambda epoch: len(_passes(spec, net, epoch)), batches=batches,
+                             first_epoch=_first_epoch(spec, net))
     if trainer.get("layers") != list(net.layers):
         raise RunError(f"checkpoint file {checkpoint / 'trainer.json'} names layers {trainer.get('layers')}, "
                        f"the run's network has {list(net.layers)}")
@@ -272,8 +286,6 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
     x, y = data.train.x, data.train.y
     n = len(x)
     starts = range(0, n, t.batch_size)
-    passes = _passes(spec, net)
-    total = len(starts) * len(passes)
     rng = np.random.default_rng([spec.seed, DATA_ORDER_STREAM])
     if pos.data_rng is not None:
         rng.bit_generator.state = pos.data_rng
@@ -292,11 +304,14 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
         channels = net.channel_state()  # constraints' generators and delay queues; none without such constraints
         run.save_checkpoint(net.state(), p.to_dict(), **({"channels": channels} if channels else {}))
         saved = (p.epoch, p.pass_, p.batch)
-        summary.update(epochs=p.epoch - 1, checkpoint={"epoch": p.epoch, "pass": p.pass_, "batch": p.batch})
+        summary.update(epochs=max(p.epoch - 1, 0), checkpoint={"epoch": p.epoch, "pass": p.pass_, "batch": p.batch})
         run.write_summary(summary)
 
     for epoch in range(pos.epoch, t.epochs + 1):
         resumed = epoch == pos.epoch
+        passes = _passes(spec, net, epoch)
+        total = len(starts) * len(passes)
+        measured = len(passes) - 1 - (t.extra_feedback_epochs if epoch >= 1 and net.graph.feedback_layers else 0)
         epoch_rng = rng.bit_generator.state  # before this epoch's permutation: drawing it again gives the same
         order = rng.permutation(n) if t.shuffle else np.arange(n)
         loss_sum, correct, seen = (pos.loss_sum, pos.correct, pos.seen) if resumed else (0.0, 0, 0)
@@ -330,12 +345,20 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
                 if probe is not None and probe.layers is not None:  # None: a feedback-only pass learns nothing
                     run.log(probe.record(epoch=epoch, batch=b + 1, batches=len(starts), step=steps,
                                          loss=metrics["loss"]))
-                if p == len(passes) - 1:
+                if p == measured and epoch >= 1:
                     loss_sum += metrics["loss"] * len(idx)
                     correct += metrics["correct"]
                     seen += len(idx)
                 if on_batch:
                     on_batch(p * len(starts) + b + 1, total)
+        if epoch < 1:  # feedback pre-training: no forward weight changed, so no accuracy to report
+            run.log({"kind": "feedback_pretrain", "epoch": epoch, "seconds": spent + time.perf_counter() - began,
+                     "reconstruction_loss_last_batch": {name: layer.reconstruction_loss for name, layer
+                                                        in net.layers.items()
+                                                        if getattr(layer, "reconstruction_loss", None) is not None}})
+            if t.checkpoint_every:
+                checkpoint(Position(epoch + 1, 0, 0, rng.bit_generator.state, seconds=seconds, steps=steps), "epoch")
+            continue
         seconds.append(spent + time.perf_counter() - began)
         record = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1),
                   "seconds": seconds[-1]}

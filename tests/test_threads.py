@@ -49,14 +49,14 @@ def trained(s, workers, steps=4):
 CASES = [dict(rule="dtp"), dict(rule="dtp", backend="numba"), dict(rule="bp"), dict(rule="bp", backend="numba"),
          dict(rule="tp"), dict(rule="dtp", first_target="last_hidden"),
          dict(rule="dtp", backend="numba", acts=("stochastic_binary", "step", "tanh")),
-         dict(rule="ddtp_linear", fb_act="linear")]
+         dict(rule="ddtp_linear", fb_act="linear"), dict(rule="ldrl"), dict(rule="dtp_drl")]
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(str(v) for v in c.values()))
 def test_two_workers_give_the_serial_engines_numbers_bit_for_bit(case):
     (serial, m1), (threaded, m2) = trained(spec(**case), 1), trained(spec(**case), 2)
-    assert not serial.jobs and {p for _, p in threaded.jobs} == ({"feedback", "update"} if case["rule"] != "bp"
-                                                                  else {"update"})
+    in_threads = {"update"} if case["rule"] in ("bp", "dtp_drl") else {"feedback", "update"}  # (DTP-DRL: serial)
+    assert not serial.jobs and {p for _, p in threaded.jobs} == in_threads
     assert m1 == m2
     s1, s2 = serial.state(), threaded.state()
     for name in s1:

@@ -42,6 +42,10 @@ class LocalEngine:
             workers = 1 if one else configured_workers()
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
         self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
+        # DTP-DRL's feedback training reads the feedback maps above, which their own feedback training changes:
+        # those layers train their feedback maps one after another, in the serial order
+        self._feedback_reads_above = any(getattr(getattr(nodes[name], "rule", None), "feedback_loss", None)
+                                         == "round_trip" for name in graph.feedback_layers)
         declared = {name: frozenset(c.kind for c in graph.inbound(name, KINDS)) for name in nodes}
         self._forward = [(name, graph.inbound(name, FORWARD_KINDS), declared[name]) for name in graph.forward_order]
         self._backward = [(name, graph.inbound(name, BACKWARD_KINDS), declared[name])
@@ -107,7 +111,7 @@ class LocalEngine:
         self._sent = {"forward": {}, "backward": {}}
         self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
-        if not feedback or self._pool is None:
+        if not feedback or self._pool is None or self._feedback_reads_above:
             self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
             if feedback:
                 self.train_feedback()
@@ -132,6 +136,8 @@ class LocalEngine:
         node = self.nodes[name]
         if getattr(node, "direct_from", None) is not None:
             return lambda: node.train_feedback(self.response_above(name))
+        if getattr(node.rule, "feedback_loss", None) == "round_trip":  # DTP-DRL
+            return lambda: node.train_feedback(self.round_trip(name))
         return node.train_feedback
 
     def _path_above(self, name):
@@ -160,6 +166,25 @@ class LocalEngine:
                                                             frozenset(("W", "b"))))
             return h
         return respond
+
+    def round_trip(self, name):
+        """h -> DTP-DRL's round trip of `name`'s activation h: forward through the layers above to the output, then
+        back down as DTP targets through their feedback maps, r_{k-1} = h_{k-1} + g_k(r_k) − g_k(h_k), to `name`
+        (no state change, no channel constraints). Non-local by nature; recorded in the audit as a target from
+        the layer above, computed with the weights and feedback maps of every layer above."""
+        from ..messages import Message
+        path = self._path_above(name)
+
+        def trip(h):
+            for layer in path:
+                h = layer.respond(h)
+            for layer in reversed(path):
+                h = layer.relay_down(h)
+            if self.audit.enabled and path:  # the top layer's trip is empty: its own f and g only
+                self.audit.record(name, "feedback", Message("target", path[0].name, h,
+                                                            frozenset(("W", "b", "V", "c"))))
+            return h
+        return trip
 
     def backward(self, start_updates=False):
         """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule.

@@ -183,6 +183,13 @@ class MPIEngine(LocalEngine):
             raise LocalnetError(f"layers {', '.join(direct)} train direct feedback maps (DDTP) on the output's "
                                 "response, a forward pass through every layer above them; the MPI engine does "
                                 "not support that yet: run DDTP with the local engine")
+        top = next(c.sender for c in graph.inbound(LOSS, ("activation",)))
+        trips = [n for n in graph.feedback_layers if n != top  # the top layer's round trip is empty
+                 and getattr(nodes[n].rule, "feedback_loss", None) == "round_trip"]
+        if trips and self.size > 1:
+            raise LocalnetError(f"layers {', '.join(trips)} train their feedback maps on the network's round trip "
+                                "(DTP-DRL), forward and back through every layer above them; the MPI engine does "
+                                "not support that yet: run DTP-DRL with the local engine")
         feeder = next(c.sender for c in graph.inbound(LOSS, ("activation",)))
         self.placement = {INPUT: 0, **placement, LOSS: placement[feeder]}
         self.local = frozenset(n for n, r in self.placement.items() if r == self.rank)

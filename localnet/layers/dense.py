@@ -196,7 +196,8 @@ class DenseLayer(Node):
 
         With direct targets (DDTP) fit Q with the difference reconstruction loss instead: `respond(h)` is the
         output's response to this layer's activation h, which the engine computes by a forward pass through the
-        layers above (localnet/rules/ddtp.py says why and what the audit makes of it)."""
+        layers above (localnet/rules/ddtp.py says why and what the audit makes of it). Under DTP-DRL `respond(h)`
+        is the network's round trip of h: up to the output and back down to this layer as DTP targets."""
         if self.feedback_fixed:
             return  # fixed_feedback: g keeps its random initial weights
         if self.direct_from is not None:
@@ -213,9 +214,23 @@ class DenseLayer(Node):
             return
         W, b = self.forward_params["W"], self.forward_params.get("b")
         V, c = self.feedback_params["V"], self.feedback_params.get("c")
+        loss = self.rule.feedback_loss
+        if loss == "round_trip" and respond is None:
+            raise LocalnetError(f"layer {self.name!r}: rule {self.rule.name!r} trains g on the network's round trip "
+                                "of noise injected at this layer, which only the local engine provides")
         for _ in range(self.feedback_iterations):
-            dV, dc, self.reconstruction_loss = self.k.dense.feedback_grads(
-                self.x, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise, self.rng)
+            if loss == "round_trip":  # DTP-DRL: noise at the input, up to the output and back down (rules/dtpdrl.py)
+                eps = self.feedback_noise * self.rng.standard_normal(self.x.shape, dtype=self.x.dtype)
+                dV, dc, self.reconstruction_loss = self.rule.drl_grads(
+                    self.k.dense, self.h, respond(self.respond(self.x + eps)), eps, V, c, self.feedback_activation,
+                    self.feedback_noise)
+            elif loss == "ldrl":  # L-DRL: this layer's own f and g only (rules/ldrl.py)
+                dV, dc, self.reconstruction_loss = self.k.dense.ldrl_grads(
+                    self.x, self.h, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise,
+                    self.rng)
+            else:
+                dV, dc, self.reconstruction_loss = self.k.dense.feedback_grads(
+                    self.x, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise, self.rng)
             grads = {"V": dV, "c": dc} if c is not None else {"V": dV}
             self.feedback_optimizer.step(self.feedback_params, grads)
 
@@ -223,6 +238,12 @@ class DenseLayer(Node):
         """This layer's f on an input of someone else's perturbation (DDTP's feedback training): no state changes,
         deterministic (stochastic units give their mean)."""
         return self.k.dense.forward(x, self.forward_params["W"], self.forward_params.get("b"), self.activation)[1]
+
+    def relay_down(self, r):
+        """The target this layer would send down had it received `r` (DTP-DRL's round trip): its own g and this
+        step's input and output, no state change."""
+        V, c = self.feedback_params["V"], self.feedback_params.get("c")
+        return self.rule.target_below(self.k.dense, self.x, self.h, r, V, c, self.feedback_activation)
 
     def keep_history(self, steps):
         """Keep this layer's input, pre-activation and output of the last `steps` steps, for delayed targets."""

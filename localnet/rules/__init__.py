@@ -21,13 +21,17 @@ from .base import Rule
 from .bp import Backprop
 from .ddtp import DirectDifferenceTargetPropagation
 from .dtp import DifferenceTargetPropagation
+from .dtpdrl import DTPDifferenceReconstruction
+from .ldrl import LayerwiseDifferenceReconstruction
 from .tp import TargetPropagation
 
 __all__ = ["Rule", "Backprop", "DifferenceTargetPropagation", "DirectDifferenceTargetPropagation", "TargetPropagation", "RULES", "BUILT_IN",
+           "DTPDifferenceReconstruction", "LayerwiseDifferenceReconstruction",
            "get_rule", "register_rule", "unregister_rule"]
 
 RULES = {rule.name: rule for rule in (DifferenceTargetPropagation(), TargetPropagation(), Backprop(),
-                                      DirectDifferenceTargetPropagation())}
+                                      DirectDifferenceTargetPropagation(), DTPDifferenceReconstruction(),
+                                      LayerwiseDifferenceReconstruction())}
 BUILT_IN = tuple(RULES)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 

@@ -5,6 +5,9 @@ class Rule:
     name: str
     uses_feedback = False  # whether layers that pass targets down own a feedback map g
     direct = False  # whether targets may skip layers (DDTP: from the output layer straight to each hidden layer)
+    # how layers with a layer-to-layer feedback map train it: `reconstruction` (DTP, ‖g(f(x̃)) − x̃‖²), `ldrl`
+    # (Ernoult et al.'s layer-wise loss) or `round_trip` (Meulemans et al.'s DRL, from the engine's round trip)
+    feedback_loss = "reconstruction"
 
     def chain_kinds(self, first_target):
         """Kinds of the backward channels that `chain` implies: (loss -> top layer, layer -> layer below)."""

@@ -54,6 +54,9 @@ class FeedbackSpec:
     init: str = option("xavier_normal", choices=names.INITS)
     bias: bool = True
     optimizer: OptimizerSpec | None = None
+    # this map's own rule.feedback_noise and rule.feedback_iterations (Ernoult et al. set both per layer)
+    noise: float | None = option(None, ge=0.0)
+    iterations: int | None = option(None, ge=0, le=10_000)
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,11 @@ class TrainSpec:
     input_noise: float = option(0.0, ge=0.0)
     eval_samples: int = option(0, ge=0, le=10_000)
     pipeline: bool = False  # MPI engine: targets that cross ranks arrive one step late, so ranks overlap (docs/mpi.md)
+    # Meulemans et al.'s `epochs_fb`: full passes that train only the feedback maps before training starts (a
+    # learned feedback path from the first forward step), numbered 1 − N … 0 in metrics.jsonl
+    feedback_pretrain_epochs: int = option(0, ge=0, le=1000)
+    # their `extra_fb_epochs`: full feedback-only passes after each epoch's training pass
+    extra_feedback_epochs: int = option(0, ge=0, le=1000)
 
 
 @dataclass(frozen=True)

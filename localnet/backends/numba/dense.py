@@ -480,6 +480,45 @@ def _feedback_grads(x, W, b, has_b, c, V, cb, has_c, fc, sigma, key, xn, a, h, q
                           dV, dc)
 
 
+@njit(**JIT)
+def _ldrl_core(x, h, dx, dy, W, b, has_b, c, V, cb, has_c, fc, sigma, skey, xn, a, stacked, q, dV, dc):
+    """L-DRL's gradient from the unit normals dx, dy: f(x + σdx), h + σdy and h stacked, g of all three from one
+    product, and dV from one product of the stack with the three pre-activation errors."""
+    rows, n_in = x.shape
+    n_out = h.shape[1]
+    for i in range(rows):
+        for j in range(n_in):
+            xn[i, j] = x[i, j] + sigma * dx[i, j]
+    np.dot(xn, W, a)
+    _bias_act(a, b, has_b, c, a, skey, True)  # f(x + σdx) in place (each element read before it is written)
+    for i in range(rows):
+        for j in range(n_out):
+            stacked[i, j] = a[i, j]
+            stacked[rows + i, j] = h[i, j] + sigma * dy[i, j]
+            stacked[2 * rows + i, j] = h[i, j]
+    np.dot(stacked, V, q)
+    scale = _two_over(x)
+    two = _cst(sigma, 2.0)
+    sq = np.zeros(n_in, x.dtype)  # the loss per column (a scalar sum would stop the loop from vectorising)
+    dc[:] = 0
+    for i in range(rows):
+        for j in range(n_in):
+            q0, q1, q2 = q[i, j], q[rows + i, j], q[2 * rows + i, j]
+            if has_c:
+                q0, q1, q2 = q0 + cb[j], q1 + cb[j], q2 + cb[j]
+            g0, g1, g2 = _act(fc, q0), _act(fc, q1), _act(fc, q2)
+            sdx = sigma * dx[i, j]
+            d_y = g1 - g2
+            sq[j] += d_y * d_y - two * sdx * (g0 - g2)
+            e0 = -scale * sdx * _deriv(fc, q0, g0)
+            e1 = scale * d_y * _deriv(fc, q1, g1)
+            e2 = scale * (sdx - d_y) * _deriv(fc, q2, g2)
+            q[i, j], q[rows + i, j], q[2 * rows + i, j] = e0, e1, e2
+            dc[j] += e0 + e1 + e2
+    np.dot(stacked.T, q, dV)
+    return np.sum(sq.astype(np.float64)) / rows
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The interface (same as numpy/dense.py)
 # ---------------------------------------------------------------------------------------------------------------
@@ -582,4 +621,31 @@ def feedback_grads_from_noise(x, noise, W, b, act, V, c, fb_act, sigma, sample_k
     xn, a, h, q, dV, dc = _feedback_buffers(x, W)
     loss = _feedback_core(x, _c(noise), W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act),
                           W.dtype.type(sigma), np.uint64(sample_key), xn, a, h, q, dV, dc)
+    return dV, dc, float(loss)
+
+
+def _ldrl_buffers(x, h):
+    rows, n_in = x.shape
+    n_out, dt = h.shape[1], h.dtype
+    return (np.empty((rows, n_in), dt), np.empty((rows, n_out), dt), np.empty((3 * rows, n_out), dt),
+            np.empty((3 * rows, n_in), dt), np.empty((n_out, n_in), dt), np.empty(n_in, dt))
+
+
+def ldrl_grads(x, h, W, b, act, V, c, fb_act, sigma, rng):
+    """One step of L-DRL feedback training: minimise −2⟨dx, g(f(x + dx)) − g(h)⟩ + ‖g(h + dy) − g(h)‖² over V, c.
+
+    Returns (dV, dc, loss). dx and dy are this backend's normals of two keys drawn from `rng`, in that order; the
+    Bernoulli samples of stochastic units use `sample_key` of the first (the module notes say why).
+    """
+    key_x, key_y = random_key(rng), random_key(rng)
+    dx, dy = normals(key_x, x.shape, W.dtype), normals(key_y, h.shape, W.dtype)
+    return ldrl_grads_from_noise(x, h, dx, dy, W, b, act, V, c, fb_act, sigma, sample_key(key_x))
+
+
+def ldrl_grads_from_noise(x, h, dx, dy, W, b, act, V, c, fb_act, sigma, sample_key=0):
+    """ldrl_grads with the unit normals dx, dy given (and the Bernoulli stream's key), for tests and replay."""
+    x, h = _c(x), _c(h)
+    xn, a, stacked, q, dV, dc = _ldrl_buffers(x, h)
+    loss = _ldrl_core(x, h, _c(dx), _c(dy), W, *_bias(b, W), code(act), V, *_bias(c, V), code(fb_act),
+                      W.dtype.type(sigma), np.uint64(sample_key), xn, a, stacked, q, dV, dc)
     return dV, dc, float(loss)

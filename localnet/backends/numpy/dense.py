@@ -60,3 +60,28 @@ def feedback_grads(x, W, b, act, V, c, fb_act, sigma, rng):
     e = (2 / x.shape[0]) * diff * activations.derivative(fb_act, q, r)
     loss = float(np.einsum("ij,ij->", diff, diff) / x.shape[0])
     return h.T @ e, e.sum(axis=0), loss
+
+
+def ldrl_grads(x, h, W, b, act, V, c, fb_act, sigma, rng):
+    """One step of L-DRL feedback training (Ernoult et al. 2022): minimise over V and c
+    −2⟨dx, g(f(x + dx)) − g(h)⟩ + ‖g(h + dy) − g(h)‖², dx, dy ~ N(0, σ²), h = f(x) this step's output.
+
+    Returns (dV, dc, loss) with the loss summed over units and averaged over the batch.
+    """
+    dx = rng.standard_normal(x.shape, dtype=x.dtype)
+    dy = rng.standard_normal(h.shape, dtype=h.dtype)
+    return ldrl_grads_from_noise(x, h, dx, dy, W, b, act, V, c, fb_act, sigma, rng)
+
+
+def ldrl_grads_from_noise(x, h, dx, dy, W, b, act, V, c, fb_act, sigma, rng=None):
+    """ldrl_grads with the unit normals dx, dy given (scaled by σ here); `rng` samples stochastic units."""
+    dx, dy = sigma * dx, sigma * dy
+    _, y_noisy = forward(x + dx, W, b, act, rng, sample=True)
+    stacked = np.concatenate([y_noisy, h + dy, h])  # g at f(x + dx), at h + dy and at h, in one product
+    q, g = forward(stacked, V, c, fb_act)
+    rows = len(x)
+    r_x, r_y, r = g[:rows], g[rows:2 * rows], g[2 * rows:]
+    d_y = r_y - r
+    loss = float((-2 * np.einsum("ij,ij->", dx, r_x - r) + np.einsum("ij,ij->", d_y, d_y)) / rows)
+    e = (2 / rows) * np.concatenate([-dx, d_y, dx - d_y]) * activations.derivative(fb_act, q, g)
+    return stacked.T @ e, e.sum(axis=0), loss
