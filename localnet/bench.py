@@ -4,7 +4,7 @@ One process, side by side:
 - the machine's measured float32 GEMM rate, and the floor it sets for the benchmarked net: the seconds per epoch
   its matrix products alone would take at that rate (and, measured, at the net's own matrix shapes);
 - seconds per training epoch for every backend that imports (numpy reference, numba, cuda on a real GPU; numba
-  also as `numba serial`, one thread with BLAS on every core, to show what the engine's threads give) and, when
+  also in the engine layout it does not pick for the spec, one thread or two (localnet/threads.py)) and, when
   PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
   against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
 - a per-phase breakdown (data, forward, feedback training, targets, updates), peak memory, a size sweep (batch,
@@ -258,16 +258,12 @@ def _state_mib(net):
 # -------------------------------------------------------------------------------------------------------------
 # Timing the library's own training step
 # -------------------------------------------------------------------------------------------------------------
-def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, serial=False):
+def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=None):
     """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up).
-    `serial`: the layout before layer jobs ran in threads, one thread with BLAS on every core, for comparison."""
-    if serial:
-        from threadpoolctl import threadpool_limits
-
+    `workers`: the local engine's job threads, instead of the layout it picks for the spec."""
+    if workers is not None:
         from .engines import LocalEngine, using
-        from .threads import available_cores
-        with threadpool_limits(limits=available_cores(), user_api="blas"), \
-                using(lambda graph, nodes: LocalEngine(graph, nodes, workers=1)):
+        with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=workers)):
             return time_epochs(spec, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
     from .network import build
     from .training import DATA_ORDER_STREAM, _passes
@@ -625,8 +621,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
 
     from .errors import LocalnetError
     from .network import build
-    from .threads import layout, workers
-    report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": layout(),
+    from .threads import cores
+    report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": cores(),
                           "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
               "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
     for b in missing:
@@ -659,14 +655,18 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             say(f"timing {name} {rule}")
             _reset_peak_rss()
             load = LoadMeter()
-            timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
-            report["results"].append(dict(backend=name, rule=rule, peak_rss_mib=_peak_rss_mib(),
+            timed, net = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
+            picked = net.engine.workers
+            report["results"].append(dict(backend=name, rule=rule, peak_rss_mib=_peak_rss_mib(), job_threads=picked,
                                           other_load=load.other(), **timed))
-            if name == "numba" and workers() > 1:
-                say(f"timing {name} {rule}, serial")
+            if name == "numba" and cores() > 1:  # the layout the engine did not pick, for comparison
+                other = 1 if picked > 1 else 2
+                say(f"timing {name} {rule} in {other} thread(s)")
                 load = LoadMeter()
-                timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches, serial=True)
-                report["results"].append(dict(backend=f"{name} serial", rule=rule, peak_rss_mib=_peak_rss_mib(),
+                timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches,
+                                       workers=other)
+                report["results"].append(dict(backend=f"{name}, {other} thread{'s' if other > 1 else ''}",
+                                              rule=rule, peak_rss_mib=_peak_rss_mib(), job_threads=other,
                                               other_load=load.other(), **timed))
             say(f"breakdown {name} {rule}")
             report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
@@ -743,15 +743,15 @@ def render(report, console):
                       f"{n['mflop_per_sample']:.2f}", f"{f['peak_s']:.2f}",
                       f"{lay['blas_all']:.2f} | {lay['blas_1']:.2f} | {lay['two_workers']:.2f}", f["gemm_at_shapes_blas"])
     console.print(floor)
-    t = report["machine"].get("threads")
-    if t:
-        console.print(f"layer jobs in {t['workers']} thread(s), BLAS threads {t['blas']} (`localnet --threads N`)")
+    console.print(f"cores used: {report['machine']['threads']} (`localnet --threads N`); the results' `job "
+                  "threads` column: the local engine's layout (localnet/threads.py)")
     res = Table(title="seconds per training epoch (median)")
-    for col in ("backend", "rule", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "peak RSS MiB",
-                "first step s", "other load", "epochs"):
+    for col in ("backend", "rule", "job threads", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch",
+                "peak RSS MiB", "first step s", "other load", "epochs"):
         res.add_column(col)
     for r in report["results"]:
-        res.add_row(r["backend"], r["rule"], f"{r['seconds']:.2f}", f"{r['vs_peak_floor']:.2f}",
+        res.add_row(r["backend"], r["rule"], str(r.get("job_threads", "-")), f"{r['seconds']:.2f}",
+                    f"{r['vs_peak_floor']:.2f}",
                     f"{r['vs_gemm_at_shapes']:.2f}", f"{r['vs_pytorch']:.2f}" if "vs_pytorch" in r else "-",
                     f"{r['peak_rss_mib']:.0f}", f"{r['first_step']:.2f}" if r.get("first_step") else "-",
                     f"{100 * r['other_load']:.0f}%" if r.get("other_load") is not None else "-",

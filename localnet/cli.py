@@ -51,7 +51,7 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localnet")
 @click.option("--threads", type=click.IntRange(min=1), envvar="LOCALNET_THREADS", show_envvar=True,
-              help="Cores to use: layer jobs in up to 2 threads, BLAS gets the rest [default: every core].")
+              help="Cores to use [default: every core]; the local engine lays its work out on them.")
 def main(threads=None):
     """Neural networks that learn with layer-local rules."""
     if threads is not None:

@@ -1,15 +1,23 @@
-"""How a process spends its cores: layer jobs in two threads, each with its own share of the BLAS threads.
+"""How a process spends its cores: per engine, either one thread with BLAS on every core, or layer jobs in two
+threads with the cores shared out between their BLAS calls.
 
-Why not leave it to BLAS: at this project's shapes a product is too small to split well. On the 2-core machines
-(float32, 128x256 @ 256x256 in a Numba kernel, while other jobs shared the machine) OpenBLAS gave ~97 GFLOP/s with
-2 threads, ~148 with 1, and ~270 for two such products in two threads at once, 1 BLAS thread each; `localnet bench`
-measures the same three layouts at the benchmarked net's shapes. A DTP step has two streams of work that no message
-orders against each other (the forward/target chain; each layer's feedback training and weight-gradient product
-beside it), so the local engine runs them in two threads (`localnet/engines/local.py`), and BLAS gets the cores
-left over per thread.
+Why both: at this project's shapes a product is too small to split well across cores, but a step is a chain of
+them. Measured on the 2-core machines (quiet, float32, 128x256 @ 256x256 in a Numba kernel): OpenBLAS gives ~227
+GFLOP/s with 2 threads, ~161 with 1, and ~290 for two such products in two threads at once (`localnet bench`
+measures these layouts at the benchmarked net's shapes). Two threads pay off when much of a step is work no message
+waits for: each layer's feedback training (DTP, TP, L-DRL), which can run beside the forward and target chain. They
+do not for backprop or DDTP, whose work is the chain itself (or reads every layer above), so those keep one thread
+and the faster multi-threaded BLAS. Per epoch of the Fashion-MNIST 784-256x5-10 net (numba, 2 cores, quiet):
 
-`configure` sets this for the whole process (BLAS limits are process-wide, through threadpoolctl); `workers`
-configures the default on first use: `$LOCALNET_THREADS`, else every core this process may run on.
+| spec | 1 thread, BLAS on 2 cores | 2 threads, BLAS on 1 each |
+|---|---|---|
+| DTP | 2.20 s | 2.09 s |
+| L-DRL (5 feedback iterations) | 12.75 s | 9.21 s |
+| backprop | 1.09 s | 1.45 s |
+| DDTP-linear | 3.03 s | 3.38 s |
+
+`configure` says how many cores the process may use (default `$LOCALNET_THREADS`, else every core it may run on);
+each engine picks its layout from that and sets BLAS to it at each phase (`set_blas`, a few microseconds).
 """
 
 from __future__ import annotations
@@ -18,9 +26,9 @@ import os
 
 from .errors import LocalnetError
 
-MAX_WORKERS = 2  # the two chains of a step; more threads would wait on messages
-
-_workers = None
+_cores = None
+_blas = None  # threadpoolctl's controllers of the loaded BLAS libraries, once SciPy's is loaded
+_current = None
 
 
 def available_cores() -> int:
@@ -30,10 +38,10 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def configure(threads: int | None = None) -> tuple[int, int]:
-    """Use `threads` cores (default: `$LOCALNET_THREADS`, else all available): returns (workers, BLAS threads
-    per worker). Engines built afterwards use `workers` threads; BLAS is limited for the whole process."""
-    global _workers
+def configure(threads: int | None = None) -> int:
+    """Let this process use `threads` cores (default: `$LOCALNET_THREADS`, else all available); returns it.
+    Engines built afterwards lay their work out on that many."""
+    global _cores
     if threads is None:
         text = os.environ.get("LOCALNET_THREADS", "")
         try:
@@ -42,32 +50,51 @@ def configure(threads: int | None = None) -> tuple[int, int]:
             raise LocalnetError(f"LOCALNET_THREADS={text!r}: expected a whole number of threads ≥ 1") from None
     if threads < 1:
         raise LocalnetError(f"threads: expected a whole number ≥ 1, found {threads}")
-    workers = min(MAX_WORKERS, threads)
-    blas = max(1, threads // workers)
-    limit_blas(blas)
-    _workers = workers
-    return workers, blas
+    _cores = threads
+    return threads
+
+
+def cores() -> int:
+    """The cores this process may use (configured on first use)."""
+    return configure() if _cores is None else _cores
+
+
+def layout(parallel: bool) -> tuple[int, int]:
+    """(threads for layer jobs, BLAS threads per job) for an engine: two job threads only when it has work to run
+    beside its chain of messages (`parallel`) and two cores to run it on."""
+    n = cores()
+    workers = 2 if parallel and n >= 2 else 1
+    return workers, n // workers
+
+
+def _controllers():
+    global _blas
+    if _blas is None:
+        import scipy.linalg.cython_blas  # noqa: F401  SciPy's BLAS, which numba kernels call, must be loaded first
+        from threadpoolctl import ThreadpoolController
+        _blas = ThreadpoolController().select(user_api="blas")
+    return _blas
+
+
+def set_blas(threads: int | None):
+    """Give every loaded BLAS `threads` threads, for the whole process, if it does not have them already (None:
+    leave them as they are). Engines call it at each phase, so that each runs with its own layout."""
+    global _current
+    if threads is None or threads == _current:
+        return
+    for lib in _controllers().lib_controllers:
+        lib.set_num_threads(threads)
+    _current = threads
 
 
 def limit_blas(threads: int | None):
-    """Limit every loaded BLAS to `threads` (None: no limit); for the whole process, or until the end of a `with`
-    block when used as one. SciPy's BLAS, which numba kernels call, is loaded first: a limit misses libraries
-    loaded after it (and MPI ranks or sweep workers would then oversubscribe the cores)."""
-    import scipy.linalg.cython_blas  # noqa: F401
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=threads, user_api="blas")
+    """A `with` block in which every loaded BLAS has `threads` threads (None: no limit), SciPy's included: MPI
+    ranks and the bench's measurements, which must not oversubscribe the cores."""
+    global _current
+    _current = None  # the block changes them behind `set_blas`'s back
+    return _controllers().limit(limits=threads)
 
 
-def workers() -> int:
-    """The number of threads an engine built now runs layer jobs in."""
-    if _workers is None:
-        configure()
-    return _workers
-
-
-def layout() -> dict:
-    """{workers, blas}: what a run's bit-for-bit repeatability depends on besides the spec and seed (OpenBLAS's
-    rounding may change with its thread count). `blas` lists the thread counts of every BLAS loaded."""
-    from threadpoolctl import threadpool_info
-    n = workers()
-    return {"workers": n, "blas": sorted({i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"})}
+def blas_threads() -> list[int]:
+    """The thread counts of the loaded BLAS libraries, as they are now."""
+    return sorted({lib.num_threads for lib in _controllers().lib_controllers})

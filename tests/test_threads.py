@@ -104,9 +104,29 @@ def test_thread_settings(monkeypatch):
     with pytest.raises(LocalnetError, match="≥ 1"):
         threads.configure(0)
     try:
-        assert threads.configure(1) == (1, 1) and threads.workers() == 1
-        assert threads.configure(2) == (2, 1)
-        assert threads.configure(8) == (2, 4)
+        threads.configure(1)
+        assert threads.layout(True) == (1, 1) and threads.layout(False) == (1, 1)
+        threads.configure(8)
+        assert threads.layout(True) == (2, 4) and threads.layout(False) == (1, 8)
+        threads.set_blas(3)
+        assert threads.blas_threads() == [3]
+        with threads.limit_blas(1):
+            assert threads.blas_threads() == [1]
+        assert threads.blas_threads() == [3]
     finally:
         monkeypatch.delenv("LOCALNET_THREADS")
+        threads.configure()
+        threads.set_blas(threads.cores())
+
+
+@pytest.mark.parametrize("case,workers", [(dict(rule="dtp"), 2), (dict(rule="ldrl"), 2), (dict(rule="bp"), 1),
+                                          (dict(rule="ddtp_linear", fb_act="linear"), 1), (dict(rule="dtp_drl"), 1)])
+def test_the_engine_picks_two_threads_only_for_layer_local_feedback_training(case, workers):
+    threads.configure(2)
+    try:
+        net = Network(spec(**case), 5, N_FEATURES, N_CLASSES)
+        assert (net.engine.workers, net.engine.blas) == ((2, 1) if workers == 2 else (1, 2))
+        net.train_step(np.ones((3, N_FEATURES)), np.zeros(3, np.int64))
+        assert threads.blas_threads() == [net.engine.blas]  # each engine sets its own layout as it runs
+    finally:
         threads.configure()

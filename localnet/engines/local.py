@@ -23,7 +23,7 @@ from ..errors import LocalityError, LocalnetError
 from ..graph import INPUT, NetworkGraph
 from ..isolation import check_isolation
 from ..messages import BACKWARD_KINDS, FORWARD_KINDS, KINDS, NO_PROVENANCE, Audit, Inbox, Outbox
-from ..threads import workers as configured_workers
+from ..threads import cores, layout, set_blas
 
 
 def _plain(out):
@@ -37,15 +37,19 @@ class LocalEngine:
     def __init__(self, graph: NetworkGraph, nodes: dict, workers: int | None = None):
         self.graph, self.nodes = graph, nodes
         self.audit = Audit()
-        if workers is None:
-            one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
-            workers = 1 if one else configured_workers()
-        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
-        self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
         # DTP-DRL's feedback training reads the feedback maps above, which their own feedback training changes:
         # those layers train their feedback maps one after another, in the serial order
         self._feedback_reads_above = any(getattr(getattr(nodes[name], "rule", None), "feedback_loss", None)
                                          == "round_trip" for name in graph.feedback_layers)
+        if workers is None:  # two threads where feedback training is layer-local work beside the chain (threads.py)
+            one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
+            local = [n for n in graph.feedback_layers if getattr(nodes[n], "direct_from", None) is None]
+            workers, self.blas = layout(not one and not self._feedback_reads_above and len(local) >= 2)
+        else:
+            self.blas = max(1, cores() // workers)
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
+        self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
         declared = {name: frozenset(c.kind for c in graph.inbound(name, KINDS)) for name in nodes}
         self._forward = [(name, graph.inbound(name, FORWARD_KINDS), declared[name]) for name in graph.forward_order]
         self._backward = [(name, graph.inbound(name, BACKWARD_KINDS), declared[name])
@@ -108,6 +112,7 @@ class LocalEngine:
         """Forward phase: every node computes its output from what it received and sends it on. With `feedback`,
         then the feedback phase (`train_feedback`), each layer's part started as soon as its input is there."""
         self.join()
+        set_blas(self.blas)
         self._sent = {"forward": {}, "backward": {}}
         self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
@@ -129,6 +134,7 @@ class LocalEngine:
     def train_feedback(self):
         """Feedback phase: each layer with a feedback map fits it to its own forward map, alone; a layer with
         direct targets (DDTP) gets the output's response to its perturbed activation (`response_above`)."""
+        set_blas(self.blas)
         for name in self.graph.feedback_layers:
             self._guarded(name, "feedback", self._feedback_of(name))
 
@@ -191,6 +197,7 @@ class LocalEngine:
         With `start_updates` (nothing is to look at the gradients before `update`), each layer's weight-gradient
         product may start as soon as it has sent its message down (no parameter changes before `update`)."""
         self._sent["backward"], self.inboxes["backward"] = {}, {}
+        set_blas(self.blas)
         start_updates = start_updates and self._pool is not None
         layers = self.graph.layers
 
@@ -206,6 +213,7 @@ class LocalEngine:
     def update(self):
         """Apply every layer's forward update, once every feedback training that reads a forward map is done."""
         self.join()
+        set_blas(self.blas)
         if self._pool is None:
             for name in self.graph.layers:
                 self._guarded(name, "update", self.nodes[name].apply_update)

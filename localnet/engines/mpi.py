@@ -167,6 +167,7 @@ def engine_factory(spec, comm=None, placement=None):
 class MPIEngine(LocalEngine):
     def __init__(self, graph, nodes, comm=None, placement=None, pipeline=False):
         super().__init__(graph, nodes, workers=1)  # one thread per rank: the ranks are the parallelism
+        self.blas = None  # BLAS threads per rank are set once for the whole run (`threads_per_rank`)
         if comm is None:
             from mpi4py import MPI
             comm = MPI.COMM_WORLD

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..threads import layout as thread_layout
+from ..threads import cores
 from ..errors import RunError
 from ..spec import dump_spec, load_spec
 
@@ -155,7 +155,7 @@ class RunDir:
         write_json(path / "environment.json", {
             "versions": _versions(), "backend": backend, "seed": spec.seed, "dtype": spec.dtype,
             "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "threads": thread_layout(),
+            "threads": cores(),  # with the rule, it fixes the engine's thread layout
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         run.write_summary({"status": "running"})
         return run
