@@ -37,6 +37,7 @@ class RunCurves:
         spec = run.spec()
         records, self.skipped = run.read_metrics()
         self.warning = run.metrics_warning(self.skipped)
+        self.name, self.id = spec.name, run.path.name.rsplit("-", 1)[-1]
         self.label = f"{spec.name} ({run.path.name})"
         self.epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
         self.diagnostics = [r for r in records if r.get("kind") == "diagnostics"
@@ -133,8 +134,9 @@ def draw(runs, out, metric="angle_bp"):
             ax.set_ylim(0, max(5.0, min(180.0, 1.05 * top)))
 
     handles = [fig.axes[0].plot([], [], "-", color=color)[0] for color in colors]
-    fig.legend(handles, [run.label for run in runs], loc="outside upper center", ncols=min(len(runs), 3),
-               fontsize=9, frameon=False)
+    names = [run.name for run in runs]  # the spec's name, and the run's id only where two runs share a name
+    labels = [f"{run.name} ({run.id})" if names.count(run.name) > 1 else run.name for run in runs]
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 4), fontsize=9, frameon=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
