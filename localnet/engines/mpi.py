@@ -603,6 +603,7 @@ class MPIEngine(LocalEngine):
         text = f"{type(exc).__name__}: {exc}"
         if self.rank == 0:
             print(f"localnet mpi: {text}; stopping all {self.size} ranks", file=sys.stderr, flush=True)
+            time.sleep(0.5)  # mpiexec forwards output asynchronously: an abort at once can lose this line
             self.comm.Abort(1)
         try:
             self.comm.isend(text, 0, ERROR)
