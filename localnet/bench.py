@@ -139,9 +139,7 @@ def measure_gemms_at_shapes(gemms, dtype, backends, seconds=1.0):
     once, one BLAS thread each, per step (`two_workers`: what the local engine's layer jobs can reach)."""
     import threading
 
-    from threadpoolctl import threadpool_limits
-
-    from .threads import available_cores
+    from .threads import cores, limit_blas
     rng = np.random.default_rng(0)
 
     def operands():
@@ -175,9 +173,9 @@ def measure_gemms_at_shapes(gemms, dtype, backends, seconds=1.0):
         for t in threads:
             t.join()
     layouts = {}
-    with threadpool_limits(limits=available_cores(), user_api="blas"):
+    with limit_blas(cores()):
         layouts["blas_all"] = timed(serial)
-    with threadpool_limits(limits=1, user_api="blas"):
+    with limit_blas(1):
         layouts["blas_1"] = timed(serial)
         layouts["two_workers"] = timed(two) / 2
     return layouts, which

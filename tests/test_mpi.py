@@ -286,7 +286,7 @@ def test_bench_counts_messages_and_bytes_per_step_and_times_both_engines():
     report = json.loads(done.stdout)
     assert report["ranks"] == 2 and report["placement"] == [["h1"], ["h2", "out"]]
     assert report["late_channels"] == ["h2>h1.target"]
-    assert set(report["local"]) == {"default threads", "1 thread"} and set(report["mpi"]) == {"plain", "pipelined"}
+    assert set(report["local"]) == {"own layout", "1 thread"} and set(report["mpi"]) == {"plain", "pipelined"}
     # per step, across ranks: h1's activation (32 x 128 float32), the labels (32 int64) for the loss on rank 1 and
     # h2's target (32 x 128 float32), each an int64[2] header and a payload
     for row in report["mpi"].values():

@@ -726,8 +726,8 @@ BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-
 def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrides=(), backend=None,
           progress=None):
     """Under `mpiexec -n K`: seconds per training step of `spec_path` with the MPI engine on K ranks, plain and
-    pipelined, against the local engine timed in rank 0's process in the same invocation (with the BLAS thread
-    count it started with, and with one thread); MPI ranks share the machine's cores (`threads_per_rank`). Each
+    pipelined, against the local engine timed in rank 0's process in the same invocation (in the thread layout it
+    picks, localnet/threads.py, and in one thread with one BLAS thread); MPI ranks share the machine's cores (`threads_per_rank`). Each
     configuration is timed `repeats` times, interleaved, over `steps` steps after `warmup`; the median is
     reported, with messages, bytes and seconds spent waiting for messages per step and rank. Rank 0 returns the
     report, others None; `progress(text)` hears of each measurement as it ends."""
@@ -771,19 +771,23 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
 def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, progress):
     """Rank 0's part of `bench`: time every configuration and tell the other ranks which network to serve."""
     from mpi4py import MPI
-    from threadpoolctl import threadpool_info
 
     from ..network import build
+    from ..threads import blas_threads
     from ..training import load_data
+    from . import using
     comm = MPI.COMM_WORLD
     size = comm.Get_size()
     data = load_data(spec)
     n_features, n_classes = data.n_features, data.n_classes
     x, y, b = data.train.x, data.train.y, spec.train.batch_size
     n = (len(x) // b) * b
-    threads = max((p.get("num_threads", 0) for p in threadpool_info() if p.get("user_api") == "blas"), default=None)
+    threads = max(blas_threads(), default=None)
     local_net = build(spec, n_features=n_features, n_classes=n_classes)
-    configs = [("local", "default threads", local_net, None), ("local", "1 thread", local_net, 1)]
+    with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=1)):
+        one_net = build(spec, n_features=n_features, n_classes=n_classes)
+    one_net.engine.blas = 1  # the engine sets BLAS at each phase: one thread, like one rank's share
+    configs = [("local", "own layout", local_net, None), ("local", "1 thread", one_net, None)]
     configs += [("mpi", schedule, net, rank_threads) for schedule, net in nets.items()]
     times = {(engine, what): [] for engine, what, _, _ in configs}
     stats = {what: [] for what in nets}
