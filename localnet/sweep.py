@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from .errors import LocalnetError, SpecError
-from .threads import available_cores, configure
+from .threads import configure, cores
 
 
 def split_values(text):
@@ -84,7 +84,7 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
     -m localnet sweep ... --mpi`: K − 1 workers)."""
     runs = plan(spec_path, grid, seeds)
     root = Path(runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(spec_path).stem}"
-    cores = available_cores()
+    n_cores = cores()
     if use_mpi:
         from mpi4py.futures import MPIPoolExecutor
         executor = MPIPoolExecutor()
@@ -92,9 +92,9 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
-        jobs = max(1, min(jobs or cores, len(runs)))
+        jobs = max(1, min(jobs or n_cores, len(runs)))
         executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
-        threads = max(1, cores // jobs)
+        threads = max(1, n_cores // jobs)
     results = {}
     with executor:
         futures = {executor.submit(run_one, str(spec_path), overrides, seed, name, str(root), threads): name

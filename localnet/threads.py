@@ -31,7 +31,7 @@ _blas = None  # threadpoolctl's controllers of the loaded BLAS libraries, once S
 _current = None
 
 
-def available_cores() -> int:
+def _available_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -45,7 +45,7 @@ def configure(threads: int | None = None) -> int:
     if threads is None:
         text = os.environ.get("LOCALNET_THREADS", "")
         try:
-            threads = int(text) if text else available_cores()
+            threads = int(text) if text else _available_cores()
         except ValueError:
             raise LocalnetError(f"LOCALNET_THREADS={text!r}: expected a whole number of threads ≥ 1") from None
     if threads < 1:

@@ -43,7 +43,7 @@ import numpy as np
 from ..errors import GraphError, LocalnetError, SpecError
 from ..graph import INPUT, LOSS
 from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Message, Outbox
-from ..threads import available_cores, limit_blas
+from ..threads import cores, limit_blas
 from .local import LocalEngine
 
 LATE_KINDS = ("target", "gradient")  # what a pipelined schedule delivers a step late where it crosses ranks
@@ -82,7 +82,7 @@ def threads_per_rank(comm):
     """BLAS threads for each rank: this machine's cores shared by the ranks on it (at least one), so K ranks on
     K cores do not oversubscribe them. Collective: every rank calls it."""
     from mpi4py import MPI
-    return max(1, available_cores() // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
+    return max(1, cores() // comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
 
 
 def timeout_seconds():
