@@ -2,19 +2,20 @@
 threads with the cores shared out between their BLAS calls.
 
 Why both: at this project's shapes a product is too small to split well across cores, but a step is a chain of
-them. Measured on the 2-core machines (quiet, float32, 128x256 @ 256x256 in a Numba kernel): OpenBLAS gives ~227
-GFLOP/s with 2 threads, ~161 with 1, and ~290 for two such products in two threads at once (`localnet bench`
-measures these layouts at the benchmarked net's shapes). Two threads pay off when much of a step is work no message
+them. `localnet bench` times a DTP step's products alone at the Fashion-MNIST net's shapes (2 cores, quiet): 1.23 s
+per epoch in one thread with BLAS on both cores, 1.86 s with BLAS on one, 1.08 s as two streams in two threads with
+one BLAS thread each. Two threads pay off when much of a step is work no message
 waits for: each layer's feedback training (DTP, TP, L-DRL), which can run beside the forward and target chain. They
 do not for backprop or DDTP, whose work is the chain itself (or reads every layer above), so those keep one thread
-and the faster multi-threaded BLAS. Per epoch of the Fashion-MNIST 784-256x5-10 net (numba, 2 cores, quiet):
+and the faster multi-threaded BLAS. Seconds per epoch of the Fashion-MNIST 784-256x5-10 net (numba, 2 cores,
+quiet; `localnet bench SPEC --backend numba`, which times both layouts):
 
 | spec | 1 thread, BLAS on 2 cores | 2 threads, BLAS on 1 each |
 |---|---|---|
-| DTP | 2.20 s | 2.09 s |
-| L-DRL (5 feedback iterations) | 12.75 s | 9.21 s |
-| backprop | 1.09 s | 1.45 s |
-| DDTP-linear | 3.03 s | 3.38 s |
+| fashion-mnist-dtp | 2.22 s | 2.21 s |
+| fashion-mnist-ldrl (5 feedback iterations) | 12.36 s | 8.96 s |
+| fashion-mnist-bp | 1.21 s | 1.59 s |
+| fashion-mnist-ddtp-linear (with its extra feedback pass) | 5.38 s | 5.39 s |
 
 `configure` says how many cores the process may use (default `$LOCALNET_THREADS`, else every core it may run on);
 each engine picks its layout from that and sets BLAS to it at each phase (`set_blas`, a few microseconds).
