@@ -123,6 +123,10 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
         if f"{key}_accuracy" in summary:
             table.add_row(f"{key} accuracy", f"{100 * summary[key + '_accuracy']:.2f}%",
                           f"loss {summary[key + '_loss']:.4f}")
+    best = summary.get("best_validation")
+    if isinstance(best, dict) and "test_accuracy" in best:
+        table.add_row(f"test, best val. epoch ({best['epoch']})", f"{100 * best['test_accuracy']:.2f}%",
+                      f"loss {best['test_loss']:.4f}")
     if summary.get("seconds_per_epoch") is not None:
         table.add_row("seconds / epoch", f"{summary['seconds_per_epoch']:.2f}", "(median, training only)")
     console.print(table)
@@ -174,13 +178,15 @@ def show(spec_path, overrides):
 @main.command(name="eval")
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
+@click.option("--best", is_flag=True,
+              help="The parameters of the epoch with the best validation score, not the last checkpoint's.")
 @_fail_cleanly
-def eval_(run_dir, split):
+def eval_(run_dir, split, best):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
-    result, run = evaluate_run(run_dir, split)
+    result, run = evaluate_run(run_dir, split, best=best)
     console.print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
-                  f"({escape(str(run.path))})", soft_wrap=True)
+                  f"({escape(str(run.path))}{', best validation epoch' if best else ''})", soft_wrap=True)
     summary = run.summary()
     skipped = run.read_metrics()[1]
     if skipped:
@@ -188,7 +194,8 @@ def eval_(run_dir, split):
     if summary.get("status") != "completed":
         _warn(f"the run is {summary.get('status')}: this is its last checkpoint "
               f"(epoch {summary.get('checkpoint', {}).get('epoch', '?')}), not a finished model")
-    reported = summary.get(f"{split}_accuracy")
+    chosen = summary.get("best_validation") if best else summary
+    reported = chosen.get(f"{split}_accuracy") if isinstance(chosen, dict) else None
     if reported is not None:
         console.print(f"training reported {100 * reported:.2f}%")
 
@@ -250,6 +257,10 @@ def report(run_dirs, table=False, html_out=None, plot_out=None):
         for split in ("train", "validation", "test"):
             if isinstance(summary.get(f"{split}_accuracy"), (int, float)):
                 console.print(f"  {split} accuracy {100 * summary[split + '_accuracy']:.2f}%")
+        best = summary.get("best_validation")
+        if isinstance(best, dict) and isinstance(best.get("test_accuracy"), (int, float)):
+            console.print(f"  test accuracy at the best validation epoch ({best.get('epoch')}) "
+                          f"{100 * best['test_accuracy']:.2f}%")
 
 
 def _compare(run_dirs, html_out, plot_out):

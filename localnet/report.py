@@ -11,7 +11,7 @@ from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
 
 COLUMNS = ("run", "spec", "rule", "data", "epochs", "train error", "test error", "best validation (epoch)",
-           "s / epoch", "angle with backprop at the end")
+           "test error at best validation", "s / epoch", "angle with backprop at the end")
 MISSING = "–"
 
 
@@ -46,12 +46,14 @@ def row(path) -> RunRow:
     label = run.path.name + ("" if status == "completed" else f" ({status})")
     reconstructs = spec.network.loss in INPUT_TARGET_LOSSES
     if reconstructs:
-        def error(split):
-            loss = summary.get(f"{split}_loss")
+        def error(split, scores=summary):
+            loss = scores.get(f"{split}_loss")
             return f"loss {loss:.4g}" if _number(loss) else MISSING
     else:
-        def error(split):
-            return _percent_error(summary.get(f"{split}_accuracy"))
+        def error(split, scores=summary):
+            return _percent_error(scores.get(f"{split}_accuracy"))
+    chosen = summary.get("best_validation")  # the test score of the parameters the validation split picked
+    at_best = error("test", chosen) if isinstance(chosen, dict) else MISSING
 
     best = MISSING
     key, better = ("val_loss", min) if reconstructs else ("val_accuracy", max)
@@ -80,7 +82,7 @@ def row(path) -> RunRow:
     cells = {"run": label, "spec": spec.name, "rule": rule, "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,
-             "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING, "angle with backprop at the end": angle}
+             "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING, "angle with backprop at the end": angle}
     return RunRow(cells, run.metrics_warning(skipped))
 
 

@@ -130,6 +130,37 @@ class Position:
         return pos
 
 
+@dataclass
+class Best:
+    """The parameters of the epoch with the best validation score so far: model selection by the validation split,
+    as in Meulemans et al. 2020 (whose tables give the test score of the epoch with the best validation accuracy,
+    their `acc_test_val_best`). Accuracy for classifiers, loss for auto-encoders; a tie keeps the earlier epoch."""
+
+    epoch: int
+    metric: str  # "val_accuracy" (higher is better) or "val_loss" (lower is better)
+    value: float
+    params: dict  # {layer: {name: array}}, copies
+
+    def beaten_by(self, record) -> bool:
+        value = record[self.metric]
+        return value > self.value if self.metric == "val_accuracy" else value < self.value
+
+    def header(self):
+        return {"best": {"epoch": self.epoch, "metric": self.metric, "value": self.value}}
+
+    @classmethod
+    def from_checkpoint(cls, run, checkpoint, trainer):
+        head = trainer.get("best")
+        if head is None:
+            return None
+        params = run.load_best(checkpoint, trainer)
+        if not isinstance(head, dict) or params is None or head.get("metric") not in ("val_accuracy", "val_loss") \
+                or not isinstance(head.get("epoch"), int) or not isinstance(head.get("value"), (int, float)):
+            raise RunError(f"checkpoint file {checkpoint / 'trainer.json'} is invalid: its 'best' entry {head!r} "
+                           f"does not describe a best-validation epoch it holds")
+        return cls(head["epoch"], head["metric"], float(head["value"]), params)
+
+
 def load_data(spec):
     d = spec.data
     return load_dataset(d.name, path=d.path, validation=d.validation, test=d.test, scale=d.scale,
@@ -180,7 +211,8 @@ def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
     run = RunDir.create(runs_root, spec, net.backend.NAME)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
-    return _run(spec, net, data, run, Position(_first_epoch(spec, net)), None, summary, on_epoch, on_batch, stop)
+    return _run(spec, net, data, run, Position(_first_epoch(spec, net)), None, None, summary, on_epoch, on_batch,
+                stop)
 
 
 def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None):
@@ -205,7 +237,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
             spec = load_spec(spec, [f"backend={backend}"])  # the backend it trained with, not today's fastest
         data = load_data(spec)
         net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
-        pos, saved = _restore(run, spec, net, data)
+        pos, saved, best = _restore(run, spec, net, data)
         records, skipped = run.read_metrics()
         if skipped:
             warn(run.metrics_warning(skipped))
@@ -218,7 +250,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
     except BaseException:
         run.unlock()
         raise
-    return _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop)
+    return _run(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop)
 
 
 def _logged_before(record, pos):
@@ -230,10 +262,11 @@ def _logged_before(record, pos):
 
 
 def _restore(run, spec, net, data):
-    """The position and network state of the run's current checkpoint; (start, None) when it has none."""
+    """The position, network state and best validation epoch of the run's current checkpoint; (start, None, None)
+    when it has none."""
     checkpoint = run.checkpoint_path()
     if checkpoint is None:
-        return Position(_first_epoch(spec, net)), None
+        return Position(_first_epoch(spec, net)), None, None
     trainer = run.load_trainer_state(checkpoint)
     batches = math.ceil(len(data.train.x) / spec.train.batch_size)
     pos = Position.from_dict(trainer, checkpoint / "trainer.json", epochs=spec.train.epochs,
@@ -254,13 +287,13 @@ def _restore(run, spec, net, data):
     except LocalnetError as exc:
         raise RunError(f"checkpoint file {checkpoint / 'network.channels.npz'} does not fit the run's network: "
                        f"{exc}") from None
-    return pos, (pos.epoch, pos.pass_, pos.batch)
+    return pos, (pos.epoch, pos.pass_, pos.batch), Best.from_checkpoint(run, checkpoint, trainer)
 
 
-def _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
+def _run(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop):
     """Train from `pos`, then evaluate; the summary records how it ended whatever happens."""
     try:
-        summary.update(_loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop))
+        summary.update(_loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop))
         summary["status"] = "completed"
     except Diverged as exc:
         summary.update(status="diverged", error=str(exc))
@@ -281,7 +314,7 @@ def _run(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
     return summary, run
 
 
-def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
+def _loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop):
     t = spec.train
     x, y = data.train.x, data.train.y
     n = len(x)
@@ -302,7 +335,8 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
                            f"{_kept(saved)}")
         net.check_isolation()  # no node holds another, or another's memory (LocalityError naming both)
         channels = net.channel_state()  # constraints' generators and delay queues; none without such constraints
-        run.save_checkpoint(net.state(), p.to_dict(), **({"channels": channels} if channels else {}))
+        run.save_checkpoint(net.state(), {**p.to_dict(), **(best.header() if best else {})},
+                            **({"channels": channels} if channels else {}), best=best.params if best else None)
         saved = (p.epoch, p.pass_, p.batch)
         summary.update(epochs=max(p.epoch - 1, 0), checkpoint={"epoch": p.epoch, "pass": p.pass_, "batch": p.batch})
         run.write_summary(summary)
@@ -365,6 +399,10 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
         if data.validation is not None:
             val = net.evaluate(data.validation.x, data.validation.y, t.eval_batch_size)
             record.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            metric = "val_loss" if net.reconstructs else "val_accuracy"
+            if best is None or best.beaten_by(record):
+                net.engine.synchronise()  # (the MPI engine gathers every rank's layers to rank 0)
+                best = Best(epoch, metric, record[metric], net.parameters())
         run.log(record)
         if on_epoch:
             on_epoch(record)
@@ -378,7 +416,31 @@ def _loop(spec, net, data, run, pos, saved, summary, on_epoch, on_batch, stop):
         if part is not None:
             result = net.evaluate(part.x, part.y, t.eval_batch_size)
             final[f"{split}_loss"], final[f"{split}_accuracy"] = result["loss"], result["accuracy"]
+    if best is not None:
+        final["best_validation"] = _judge(spec, data, best, final if best.epoch == t.epochs else None)
     return final
+
+
+def _judge(spec, data, best, last):
+    """Validation and test scores of the best validation epoch's parameters: the last epoch's numbers when it is
+    that epoch (`last`), else those of a fresh network (local engine, the run's backend) holding its parameters,
+    as `localnet eval --best` computes them."""
+    result = {"epoch": best.epoch, "metric": best.metric}
+    if last is not None:
+        for split in ("validation", "test"):
+            if f"{split}_loss" in last:
+                result[f"{split}_loss"], result[f"{split}_accuracy"] = last[f"{split}_loss"], last[f"{split}_accuracy"]
+        return result
+    from .engines import LocalEngine, using
+    with using(LocalEngine):
+        judge = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+    judge.load_parameters(best.params)
+    for split in ("validation", "test"):
+        part = getattr(data, split)
+        if part is not None:
+            scores = judge.evaluate(part.x, part.y, spec.train.eval_batch_size)
+            result[f"{split}_loss"], result[f"{split}_accuracy"] = scores["loss"], scores["accuracy"]
+    return result
 
 
 def _kept(saved):
@@ -399,9 +461,10 @@ def _check_divergence(net, metrics, epoch, batch, phase, saved):
                    f"stopped{_kept(saved)}")
 
 
-def evaluate_run(run_dir, split="test"):
+def evaluate_run(run_dir, split="test", best=False):
     """Reload a run's current checkpoint and evaluate it on a split of its data set (the same numbers training
-    reported, for a completed run); works on interrupted, diverged and killed runs too."""
+    reported, for a completed run); works on interrupted, diverged and killed runs too. With `best`, the
+    parameters of the epoch with the best validation score so far instead of the latest."""
     run = RunDir(run_dir)
     spec = run.spec()
     data = load_data(spec)
@@ -409,7 +472,7 @@ def evaluate_run(run_dir, split="test"):
     if part is None:
         raise LocalnetError(f"the run's data has no {split} split")
     net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
-    params = run.load_parameters(net.layers)
+    params = run.load_parameters(net.layers, best=best)
     try:
         net.load_parameters(params)
     except LocalnetError as exc:

@@ -40,7 +40,8 @@ def test_quickstart_trains_and_writes_a_complete_run_directory(quickstart_run):
         assert (run_dir / name).is_file(), name
     (checkpoint,) = [p for p in (run_dir / "checkpoints").iterdir() if p.is_dir()]  # older ones are deleted
     assert json.loads((run_dir / "checkpoints" / "latest.json").read_text())["checkpoint"] == checkpoint.name
-    assert sorted(p.name for p in checkpoint.iterdir()) == ["h1.npz", "h2.npz", "out.npz", "trainer.json"]
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["h1.npz", "h2.npz", "network.best.npz", "out.npz",
+                                                           "trainer.json"]
     records = RunDir(run_dir).metrics()
     assert [r["epoch"] for r in records] == [1, 2, 3]
     summary = json.loads((run_dir / "summary.json").read_text())

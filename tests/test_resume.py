@@ -150,9 +150,9 @@ def test_checkpoint_every(tmp_path, monkeypatch, every, written):
     positions = []
     save = RunDir.save_checkpoint
 
-    def spy(self, states, trainer):
+    def spy(self, states, trainer, **files):
         positions.append(trainer["epoch"])
-        return save(self, states, trainer)
+        return save(self, states, trainer, **files)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", spy)
     epochs = written[-1] - 1
@@ -251,7 +251,7 @@ def test_resume_needs_no_spec_file_and_pins_the_backend(tmp_path, monkeypatch):
     real = localnet.network.backends.get_backend
     monkeypatch.setattr(localnet.network.backends, "get_backend", lambda name: asked.append(name) or real(name))
     summary, run = resume(path)
-    assert summary["status"] == "completed" and asked == ["numpy"]
+    assert summary["status"] == "completed" and asked and set(asked) == {"numpy"}  # (the best epoch's judge too)
 
 
 # -- corrupt checkpoints ----------------------------------------------------------------------------------------

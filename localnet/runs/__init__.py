@@ -44,6 +44,7 @@ TRAINER = "trainer.json"
 LEGACY_CHECKPOINT = "checkpoint"  # parameters only, one .npz per layer, as written before resumable runs
 PARAM = "param."  # the prefix of a parameter's key in a layer's checkpoint file
 CHANNELS = "network.channels"  # the channels' state (constraints' generators, delay queues); no layer name has a dot
+BEST = "network.best"  # the parameters of the epoch with the best validation score, keys "<layer>.<parameter>"
 _SEQUENCE = re.compile(r"^\d{6,}$")
 _UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
 
@@ -299,13 +300,18 @@ class RunDir:
             if other.is_dir() and other != checkpoint:
                 shutil.rmtree(other, ignore_errors=True)
 
-    def save_checkpoint(self, states: dict, trainer: dict, channels: dict | None = None) -> Path:
+    def save_checkpoint(self, states: dict, trainer: dict, channels: dict | None = None,
+                        best: dict | None = None) -> Path:
         """A complete checkpoint of {layer: state} and the trainer's state, committed atomically; `channels`, the
-        network's channel state when a channel keeps one, goes to `network.channels.npz`."""
+        network's channel state when a channel keeps one, goes to `network.channels.npz`; `best`, the parameters
+        {layer: {name: array}} of the best validation epoch so far, to `network.best.npz`."""
         checkpoint = self.new_checkpoint()
         digests = {f"{layer}.npz": self.write_layer_state(checkpoint, layer, state) for layer, state in states.items()}
         if channels:
             digests[f"{CHANNELS}.npz"] = self.write_layer_state(checkpoint, CHANNELS, channels)
+        if best:
+            flat = {f"{layer}.{name}": value for layer, params in best.items() for name, value in params.items()}
+            digests[f"{BEST}.npz"] = self.write_layer_state(checkpoint, BEST, flat)
         self.commit_checkpoint(checkpoint, {**trainer, "layers": list(states), "sha256": digests})
         return checkpoint
 
@@ -361,17 +367,39 @@ class RunDir:
             return {}
         return read_npz(checkpoint / name, sha256=digests.get(name))
 
-    def load_parameters(self, layers) -> dict:
+    def load_best(self, checkpoint: Path, trainer=None) -> dict | None:
+        """The best validation epoch's parameters {layer: {name: array}} from a checkpoint (checked against its
+        recorded SHA-256); None when it holds none."""
+        trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
+        digests = trainer.get("sha256")
+        digests = digests if isinstance(digests, dict) else {}
+        name = f"{BEST}.npz"
+        if name not in digests:
+            return None
+        best = {}
+        for key, value in read_npz(checkpoint / name, sha256=digests[name]).items():
+            layer, _, param = key.partition(".")
+            best.setdefault(layer, {})[param] = value
+        return best
+
+    def load_parameters(self, layers, best=False) -> dict:
         """Every layer's parameters {layer: {W, b, V, c}} from the current checkpoint (or from the parameters-only
-        `checkpoint/` of a run written before checkpoints were resumable)."""
+        `checkpoint/` of a run written before checkpoints were resumable); with `best`, the parameters of the epoch
+        with the best validation score instead."""
         checkpoint = self.checkpoint_path()
         if checkpoint is None:
             legacy = self.path / LEGACY_CHECKPOINT
-            if legacy.is_dir():
+            if legacy.is_dir() and not best:
                 return {layer: read_npz(legacy / f"{layer}.npz") for layer in layers}
             raise RunError(f"{self.path} has no checkpoint yet (the run stopped before its first one)")
         for attempt in range(3):
             try:
+                if best:
+                    params = self.load_best(checkpoint)
+                    if params is None:
+                        raise RunError(f"{self.path} has no best-validation parameters yet (no validation split, "
+                                       f"or no checkpoint written since an epoch ended)")
+                    return params
                 states = self.load_layer_states(checkpoint, layers)
                 break
             except RunError:
@@ -381,4 +409,3 @@ class RunDir:
                 checkpoint = newer
         return {layer: {k[len(PARAM):]: v for k, v in state.items() if k.startswith(PARAM)}
                 for layer, state in states.items()}
-
