@@ -132,7 +132,8 @@ def _mutate(data, draw):
     elif kind == "duplicate" and isinstance(layers, list) and len(layers) > 1:
         layers[-1] = copy.deepcopy(layers[0])
     elif kind in ("cycle", "self") and isinstance(data.get("network"), dict):
-        names = [layer.get("name") for layer in layers or [] if isinstance(layer, dict)]
+        names = [layer.get("name") for layer in (layers if isinstance(layers, list) else [])
+                 if isinstance(layer, dict)]
         channels = [{"from": "input", "to": "h1", "kind": "activation"},
                     {"from": "h1", "to": "h2", "kind": "activation"},
                     {"from": "h2", "to": "h1", "kind": "activation"},  # a cycle in the forward phase
