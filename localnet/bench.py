@@ -7,7 +7,7 @@ One process, side by side:
   also in the engine layout it does not pick for the spec, one thread or two (localnet/threads.py)) and, when
   PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
   against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
-- a per-phase breakdown (data, forward, feedback training, targets, updates), peak memory, a size sweep (batch,
+- a per-phase breakdown (data, forward, targets, feedback training, updates), peak memory, a size sweep (batch,
   width, depth) and start-up to the first batch in a fresh process (first run compiling, then with the cache warm);
 - on a real GPU (backend cuda imports, not under the simulator): the FLOP rate of the cuda backend's own matrix
   product kernel and seconds per epoch of a wide net (hidden layers 4096 wide, batch 1024), against PyTorch on the
@@ -304,7 +304,7 @@ def phase_breakdown(spec, x, y, n_classes, batches=150):
     n_batches = -(-len(x) // size)
     rng = np.random.default_rng(1)
     order = rng.permutation(len(x))
-    phases = dict(data=0.0, forward=0.0, feedback=0.0, targets=0.0, updates=0.0)
+    phases = dict(data=0.0, forward=0.0, targets=0.0, feedback=0.0, updates=0.0)
 
     def one(i, record):
         t0 = time.perf_counter()
@@ -313,9 +313,9 @@ def phase_breakdown(spec, x, y, n_classes, batches=150):
         t1 = time.perf_counter()
         eng.forward(xb, yb, True)
         t2 = time.perf_counter()
-        eng.train_feedback()
-        t3 = time.perf_counter()
         eng.backward()
+        t3 = time.perf_counter()
+        eng.train_feedback()
         t4 = time.perf_counter()
         eng.update()
         net.looks_finite()
@@ -401,17 +401,6 @@ class TorchNet:
             hs = [x]
             for W, b, act in zip(self.W, self.b, self.acts):
                 hs.append(act(hs[-1] @ W + b))
-        # feedback training, every layer from the second up: ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²)
-        self.fb_opt.zero_grad(set_to_none=True)
-        rec = 0
-        for i in range(1, n):
-            xn = hs[i] + self.rule.feedback_noise * torch.randn_like(hs[i])
-            with torch.no_grad():
-                hn = self.acts[i](xn @ self.W[i] + self.b[i])
-            r = self.fb_act(hn @ self.V[i] + self.c[i])
-            rec = rec + ((r - xn) ** 2).sum() / B
-        rec.backward()
-        self.fb_opt.step()
         # targets: first target on the output, then the difference correction down the chain
         out = hs[n].clone().requires_grad_(True)
         loss = torch.nn.functional.cross_entropy(out, y)
@@ -422,6 +411,18 @@ class TorchNet:
             for i in range(n - 1, 0, -1):  # layer i+1's feedback map g(h) = s̄(h V + c)
                 V, c = self.V[i], self.c[i]
                 targets[i] = hs[i] + self.fb_act(targets[i + 1] @ V + c) - self.fb_act(hs[i + 1] @ V + c)
+        # feedback training, after the targets (they used g as it was), every layer from the second up:
+        # ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²)
+        self.fb_opt.zero_grad(set_to_none=True)
+        rec = 0
+        for i in range(1, n):
+            xn = hs[i] + self.rule.feedback_noise * torch.randn_like(hs[i])
+            with torch.no_grad():
+                hn = self.acts[i](xn @ self.W[i] + self.b[i])
+            r = self.fb_act(hn @ self.V[i] + self.c[i])
+            rec = rec + ((r - xn) ** 2).sum() / B
+        rec.backward()
+        self.fb_opt.step()
         # forward training: each layer's local loss ‖f(h_{i-1}) − ĥ_i‖²
         self.opt.zero_grad(set_to_none=True)
         local = 0
@@ -763,7 +764,7 @@ def render(report, console):
         bd = Table(title="where an epoch goes (s / epoch, phase by phase)")
         bd.add_column("backend")
         bd.add_column("rule")
-        keys = ("data", "forward", "feedback", "targets", "updates")
+        keys = ("data", "forward", "targets", "feedback", "updates")
         for k in keys + ("total",):
             bd.add_column(k)
         for name, rules in report["breakdown"].items():

@@ -122,9 +122,10 @@ class Network:
         return [self.backend.arrays.to_host(layer.target) for layer in self.layers.values()]
 
     def train_step(self, x, y) -> dict:
-        """One step of the rule on a batch: forward, feedback training, targets, forward update."""
-        self.engine.forward(*self._batch(x, y), train=True, feedback=True)
-        return self._learn()
+        """One step of the rule on a batch, in the order of Lee et al.'s Algorithm 1 (DESIGN §2): forward, targets
+        down (through the feedback maps as they were before this batch), feedback training, forward update."""
+        self.engine.forward(*self._batch(x, y), train=True)
+        return self._learn(feedback=True)
 
     def feedback_step(self, x, y) -> dict:
         """Forward, then feedback training only (the first pass of the `alternate_epoch` schedule)."""
@@ -137,10 +138,14 @@ class Network:
         self.engine.forward(*self._batch(x, y), train=True)
         return self._learn()
 
-    def _learn(self):
-        self.engine.backward(start_updates=self.probe is None)  # a probe looks at the gradients before the update
-        if self.probe is not None:
+    def _learn(self, feedback=False):
+        if self.probe is None:
+            self.engine.backward(start_updates=True, feedback=feedback)
+        else:  # a probe looks at the gradients, and the feedback maps that made the targets, before they change
+            self.engine.backward()
             self.probe(self)
+            if feedback:
+                self.engine.train_feedback()
         self.engine.update()
         return self._metrics()
 

@@ -509,31 +509,36 @@ def test_feedback_noise_is_applied_and_descends_expected_loss():
 # The whole step, and float32
 # --------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("first_target", ["output", "last_hidden"])
-def test_train_step_trains_feedback_first_then_forward(first_target):
-    """train_step = feedback update, then targets through the *updated* g, then the forward update."""
+def test_train_step_makes_targets_before_training_feedback(first_target):
+    """train_step = targets through g as it was before this batch, then the feedback update, then the forward
+    update (DESIGN §2's order, Lee et al.'s Algorithm 1)."""
     spec = make_spec([layer("h1", 6, "tanh"), layer("h2", 5, "tanh"), layer("h3", 5, "tanh"),
                       layer("out", N_CLASSES, "linear")], rule="dtp", first_target=first_target, eta=0.6)
     net = build(spec)
     params = randomize(net, 15, scale=0.6)
     x, y = batch(16)
     fb = Oracle(spec, params).feedback_grads(x)
-    mid = {name: {k: v.copy() for k, v in p.items()} for name, p in params.items()}
+    fwd = Oracle(spec, params).forward_grads(x, y)  # targets through the g of before the step
     names = [layer_["name"] for layer_ in spec["network"]["layers"]]
+    expected = {name: {k: v.copy() for k, v in p.items()} for name, p in params.items()}
     for i, g in fb.items():
         for k in g:
-            mid[names[i - 1]][k] -= FLR * g[k]
-    expected = {name: {k: v.copy() for k, v in p.items()} for name, p in mid.items()}
-    for i, g in Oracle(spec, mid).forward_grads(x, y).items():
+            expected[names[i - 1]][k] -= FLR * g[k]
+    for i, g in fwd.items():
         for k in g:
             expected[names[i - 1]][k] -= LR * g[k]
 
-    stale = Oracle(spec, params).forward_grads(x, y)  # what targets through the old g would give
+    mid = {name: {k: v.copy() for k, v in p.items()} for name, p in params.items()}
+    for i, g in fb.items():
+        for k in g:
+            mid[names[i - 1]][k] -= FLR * g[k]
+    fresh = Oracle(spec, mid).forward_grads(x, y)  # what targets through the already trained g would give
     net.train_step(x, y)
     after = net.parameters()
     for name in names:
         for k in after[name]:
             np.testing.assert_allclose(after[name][k], expected[name][k], **F64, err_msg=f"{k} of {name}")
-    assert np.abs(after["h1"]["W"] - (params["h1"]["W"] - LR * stale[1]["W"])).max() > 1e-8
+    assert np.abs(after["h1"]["W"] - (params["h1"]["W"] - LR * fresh[1]["W"])).max() > 1e-8
 
 
 def test_float32_dtp_matches_oracle_within_float32_tolerance():

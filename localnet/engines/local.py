@@ -4,9 +4,10 @@ Each node gets, per phase, an `Inbox` of what its declared channels delivered (r
 recorded in `self.audit`); what it returns is routed on. A node that writes into a received array fails with a
 LocalityError naming it; `check_isolation` scans every node for references to another (localnet/isolation.py).
 
-With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages: each
-layer's feedback training starts as soon as its forward pass is done, and its weight-gradient product as soon as it
-has sent its message down; the optimiser steps of `update` are shared between the two. Each job touches only its
+With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages: in a
+training step, each layer's feedback training and weight-gradient product start as soon as it has sent its message
+down (in a feedback-only pass, its feedback training as soon as its forward pass is done); the optimiser steps of
+`update` are shared between the two. Each job touches only its
 own layer's state, and the engine joins a job before anything that reads what it writes, so the numbers are the
 serial engine's, bit for bit, and no forward parameter changes before `update` (an error in the backward phase
 leaves them as they were).
@@ -112,11 +113,12 @@ class LocalEngine:
         """Forward phase: every node computes its output from what it received and sends it on. With `feedback`,
         then the feedback phase (`train_feedback`), each layer's part started as soon as its input is there."""
         self.join()
+        overlap = feedback and self._pool is not None and not self._feedback_reads_above
         set_blas(self.blas)
         self._sent = {"forward": {}, "backward": {}}
         self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
-        if not feedback or self._pool is None or self._feedback_reads_above:
+        if not overlap:
             self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
             if feedback:
                 self.train_feedback()
@@ -192,23 +194,31 @@ class LocalEngine:
             return h
         return trip
 
-    def backward(self, start_updates=False):
+    def backward(self, start_updates=False, feedback=False):
         """Backward phase: the first target (or ℒ's gradient) enters at the top and goes down the schedule.
         With `start_updates` (nothing is to look at the gradients before `update`), each layer's weight-gradient
-        product may start as soon as it has sent its message down (no parameter changes before `update`)."""
+        product may start as soon as it has sent its message down (no parameter changes before `update`). With
+        `feedback`, then the feedback phase, each layer's part started as soon as the layer has sent its target
+        down: its feedback map is not read again in this step (DTP-DRL's round trips read the maps above, so
+        those run after the whole phase, in the serial order)."""
         self._sent["backward"], self.inboxes["backward"] = {}, {}
         set_blas(self.blas)
-        start_updates = start_updates and self._pool is not None
+        beside = self._pool is not None
+        start_updates = start_updates and beside
+        starts = set(self.graph.feedback_layers) if feedback and beside and not self._feedback_reads_above else ()
         layers = self.graph.layers
 
-        def backward_then_start_update(node, inbox):
-            self._join(self._feedback_jobs.pop(node.name, None))  # its targets use its trained feedback map
+        def backward_then_start_jobs(node, inbox):
             out = node.backward(inbox)
+            if node.name in starts:
+                self._feedback_jobs[node.name] = self._submit(node.name, "feedback", self._feedback_of(node.name))
             if start_updates and node.name in layers:
                 self._update_jobs.append(self._submit(node.name, "update", node.prepare_update))
             return out
         with self._settled():
-            self._run("backward", self._backward, backward_then_start_update, True)
+            self._run("backward", self._backward, backward_then_start_jobs, True)
+        if feedback and not starts:
+            self.train_feedback()
 
     def update(self):
         """Apply every layer's forward update, once every feedback training that reads a forward map is done."""
@@ -224,16 +234,6 @@ class LocalEngine:
     # -- jobs beside the chain of messages ---------------------------------------------------------------------
     def _submit(self, name, phase, method):
         return self._pool.submit(self._guarded, name, phase, method), name, phase, method
-
-    def _join(self, job):
-        """Wait for a job; one the worker has not started yet runs here instead (the worker has other work)."""
-        if job is None:
-            return
-        future, name, phase, method = job
-        if future.cancel():
-            self._guarded(name, phase, method)
-        else:
-            future.result()
 
     @contextlib.contextmanager
     def _settled(self):

@@ -464,11 +464,13 @@ class MPIEngine(LocalEngine):
                 self._guarded(name, "feedback", self.nodes[name].train_feedback)
         self._settle_loss()
 
-    def backward(self, start_updates=False):  # (updates wait for `update`: no overlap yet on ranks)
+    def backward(self, start_updates=False, feedback=False):  # (updates wait for `update`: no overlap on ranks)
         self._command(BACKWARD)
         self._sent["backward"], self.inboxes["backward"] = {}, {}
         self._run("backward", self._backward, lambda node, inbox: node.backward(inbox), True)
         self._settle_loss()
+        if feedback:
+            self.train_feedback()
 
     def update(self):
         self._command(UPDATE)
