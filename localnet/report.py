@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
 
-COLUMNS = ("run", "spec", "rule", "data", "epochs", "train error", "test error", "best validation (epoch)",
+COLUMNS = ("run", "spec", "rule", "backend", "data", "epochs", "train error", "test error", "best validation (epoch)",
            "test error at best validation", "s / epoch", "angle with backprop at the end")
 MISSING = "–"
 
@@ -79,7 +79,9 @@ def row(path) -> RunRow:
     rule = spec.rule.name
     if spec.rule.name in ("dtp", "tp"):
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
-    cells = {"run": label, "spec": spec.name, "rule": rule, "data": spec.data.name,
+    backend = run.environment().get("backend")
+    cells = {"run": label, "spec": spec.name, "rule": rule, "backend": backend if isinstance(backend, str) else MISSING,
+             "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,
              "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING, "angle with backprop at the end": angle}

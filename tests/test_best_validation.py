@@ -88,6 +88,7 @@ def test_eval_best_and_the_report_read_the_best_epoch(reference):
     cells = row(path).cells
     assert cells["test error at best validation"] == f"{100 * (1 - best['test_accuracy']):.2f} %"
     assert cells["test error"] == f"{100 * (1 - summary['test_accuracy']):.2f} %"
+    assert cells["backend"] == "numpy"  # from the run's environment.json
 
 
 def test_without_a_validation_split_nothing_is_kept_and_eval_best_says_why(tmp_path):

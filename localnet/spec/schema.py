@@ -127,8 +127,9 @@ class RuleSpec:
 
     first_target: `output` sets ĥ_L = h_L − η̂ ∂ℒ/∂h_L and every layer from the second up owns a feedback map;
     `last_hidden` (Lee et al. 2015) trains the output layer on ℒ and sets the first target on h_{L-1}.
-    schedule: `alternate_batch` trains feedback then forward weights on each batch; `alternate_epoch` (Lee et
-    al.'s code) makes one full pass of feedback training, then one of forward training, per epoch.
+    schedule: `alternate_batch` trains feedback and forward weights on each batch (targets through g as it was,
+    then feedback training, then the forward update: Lee et al.'s Algorithm 1); `alternate_epoch` (Lee et al.'s
+    code) makes one full pass of feedback training, then one of forward training, per epoch.
     feedback_noise_decay: τ > 0 makes σ decay with the epoch e (from 1) as σ / (1 + (e − 1)/τ), Lee et al.'s
     schedule for their discrete and stochastic nets (0.5/(1+epoch/50), their epoch counting from 0); 0: constant.
     """
