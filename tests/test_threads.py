@@ -120,8 +120,8 @@ def test_thread_settings(monkeypatch):
 
 
 @pytest.mark.parametrize("case,workers", [(dict(rule="dtp"), 2), (dict(rule="ldrl"), 2), (dict(rule="bp"), 1),
-                                          (dict(rule="ddtp_linear", fb_act="linear"), 1), (dict(rule="dtp_drl"), 1)])
-def test_the_engine_picks_two_threads_only_for_layer_local_feedback_training(case, workers):
+                                          (dict(rule="ddtp_linear", fb_act="linear"), 2), (dict(rule="dtp_drl"), 1)])
+def test_the_engine_picks_two_threads_where_feedback_training_can_run_beside_the_chain(case, workers):
     threads.configure(2)
     try:
         net = Network(spec(**case), 5, N_FEATURES, N_CLASSES)

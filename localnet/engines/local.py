@@ -42,10 +42,10 @@ class LocalEngine:
         # those layers train their feedback maps one after another, in the serial order
         self._feedback_reads_above = any(getattr(getattr(nodes[name], "rule", None), "feedback_loss", None)
                                          == "round_trip" for name in graph.feedback_layers)
-        if workers is None:  # two threads where feedback training is layer-local work beside the chain (threads.py)
+        if workers is None:  # two threads where feedback training is work beside the chain (threads.py)
             one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
-            local = [n for n in graph.feedback_layers if getattr(nodes[n], "direct_from", None) is None]
-            workers, self.blas = layout(not one and not self._feedback_reads_above and len(local) >= 2)
+            workers, self.blas = layout(not one and not self._feedback_reads_above
+                                        and len(graph.feedback_layers) >= 2)
         else:
             self.blas = max(1, cores() // workers)
         self.workers = workers
