@@ -100,14 +100,16 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
                       f"{spec.train.batch_size}, {spec.dtype}, seed {spec.seed}", soft_wrap=True)
     else:
         console.print(f"resuming {escape(str(resume_dir))}", soft_wrap=True)
+    reconstructs = _reconstructs(spec if resume_dir is None else None, resume_dir)  # no accuracy to print
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)
 
     def on_epoch(r):
-        val = (f"  val loss {r['val_loss']:.4f}  val acc {100 * r['val_accuracy']:.2f}%"
-               if "val_accuracy" in r else "")
-        progress.console.print(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}  "
-                               f"train acc {100 * r['train_accuracy']:.2f}%{val}  {r['seconds']:.2f}s", soft_wrap=True)
+        val = "" if "val_loss" not in r else f"  val loss {r['val_loss']:.4f}" + (
+            "" if reconstructs else f"  val acc {100 * r['val_accuracy']:.2f}%")
+        acc = "" if reconstructs else f"train acc {100 * r['train_accuracy']:.2f}%"
+        progress.console.print(f"epoch {r['epoch']:>3}  train loss {r['train_loss']:.4f}  {acc}{val}  "
+                               f"{r['seconds']:.2f}s", soft_wrap=True)
         progress.update(task, completed=0, epoch=r["epoch"] + 1)
 
     callbacks = dict(on_epoch=on_epoch,
@@ -120,17 +122,32 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
             summary, run_dir = resume(resume_dir, stop=stop, on_warning=_warn, **callbacks)
     table = Table(title="summary", show_header=False, box=None)
     for key in ("train", "validation", "test"):
-        if f"{key}_accuracy" in summary:
-            table.add_row(f"{key} accuracy", f"{100 * summary[key + '_accuracy']:.2f}%",
-                          f"loss {summary[key + '_loss']:.4f}")
+        if f"{key}_loss" in summary:
+            table.add_row(f"{key} {'loss' if reconstructs else 'accuracy'}",
+                          f"{summary[key + '_loss']:.4f}" if reconstructs else
+                          f"{100 * summary[key + '_accuracy']:.2f}%",
+                          "" if reconstructs else f"loss {summary[key + '_loss']:.4f}")
     best = summary.get("best_validation")
-    if isinstance(best, dict) and "test_accuracy" in best:
-        table.add_row(f"test, best val. epoch ({best['epoch']})", f"{100 * best['test_accuracy']:.2f}%",
-                      f"loss {best['test_loss']:.4f}")
+    if isinstance(best, dict) and "test_loss" in best:
+        table.add_row(f"test, best val. epoch ({best['epoch']})",
+                      f"{best['test_loss']:.4f}" if reconstructs else f"{100 * best['test_accuracy']:.2f}%",
+                      "" if reconstructs else f"loss {best['test_loss']:.4f}")
     if summary.get("seconds_per_epoch") is not None:
         table.add_row("seconds / epoch", f"{summary['seconds_per_epoch']:.2f}", "(median, training only)")
     console.print(table)
     console.print(f"run directory: {escape(str(run_dir.path))}", soft_wrap=True)
+
+
+def _reconstructs(spec, run_dir) -> bool:
+    """Whether the run trains an auto-encoder (a loss whose target is the input): it has a loss, no accuracy."""
+    from .spec.names import INPUT_TARGET_LOSSES
+    if spec is None:
+        from .runs import RunDir
+        try:
+            spec = RunDir(run_dir).spec()
+        except LocalnetError:
+            return False  # resume refuses the directory itself, with its own message
+    return spec.network.loss in INPUT_TARGET_LOSSES
 
 
 def _warn(message):
