@@ -1,6 +1,7 @@
 """Small helpers shared by several test files."""
 
 import signal
+from pathlib import Path
 
 
 def stop_at(stop, epoch, done):
@@ -14,3 +15,9 @@ def stop_at(stop, epoch, done):
         if (current[0], d) == (epoch, done):
             stop.request(signal.SIGTERM)
     return {"on_epoch": on_epoch, "on_batch": on_batch}
+
+
+def only_run(root):
+    """The one run directory under `root`."""
+    (run,) = [p for p in Path(root).iterdir() if p.is_dir()]
+    return run

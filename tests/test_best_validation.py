@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
-from helpers import stop_at
+from helpers import only_run, stop_at
 from localnet.cli import main
 from localnet.errors import Interrupted, RunError
 from localnet.report import row
@@ -24,11 +24,6 @@ SPEC = ["backend=numpy", "train.epochs=6", "network.layers.h1.size=16", "network
 
 def spec(*extra):
     return localnet.load_spec(ROOT / "specs" / "quickstart.yaml", SPEC + list(extra))
-
-
-def only_run(root):
-    (path,) = Path(root).iterdir()
-    return path
 
 
 def best_file(path):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import only_run
 from localnet.engines.mpi import auto_placement, parse_placement
 from localnet.errors import LocalnetError, SpecError
 from localnet.spec import load_spec
@@ -39,11 +40,6 @@ def mpirun(k, *args, env=None, timeout=120):
 def local(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "localnet", "run", *args], capture_output=True, text=True, check=False,
                           timeout=timeout)
-
-
-def only_run(root):
-    (run,) = [p for p in Path(root).iterdir() if p.is_dir()]
-    return run
 
 
 def checkpoint_arrays(run):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
-from helpers import stop_at
+from helpers import only_run, stop_at
 from localnet.cli import main
 from localnet.errors import Interrupted, RunError
 from localnet.runs import RunDir
@@ -34,11 +34,6 @@ VARIANTS = {
 
 def spec_of(variant, *extra):
     return localnet.load_spec(QUICKSTART, SMALL + VARIANTS[variant] + list(extra))
-
-
-def only_run(root):
-    (path,) = Path(root).iterdir()
-    return path
 
 
 def full_state(run_dir):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from helpers import only_run
 from localnet.cli import main
 from localnet.runs import RunDir
 from test_resume import assert_same_state, same_metrics
@@ -35,11 +36,6 @@ def start(*args):
 def finish(proc):
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err
-
-
-def only_run(root):
-    (path,) = Path(root).iterdir()
-    return path
 
 
 def wait_for_epochs(proc, root, epochs):
