@@ -7,10 +7,9 @@ LocalityError naming it; `check_isolation` scans every node for references to an
 With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages: in a
 training step, each layer's feedback training and weight-gradient product start as soon as it has sent its message
 down (in a feedback-only pass, its feedback training as soon as its forward pass is done); the optimiser steps of
-`update` are shared between the two. Each job touches only its
-own layer's state, and the engine joins a job before anything that reads what it writes, so the numbers are the
-serial engine's, bit for bit, and no forward parameter changes before `update` (an error in the backward phase
-leaves them as they were).
+`update` are shared between the two. Each job touches only its own layer's state, and the engine joins a job before
+anything that reads what it writes, so the numbers are the serial engine's, bit for bit, and no forward parameter
+changes before `update` (an error in the backward phase leaves them as they were).
 """
 
 from __future__ import annotations
