@@ -202,8 +202,10 @@ def eval_(run_dir, split, best):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
     result, run = evaluate_run(run_dir, split, best=best)
-    console.print(f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}  "
-                  f"({escape(str(run.path))}{', best validation epoch' if best else ''})", soft_wrap=True)
+    losses = _reconstructs(None, run.path)  # an auto-encoder: a loss, no accuracy
+    score = (f"{split} loss {result['loss']:.4f}" if losses else
+             f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
+    console.print(f"{score}  ({escape(str(run.path))}{', best validation epoch' if best else ''})", soft_wrap=True)
     summary = run.summary()
     skipped = run.read_metrics()[1]
     if skipped:
@@ -212,9 +214,9 @@ def eval_(run_dir, split, best):
         _warn(f"the run is {summary.get('status')}: this is its last checkpoint "
               f"(epoch {summary.get('checkpoint', {}).get('epoch', '?')}), not a finished model")
     chosen = summary.get("best_validation") if best else summary
-    reported = chosen.get(f"{split}_accuracy") if isinstance(chosen, dict) else None
-    if reported is not None:
-        console.print(f"training reported {100 * reported:.2f}%")
+    reported = chosen.get(f"{split}_{'loss' if losses else 'accuracy'}") if isinstance(chosen, dict) else None
+    if isinstance(reported, (int, float)):
+        console.print(f"training reported {reported:.4f}" if losses else f"training reported {100 * reported:.2f}%")
 
 
 @main.command()

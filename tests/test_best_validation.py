@@ -116,3 +116,20 @@ def test_a_best_entry_without_its_parameters_is_refused_by_resume(tmp_path):
 ])
 def test_accuracy_is_maximised_loss_minimised_and_a_tie_keeps_the_earlier_epoch(metric, values, beaten):
     assert Best(1, metric, values[0], {}).beaten_by({metric: values[1]}) is beaten
+
+
+def test_an_auto_encoder_is_selected_by_validation_loss_and_the_cli_prints_losses(tmp_path):
+    """A reconstruction run has no accuracy: the best epoch is the lowest validation loss, and `localnet run` and
+    `localnet eval` print losses, not 0 % accuracies."""
+    args = ["run", str(ROOT / "specs" / "quickstart.yaml"), "--backend", "numpy", "--runs-dir", str(tmp_path),
+            "--set", "network.loss=reconstruction", "--set", "network.layers.2.size=64", "--set", "train.epochs=3"]
+    out = CliRunner().invoke(main, args)
+    assert out.exit_code == 0, out.output
+    assert "test loss" in out.output and "accuracy" not in out.output and "acc " not in out.output
+    path = only_run(tmp_path)
+    summary = RunDir(path).summary()
+    val = [r["val_loss"] for r in RunDir(path).metrics()]
+    assert summary["best_validation"]["metric"] == "val_loss"
+    assert summary["best_validation"]["epoch"] == 1 + int(np.argmin(val))
+    shown = CliRunner().invoke(main, ["eval", str(path), "--best"])
+    assert shown.exit_code == 0 and "test loss" in shown.output and "accuracy" not in shown.output, shown.output
