@@ -7,6 +7,7 @@ import html
 import statistics
 from dataclasses import dataclass
 
+from .errors import RunError
 from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
 
@@ -79,7 +80,10 @@ def row(path) -> RunRow:
     rule = spec.rule.name
     if spec.rule.name in ("dtp", "tp"):
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
-    backend = run.environment().get("backend")
+    try:
+        backend = run.environment().get("backend")
+    except (RunError, AttributeError):  # missing, unreadable or not an object: the row says so, the table stays
+        backend = None
     cells = {"run": label, "spec": spec.name, "rule": rule, "backend": backend if isinstance(backend, str) else MISSING,
              "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",

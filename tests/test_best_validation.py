@@ -133,3 +133,12 @@ def test_an_auto_encoder_is_selected_by_validation_loss_and_the_cli_prints_losse
     assert summary["best_validation"]["epoch"] == 1 + int(np.argmin(val))
     shown = CliRunner().invoke(main, ["eval", str(path), "--best"])
     assert shown.exit_code == 0 and "test loss" in shown.output and "accuracy" not in shown.output, shown.output
+
+
+def test_the_report_row_survives_a_missing_environment_file(tmp_path, reference):
+    import shutil
+    path = tmp_path / "run"
+    shutil.copytree(reference[1], path)
+    (path / "environment.json").unlink()
+    cells = row(path).cells
+    assert cells["backend"] == "–" and cells["test error"] != "–"
