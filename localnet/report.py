@@ -84,11 +84,12 @@ def row(path) -> RunRow:
         backend = run.environment().get("backend")
     except (RunError, AttributeError):  # missing, unreadable or not an object: the row says so, the table stays
         backend = None
-    cells = {"run": label, "spec": spec.name, "rule": rule, "backend": backend if isinstance(backend, str) else MISSING,
-             "data": spec.data.name,
+    cells = {"run": label, "spec": spec.name, "rule": rule,
+             "backend": backend if isinstance(backend, str) else MISSING, "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,
-             "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING, "angle with backprop at the end": angle}
+             "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING,
+             "angle with backprop at the end": angle}
     return RunRow(cells, run.metrics_warning(skipped))
 
 

@@ -350,18 +350,20 @@ class RunDir:
             raise RunError(f"checkpoint file {path} is not a JSON object")
         return data
 
-    def load_layer_states(self, checkpoint: Path, layers, trainer=None) -> dict:
-        """{layer: state} from a checkpoint's files, each checked against the SHA-256 its trainer file records."""
+    def _digests(self, checkpoint: Path, trainer=None) -> dict:
+        """{file name: SHA-256} as the checkpoint's trainer file records them ({} where it records none)."""
         trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
         digests = trainer.get("sha256")
-        digests = digests if isinstance(digests, dict) else {}
+        return digests if isinstance(digests, dict) else {}
+
+    def load_layer_states(self, checkpoint: Path, layers, trainer=None) -> dict:
+        """{layer: state} from a checkpoint's files, each checked against the SHA-256 its trainer file records."""
+        digests = self._digests(checkpoint, trainer)
         return {layer: read_npz(checkpoint / f"{layer}.npz", sha256=digests.get(f"{layer}.npz")) for layer in layers}
 
     def load_channel_state(self, checkpoint: Path, trainer=None) -> dict:
         """The channels' state from a checkpoint, checked against its recorded SHA-256; {} when it has none."""
-        trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
-        digests = trainer.get("sha256")
-        digests = digests if isinstance(digests, dict) else {}
+        digests = self._digests(checkpoint, trainer)
         name = f"{CHANNELS}.npz"
         if name not in digests and not (checkpoint / name).exists():
             return {}
@@ -370,9 +372,7 @@ class RunDir:
     def load_best(self, checkpoint: Path, trainer=None) -> dict | None:
         """The best validation epoch's parameters {layer: {name: array}} from a checkpoint (checked against its
         recorded SHA-256); None when it holds none."""
-        trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
-        digests = trainer.get("sha256")
-        digests = digests if isinstance(digests, dict) else {}
+        digests = self._digests(checkpoint, trainer)
         name = f"{BEST}.npz"
         if name not in digests:
             return None
