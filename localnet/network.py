@@ -124,7 +124,7 @@ class Network:
     def train_step(self, x, y) -> dict:
         """One step of the rule on a batch, in the order of Lee et al.'s Algorithm 1 (DESIGN §2): forward, targets
         down (through the feedback maps as they were before this batch), feedback training, forward update."""
-        self.engine.forward(*self._batch(x, y), train=True)
+        self.engine.forward(*self._batch(x, y), train=True, prepare_feedback=True)
         return self._learn(feedback=True)
 
     def feedback_step(self, x, y) -> dict:

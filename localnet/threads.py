@@ -2,20 +2,21 @@
 threads with the cores shared out between their BLAS calls.
 
 Why both: at this project's shapes a product is too small to split well across cores, but a step is a chain of
-them. `localnet bench` times a DTP step's products alone at the Fashion-MNIST net's shapes (2 cores, quiet): 1.15 s
-per epoch in one thread with BLAS on both cores, 1.67 s with BLAS on one, 1.04 s as two streams in two threads with
+them. `localnet bench` times a DTP step's products alone at the Fashion-MNIST net's shapes (2 cores, quiet): 1.18 s
+per epoch in one thread with BLAS on both cores, 1.66 s with BLAS on one, 0.96 s as two streams in two threads with
 one BLAS thread each. Two threads pay off when much of a step is work no message waits for: each layer's feedback
-training, which starts as soon as the layer has sent its target down (DTP, TP, L-DRL, DDTP-linear). They do not for
+training, whose first gradient can be taken as soon as the layer's forward pass is done and whose rest starts as
+soon as the layer has sent its target down (DTP, TP, L-DRL; DDTP-linear's only after its target). They do not for
 backprop, whose work is the chain itself, nor for DTP-DRL, whose feedback training reads every feedback map above;
 those keep one thread and the faster multi-threaded BLAS. Seconds per epoch of the Fashion-MNIST 784-256x5-10 net
 (numba, 2 cores, quiet; `localnet bench SPEC --backend numba`, which times both layouts):
 
 | spec | 1 thread, BLAS on 2 cores | 2 threads, BLAS on 1 each |
 |---|---|---|
-| fashion-mnist-dtp | 2.18 s | 1.96 s |
-| fashion-mnist-ldrl (5 feedback iterations) | 12.37 s | 8.01 s |
-| fashion-mnist-bp | 1.07 s | 1.40 s |
-| fashion-mnist-ddtp-linear (with its extra feedback pass) | 5.10 s | 4.43 s |
+| fashion-mnist-dtp | 2.07 s | 1.70 s |
+| fashion-mnist-ldrl (5 feedback iterations) | 11.47 s | 7.42 s |
+| fashion-mnist-bp | 1.05 s | 1.39 s |
+| fashion-mnist-ddtp-linear (with its extra feedback pass) | 4.77 s | 4.10 s |
 
 `configure` says how many cores the process may use (default `$LOCALNET_THREADS`, else every core it may run on);
 each engine picks its layout from that and sets BLAS to it at each phase (`set_blas`, a few microseconds).

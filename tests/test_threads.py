@@ -66,6 +66,23 @@ def test_two_workers_give_the_serial_engines_numbers_bit_for_bit(case):
     assert all(not np.array_equal(initial[n]["W"], serial.parameters()[n]["W"]) for n in serial.layers)  # it learned
 
 
+@pytest.mark.parametrize("rule,prepared", [("dtp", 3), ("ldrl", 3), ("tp", 3), ("ddtp_linear", 0), ("dtp_drl", 0)])
+def test_first_feedback_gradients_start_beside_the_forward_pass(rule, prepared):
+    """Where a layer's feedback gradient reads only its own input, f and g, it is the first job of its step, taken
+    while the forward pass goes on (DDTP's and DTP-DRL's read the layers above: they wait for the targets)."""
+    net, _ = trained(spec(rule=rule, fb_act="linear" if rule == "ddtp_linear" else "tanh"), 2, steps=1)
+    net.jobs.clear()
+    forward = net.engine._run
+
+    def forward_then_mark(phase, *args):
+        forward(phase, *args)
+        net.jobs.append(("|", f"end of {phase}"))
+    net.engine._run = forward_then_mark
+    net.train_step(np.ones((3, N_FEATURES)), np.zeros(3, np.int64))
+    during_forward = net.jobs[:net.jobs.index(("|", "end of forward"))]
+    assert during_forward == [(name, "feedback") for name in ("h2", "h3", "out")][:prepared]
+
+
 def test_feedback_step_and_a_probe_wait_for_every_job():
     s = spec(diagnostics=1)
     (serial, _), (threaded, _) = trained(s, 1, steps=2), trained(s, 2, steps=2)

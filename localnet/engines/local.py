@@ -4,12 +4,15 @@ Each node gets, per phase, an `Inbox` of what its declared channels delivered (r
 recorded in `self.audit`); what it returns is routed on. A node that writes into a received array fails with a
 LocalityError naming it; `check_isolation` scans every node for references to another (localnet/isolation.py).
 
-With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages: in a
-training step, each layer's feedback training and weight-gradient product start as soon as it has sent its message
-down (in a feedback-only pass, its feedback training as soon as its forward pass is done); the optimiser steps of
-`update` are shared between the two. Each job touches only its own layer's state, and the engine joins a job before
-anything that reads what it writes, so the numbers are the serial engine's, bit for bit, and no forward parameter
-changes before `update` (an error in the backward phase leaves them as they were).
+With two workers (`localnet.threads`), work that no message waits for runs beside the chain of messages. In a
+training step, as soon as a layer's forward pass is done, its first feedback gradient (which reads only its own
+input, f and g, none of which changes before its feedback training); as soon as it has sent its message down, the
+rest of its feedback training and its weight-gradient product. In a feedback-only pass, a layer's feedback training
+starts as soon as its forward pass is done. The optimiser steps of `update` are
+shared between the two. Each job touches only its own layer's state, and the engine joins a job before anything
+that reads what it writes (a job not yet started is taken over instead of waited for), so the numbers are the serial
+engine's, bit for bit, and no forward parameter changes before `update` (an error in the backward phase leaves them
+as they were).
 """
 
 from __future__ import annotations
@@ -108,26 +111,32 @@ class LocalEngine:
             raise
 
     # -- the phases --------------------------------------------------------------------------------------------
-    def forward(self, x, y, train, feedback=False):
+    def forward(self, x, y, train, feedback=False, prepare_feedback=False):
         """Forward phase: every node computes its output from what it received and sends it on. With `feedback`,
-        then the feedback phase (`train_feedback`), each layer's part started as soon as its input is there."""
+        then the feedback phase (`train_feedback`), each layer's part started as soon as its input is there.
+        With `prepare_feedback` (a training step, whose feedback phase follows its targets), each layer that can
+        takes its first feedback gradient beside the chain as soon as its forward pass is done (one thread: where
+        it is used, which gives the same numbers)."""
         self.join()
         overlap = feedback and self._pool is not None and not self._feedback_reads_above
+        prepare = prepare_feedback and not feedback and self._pool is not None
         set_blas(self.blas)
         self._sent = {"forward": {}, "backward": {}}
         self.inboxes = {"forward": {}, "backward": {}}
         self.nodes[INPUT].feed(x, y)
-        if not overlap:
+        if not overlap and not prepare:
             self._run("forward", self._forward, lambda node, inbox: node.forward(inbox, train), train)
             if feedback:
                 self.train_feedback()
             return
-        starts = set(self.graph.feedback_layers)
+        nodes = self.nodes
+        starts = {name: self._feedback_of(name) if overlap else nodes[name].prepare_feedback
+                  for name in self.graph.feedback_layers if overlap or nodes[name].prepares_feedback}
 
         def forward_then_start_feedback(node, inbox):
             out = node.forward(inbox, train)
             if node.name in starts:
-                self._feedback_jobs[node.name] = self._submit(node.name, "feedback", self._feedback_of(node.name))
+                self._feedback_jobs[node.name] = self._submit(node.name, "feedback", starts[node.name])
             return out
         with self._settled():
             self._run("forward", self._forward, forward_then_start_feedback, train)
@@ -135,6 +144,7 @@ class LocalEngine:
     def train_feedback(self):
         """Feedback phase: each layer with a feedback map fits it to its own forward map, alone; a layer with
         direct targets (DDTP) gets the output's response to its perturbed activation (`response_above`)."""
+        self.join()  # gradients prepared beside the forward chain
         set_blas(self.blas)
         for name in self.graph.feedback_layers:
             self._guarded(name, "feedback", self._feedback_of(name))
@@ -210,7 +220,9 @@ class LocalEngine:
         def backward_then_start_jobs(node, inbox):
             out = node.backward(inbox)
             if node.name in starts:
-                self._feedback_jobs[node.name] = self._submit(node.name, "feedback", self._feedback_of(node.name))
+                self._feedback_jobs[node.name] = self._submit(node.name, "feedback",
+                                                              self._after(self._feedback_jobs.get(node.name),
+                                                                          self._feedback_of(node.name)))
             if start_updates and node.name in layers:
                 self._update_jobs.append(self._submit(node.name, "update", node.prepare_update))
             return out
@@ -233,6 +245,25 @@ class LocalEngine:
     # -- jobs beside the chain of messages ---------------------------------------------------------------------
     def _submit(self, name, phase, method):
         return self._pool.submit(self._guarded, name, phase, method), name, phase, method
+
+    def _take(self, job):
+        """Wait for `job` (or None), or run it here if the worker has not started it."""
+        if job is not None:
+            future, name, phase, method = job
+            if future.cancel():
+                self._guarded(name, phase, method)
+            else:
+                future.result()
+
+    def _after(self, job, method):
+        """`method`, run once `job` (a job started earlier, or None) is done."""
+        if job is None:
+            return method
+
+        def then():
+            self._take(job)
+            return method()
+        return then
 
     @contextlib.contextmanager
     def _settled(self):

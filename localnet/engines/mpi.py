@@ -414,7 +414,7 @@ class MPIEngine(LocalEngine):
             self._pending.append((self.comm.Isend(command, r, COMMAND), command,
                                   f"rank {r} to take the {PHASE_NAMES[code]} command"))
 
-    def forward(self, x, y, train, feedback=False):
+    def forward(self, x, y, train, feedback=False, prepare_feedback=False):  # (layers take it in train_feedback)
         self._forward_pass(x, y, train)
         if feedback:
             self.train_feedback()

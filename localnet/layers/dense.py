@@ -66,6 +66,7 @@ class DenseLayer(Node):
         self.target = None  # the target this step's update descends toward
         self._grads = self._error = None  # this step's forward gradients, or the (x, e) they come from
         self.reconstruction_loss = None
+        self._prepared_feedback = None  # from `prepare_feedback`: (the input it was taken on, (grads, loss))
         self.history = None  # (x, a, h) of past steps, newest last, when a delayed channel feeds this layer
 
     @property
@@ -146,6 +147,7 @@ class DenseLayer(Node):
         for key, value in params.items():
             self.k.arrays.assign(value, state[f"param.{key}"])
         self.rng.bit_generator.state = rng_state
+        self._prepared_feedback = None
         if self.history is not None:
             self.history = deque(history, maxlen=self.history.maxlen)
 
@@ -212,27 +214,49 @@ class DenseLayer(Node):
                                                                    self.feedback_noise)
                 self.feedback_optimizer.step(self.feedback_params, {"V": dQ})
             return
-        W, b = self.forward_params["W"], self.forward_params.get("b")
-        V, c = self.feedback_params["V"], self.feedback_params.get("c")
         loss = self.rule.feedback_loss
         if loss == "round_trip" and respond is None:
             raise LocalnetError(f"layer {self.name!r}: rule {self.rule.name!r} trains g on the network's round trip "
                                 "of noise injected at this layer, which only the local engine provides")
-        for _ in range(self.feedback_iterations):
-            if loss == "round_trip":  # DTP-DRL: noise at the input, up to the output and back down (rules/dtpdrl.py)
-                eps = self.feedback_noise * self.rng.standard_normal(self.x.shape, dtype=self.x.dtype)
-                dV, dc, self.reconstruction_loss = self.rule.drl_grads(
-                    self.k.dense, self.h, respond(self.respond(self.x + eps)), eps, V, c, self.feedback_activation,
-                    self.feedback_noise)
-            elif loss == "ldrl":  # L-DRL: this layer's own f and g only (rules/ldrl.py)
-                dV, dc, self.reconstruction_loss = self.k.dense.ldrl_grads(
-                    self.x, self.h, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise,
-                    self.rng)
+        prepared, self._prepared_feedback = self._prepared_feedback, None
+        for i in range(self.feedback_iterations):
+            if i == 0 and prepared is not None and prepared[0] is self.x:
+                grads, self.reconstruction_loss = prepared[1]
             else:
-                dV, dc, self.reconstruction_loss = self.k.dense.feedback_grads(
-                    self.x, W, b, self.activation, V, c, self.feedback_activation, self.feedback_noise, self.rng)
-            grads = {"V": dV, "c": dc} if c is not None else {"V": dV}
+                grads, self.reconstruction_loss = self._feedback_gradient(respond)
             self.feedback_optimizer.step(self.feedback_params, grads)
+
+    def _feedback_gradient(self, respond=None):
+        """({V, c} gradients, reconstruction loss) of one feedback-training iteration, from g as it is now."""
+        W, b = self.forward_params["W"], self.forward_params.get("b")
+        V, c = self.feedback_params["V"], self.feedback_params.get("c")
+        loss = self.rule.feedback_loss
+        if loss == "round_trip":  # DTP-DRL: noise at the input, up to the output and back down (rules/dtpdrl.py)
+            eps = self.feedback_noise * self.rng.standard_normal(self.x.shape, dtype=self.x.dtype)
+            dV, dc, value = self.rule.drl_grads(self.k.dense, self.h, respond(self.respond(self.x + eps)), eps, V, c,
+                                                self.feedback_activation, self.feedback_noise)
+        elif loss == "ldrl":  # L-DRL: this layer's own f and g only (rules/ldrl.py)
+            dV, dc, value = self.k.dense.ldrl_grads(self.x, self.h, W, b, self.activation, V, c,
+                                                    self.feedback_activation, self.feedback_noise, self.rng)
+        else:
+            dV, dc, value = self.k.dense.feedback_grads(self.x, W, b, self.activation, V, c, self.feedback_activation,
+                                                        self.feedback_noise, self.rng)
+        return ({"V": dV, "c": dc} if c is not None else {"V": dV}), value
+
+    @property
+    def prepares_feedback(self):
+        """Whether `prepare_feedback` may take the first feedback gradient of a step right after the forward pass:
+        when it reads nothing but this layer's own input, f and g (not DDTP's or DTP-DRL's, which read the layers
+        above)."""
+        return (self.has_feedback and not self.feedback_fixed and self.direct_from is None
+                and self.rule.feedback_loss != "round_trip")
+
+    def prepare_feedback(self):
+        """Take this step's first feedback-training gradient now, without changing g. What it reads (this step's
+        input, f and g) stays as it is until `train_feedback` (the targets read g but do not change it), so it
+        equals what `train_feedback` would take, with the same random draws in the same order; an engine may take
+        it beside the chain of messages, and `train_feedback` uses it."""
+        self._prepared_feedback = (self.x, self._feedback_gradient())
 
     def respond(self, x):
         """This layer's f on an input of someone else's perturbation (DDTP's feedback training): no state changes,
