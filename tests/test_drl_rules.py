@@ -262,8 +262,9 @@ def test_mpi_engine_refuses_dtp_drl_across_ranks_and_runs_ldrl(tmp_path):
                               capture_output=True, text=True, timeout=120, env=env, check=False)
     refused = run(2, "dtp_drl")
     assert refused.returncode != 0 and "layers h2 train their feedback maps on the network's round trip" in (
-        refused.stdout + refused.stderr)
+        refused.stdout + refused.stderr), refused.stdout + refused.stderr
     one, two = run(1, "ldrl"), run(2, "ldrl")
     assert one.returncode == two.returncode == 0, two.stdout + two.stderr
     accuracy = [line for line in one.stdout.splitlines() if "test accuracy" in line]
-    assert accuracy and accuracy == [line for line in two.stdout.splitlines() if "test accuracy" in line]
+    assert accuracy and accuracy == [line for line in two.stdout.splitlines() if "test accuracy" in line], (
+        one.stdout, two.stdout)
