@@ -8,11 +8,10 @@ With two workers (`localnet.threads`), work that no message waits for runs besid
 training step, as soon as a layer's forward pass is done, its first feedback gradient (which reads only its own
 input, f and g, none of which changes before its feedback training); as soon as it has sent its message down, the
 rest of its feedback training and its weight-gradient product. In a feedback-only pass, a layer's feedback training
-starts as soon as its forward pass is done. The optimiser steps of `update` are
-shared between the two. Each job touches only its own layer's state, and the engine joins a job before anything
-that reads what it writes (a job not yet started is taken over instead of waited for), so the numbers are the serial
-engine's, bit for bit, and no forward parameter changes before `update` (an error in the backward phase leaves them
-as they were).
+starts as soon as its forward pass is done. The optimiser steps of `update` are shared between the two. Each job
+touches only its own layer's state, and the engine joins a job before anything that reads what it writes (a job not
+yet started is taken over instead of waited for), so the numbers are the serial engine's, bit for bit, and no
+forward parameter changes before `update` (an error in the backward phase leaves them as they were).
 """
 
 from __future__ import annotations
@@ -144,7 +143,8 @@ class LocalEngine:
     def train_feedback(self):
         """Feedback phase: each layer with a feedback map fits it to its own forward map, alone; a layer with
         direct targets (DDTP) gets the output's response to its perturbed activation (`response_above`)."""
-        self.join()  # gradients prepared beside the forward chain
+        if self._feedback_jobs:  # first feedback gradients taken beside the forward pass
+            self.join()
         set_blas(self.blas)
         for name in self.graph.feedback_layers:
             self._guarded(name, "feedback", self._feedback_of(name))
