@@ -3,6 +3,8 @@
 import signal
 from pathlib import Path
 
+import numpy as np
+
 
 def stop_at(stop, epoch, done):
     """Callbacks that request a stop once batch `done` (counted across passes) of `epoch` has been trained."""
@@ -32,7 +34,6 @@ def near_a_jump(act, inputs, weights, bias=None, derivative=False):
     value (with `derivative`, also its derivative) jumps. Two correct kernels that sum in different orders may land
     on opposite sides of such a point (a step unit then differs by 2), so a comparison there tests nothing; kernel
     tests `assume` such draws away. An exact sum (all terms but one zero) is never near: both sides get it exactly."""
-    import numpy as np
     points = JUMPS.get(act, {}).get("value", ()) + (JUMPS.get(act, {}).get("derivative", ()) if derivative else ())
     if not points:
         return False
