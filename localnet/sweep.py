@@ -1,6 +1,7 @@
 """`localnet sweep`: one spec over a grid of `--set` overrides times seeds, runs in parallel (local processes, or
 MPI ranks with mpi4py.futures), each in its own run directory, with a one-line-per-run summary at the end
-(`localnet report` compares the runs in depth)."""
+and, with several seeds, each combination's mean and standard deviation over them (`localnet report` compares the
+runs in depth)."""
 
 from __future__ import annotations
 
@@ -111,6 +112,31 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
     return root, [(name, overrides, seed, results[name]) for name, overrides, seed in runs]
 
 
+def over_seeds(rows):
+    """Per combination of overrides (in plan order): how many of its seeds completed, and the mean and sample
+    standard deviation over them of the last epoch's validation and test accuracy and of the test accuracy at the
+    best validation epoch (None where no run reports it, and the s.d. where fewer than two do). One seed does not
+    settle a difference of a few tenths of a point; this says how far apart the seeds are."""
+    import statistics
+    groups = {}
+    for _, overrides, _, result in rows:
+        groups.setdefault(tuple(overrides), []).append(result)
+    out = []
+    for overrides, results in groups.items():
+        done = [r for r in results if r.get("status") == "completed"]
+        values = {"validation_accuracy": [r.get("validation_accuracy") for r in done],
+                  "test_accuracy": [r.get("test_accuracy") for r in done],
+                  "best_validation_test_accuracy": [(r.get("best_validation") or {}).get("test_accuracy")
+                                                    for r in done]}
+        stats = {}
+        for key, found in values.items():
+            found = [v for v in found if isinstance(v, (int, float))]
+            stats[key] = (statistics.fmean(found) if found else None,
+                          statistics.stdev(found) if len(found) > 1 else None)
+        out.append((list(overrides), len(done), len(results), stats))
+    return out
+
+
 @click.command("sweep")
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False, exists=True))
 @click.option("--grid", multiple=True, metavar="KEY.PATH=V1,V2,...",
@@ -124,7 +150,8 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
               help="Where the sweep's directory of runs is created (or $LOCALNET_RUNS).")
 def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
     """Train SPEC for every combination of the --grid values times --seeds seeds, in parallel; each run gets its
-    own run directory under one sweep directory; prints one line per run (compare them with `localnet report`)."""
+    own run directory under one sweep directory; prints one line per run and, with several seeds, each
+    combination's mean ± s.d. over them (compare runs in depth with `localnet report`)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -137,9 +164,10 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
         root, rows = sweep(spec_path, grid, seeds, jobs=jobs, use_mpi=use_mpi, runs_dir=runs_dir,
                            on_done=lambda name, r: console.print(f"done {escape(name)}: {r.get('status')}"))
         table = Table(title=f"sweep: {len(rows)} runs in {escape(str(root))}")
-        for col in ("run (directory: <time>-<run>-<id>)", "overrides", "seed", "status", "val acc", "test acc",
-                    "s / epoch"):
-            table.add_column(col)
+        for col in ("run (directory: <time>-<run>-<id>)", "overrides"):
+            table.add_column(col, overflow="fold")  # names and overrides wrap on a narrow terminal, never cut
+        for col in ("seed", "status", "val acc", "test acc", "s / epoch"):
+            table.add_column(col, no_wrap=True)
         for name, overrides, seed, r in rows:
             def pct(key, r=r):
                 return f"{100 * r[key]:.2f}%" if isinstance(r.get(key), (int, float)) else "-"
@@ -148,6 +176,22 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
                           pct("validation_accuracy"), pct("test_accuracy"),
                           f"{r['seconds_per_epoch']:.2f}" if r.get("seconds_per_epoch") else "-")
         console.print(table)
+        if seeds > 1:
+            summary = Table(title=f"over {seeds} seeds: mean ± s.d. (sample)")
+            summary.add_column("overrides", overflow="fold")
+            for col in ("completed", "val acc", "test acc", "test acc at best val"):
+                summary.add_column(col, no_wrap=True)
+            for overrides, done, total, stats in over_seeds(rows):
+                def spread(key, stats=stats):
+                    mean, sd = stats[key]
+                    if mean is None:
+                        return "-"
+                    return f"{100 * mean:.2f}%" if sd is None else f"{100 * mean:.2f} ± {100 * sd:.2f}%"
+                short = " ".join(f"{key.rsplit('.', 1)[-1]}={value}"  # the last part of each key path
+                                 for key, value in (o.split("=", 1) for o in overrides))
+                summary.add_row(escape(short) or "-", f"{done} of {total}", spread("validation_accuracy"),
+                                spread("test_accuracy"), spread("best_validation_test_accuracy"))
+            console.print(summary)
         for name, _, _, r in rows:
             if r.get("error"):
                 console.print(f"[red]{escape(name)}[/]: {escape(r['error'])}", soft_wrap=True)

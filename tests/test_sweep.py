@@ -13,7 +13,7 @@ import yaml
 from test_mpi import MPIEXEC, needs_mpi
 
 from localnet.errors import SpecError
-from localnet.sweep import parse_grid, plan, split_values
+from localnet.sweep import over_seeds, parse_grid, plan, split_values
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 QUICK = str(SPECS / "quickstart.yaml")
@@ -67,6 +67,27 @@ def test_local_sweep_runs_every_combination_like_single_runs(tmp_path):
     assert summary["test_accuracy"] == runs[("0.003", 1)]["test_accuracy"]
     assert runs[("0.003", 1)]["test_accuracy"] != runs[("0.001", 1)]["test_accuracy"]
     assert f"{100 * summary['test_accuracy']:.2f}%" in done.stdout  # the table of runs
+    tests = [runs[("0.003", seed)]["test_accuracy"] for seed in (0, 1)]  # and the spread over seeds
+    mean, sd = (tests[0] + tests[1]) / 2, abs(tests[0] - tests[1]) / 2 ** 0.5
+    assert "over 2 seeds" in done.stdout and f"{100 * mean:.2f} ± {100 * sd:.2f}%" in done.stdout
+
+
+def test_over_seeds_takes_mean_and_sample_deviation_per_combination():
+    def run(status, val=None, test=None, best=None):
+        return {"status": status, "validation_accuracy": val, "test_accuracy": test,
+                **({"best_validation": {"test_accuracy": best}} if best is not None else {})}
+    rows = [("a0", ["lr=1"], 0, run("completed", 0.80, 0.88, 0.89)),
+            ("a1", ["lr=1"], 1, run("completed", 0.90, 0.86, 0.85)),
+            ("a2", ["lr=1"], 2, run("completed", 0.85, 0.87, 0.84)),
+            ("b0", ["lr=2"], 0, run("failed")), ("b1", ["lr=2"], 1, run("completed", 0.5, 0.6))]
+    (first, second) = over_seeds(rows)
+    assert first[:3] == (["lr=1"], 3, 3)
+    assert first[3]["test_accuracy"] == pytest.approx((0.87, 0.01))  # s.d. with n − 1: sqrt((1e-4 + 1e-4) / 2)
+    assert first[3]["validation_accuracy"] == pytest.approx((0.85, 0.05))
+    assert first[3]["best_validation_test_accuracy"] == pytest.approx((0.86, 0.026457513))
+    assert second[:3] == (["lr=2"], 1, 2)  # the failed seed counts as not completed, and is left out
+    assert second[3]["test_accuracy"] == pytest.approx((0.6, None)) and \
+        second[3]["best_validation_test_accuracy"] == (None, None)
 
 
 @needs_mpi
