@@ -256,12 +256,12 @@ def _state_mib(net):
 # -------------------------------------------------------------------------------------------------------------
 # Timing the library's own training step
 # -------------------------------------------------------------------------------------------------------------
-def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=None):
+def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=None, blas=None):
     """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up).
-    `workers`: the local engine's job threads, instead of the layout it picks for the spec."""
+    `workers`, `blas`: the local engine's job threads and BLAS threads per job, instead of the layout it picks."""
     if workers is not None:
         from .engines import LocalEngine, using
-        with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=workers)):
+        with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=workers, blas=blas)):
             return time_epochs(spec, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
     from .network import build
     from .training import DATA_ORDER_STREAM, _passes
@@ -623,7 +623,7 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
     from .threads import cores
     report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": cores(),
                           "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-              "net": {}, "floor": {}, "results": [], "breakdown": {}, "skipped": {}}
+              "net": {}, "floor": {}, "results": [], "breakdown": {}, "two_threads": {}, "skipped": {}}
     for b in missing:
         report["skipped"][b] = "does not import here"
     if "cuda" not in available:
@@ -655,7 +655,7 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             _reset_peak_rss()
             load = LoadMeter()
             timed, net = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
-            picked = net.engine.workers
+            picked, timed_picked = net.engine.workers, timed["seconds"]
             report["results"].append(dict(backend=name, rule=rule, peak_rss_mib=_peak_rss_mib(), job_threads=picked,
                                           other_load=load.other(), **timed))
             if name == "numba" and cores() > 1:  # the layout the engine did not pick, for comparison
@@ -667,6 +667,16 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
                 report["results"].append(dict(backend=f"{name}, {other} thread{'s' if other > 1 else ''}",
                                               rule=rule, peak_rss_mib=_peak_rss_mib(), job_threads=other,
                                               other_load=load.other(), **timed))
+                if picked > 1:  # the same work in one thread on one core: what the second core buys
+                    say(f"timing {name} {rule} in 1 thread on 1 core")
+                    load = LoadMeter()
+                    serial, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches,
+                                            workers=1, blas=1)
+                    report["results"].append(dict(backend=f"{name}, 1 thread on 1 core", rule=rule,
+                                                  peak_rss_mib=_peak_rss_mib(), job_threads=1,
+                                                  other_load=load.other(), **serial))
+                    report["two_threads"][rule] = {"one_core_s": serial["seconds"], "two_threads_s": timed_picked,
+                                                   "speedup": serial["seconds"] / timed_picked}
             say(f"breakdown {name} {rule}")
             report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
             time.sleep(QUIET_S)
@@ -756,6 +766,11 @@ def render(report, console):
                     f"{100 * r['other_load']:.0f}%" if r.get("other_load") is not None else "-",
                     " ".join(f"{s:.2f}" for s in r["epochs"]))
     console.print(res)
+    for rule, t in report.get("two_threads", {}).items():
+        console.print(f"{rule}: two job threads do an epoch's work in {t['two_threads_s']:.2f} s, which one thread on "
+                      f"one core does in {t['one_core_s']:.2f} s: [bold]{t['speedup']:.2f}×[/] (2× would be "
+                      "perfect; the rest is the chain no second thread can share, cores slowing each other, and "
+                      "threads waiting)", soft_wrap=True)
     busy = [r for r in report["results"] if (r.get("other_load") or 0) > 0.05]
     if busy:
         console.print(f"[yellow]other processes used the CPU during {len(busy)} measurement(s) (the 'other load' "

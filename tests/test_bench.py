@@ -69,3 +69,36 @@ def test_pytorch_comparison_step_runs_when_torch_is_installed():
         losses = [net.step(x, y) for _ in range(30)]
         assert np.isfinite(losses).all() and losses[-1] < losses[0]
     assert torch.get_num_threads() >= 1
+
+
+def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one_core(tmp_path):
+    """DTP with two feedback layers gets two job threads: the bench then times the same steps in one thread on one
+    core too, and reports the speed-up the second core buys (its value depends on the machine: not asserted)."""
+    from localnet import threads
+    from localnet.bench import run_bench
+    spec = tmp_path / "three.yaml"
+    spec.write_text("""
+name: three
+seed: 1
+data: {name: digits}
+network:
+  layers:
+    - {name: h1, size: 16, activation: tanh}
+    - {name: h2, size: 16, activation: tanh}
+    - {name: out, size: 10, activation: linear}
+rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}
+train: {batch_size: 32}
+""")
+    before = threads.cores()
+    threads.configure(2)
+    try:
+        report = run_bench(spec, spec, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
+                           startup=False, breakdown_batches=3)
+    finally:
+        threads.configure(before)
+    rows = {r["backend"]: r for r in report["results"] if r["rule"] == "dtp"}
+    assert set(rows) == {"numba", "numba, 1 thread", "numba, 1 thread on 1 core"}
+    assert (rows["numba"]["job_threads"], rows["numba, 1 thread on 1 core"]["job_threads"]) == (2, 1)
+    t = report["two_threads"]["dtp"]
+    assert t["one_core_s"] == rows["numba, 1 thread on 1 core"]["seconds"] > 0
+    assert t["two_threads_s"] == rows["numba"]["seconds"] > 0 and t["speedup"] == t["one_core_s"] / t["two_threads_s"]

@@ -36,7 +36,9 @@ def _plain(out):
 
 
 class LocalEngine:
-    def __init__(self, graph: NetworkGraph, nodes: dict, workers: int | None = None):
+    def __init__(self, graph: NetworkGraph, nodes: dict, workers: int | None = None, blas: int | None = None):
+        """`workers`: job threads (default: the layout `threads.layout` picks); `blas`: BLAS threads per job
+        (default: the cores shared out between the job threads)."""
         self.graph, self.nodes = graph, nodes
         self.audit = Audit()
         # DTP-DRL's feedback training reads the feedback maps above, which their own feedback training changes:
@@ -49,6 +51,7 @@ class LocalEngine:
                                         and len(graph.feedback_layers) >= 2)
         else:
             self.blas = max(1, cores() // workers)
+        self.blas = blas or self.blas
         self.workers = workers
         self._pool = ThreadPoolExecutor(workers - 1, thread_name_prefix="localnet") if workers > 1 else None
         self._feedback_jobs, self._update_jobs = {}, []  # name -> job; jobs: (future, name, phase, method)
