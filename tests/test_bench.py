@@ -27,19 +27,25 @@ def test_flops_per_sample_match_the_design_numbers():
     assert bp == 2 * forward + 2 * (4 * 256 * 256 + 256 * 10)  # forward, dW, and e Wᵀ for all but the first layer
 
 
-def test_quick_bench_runs_and_reports_json(tmp_path):
-    spec = tmp_path / "tiny.yaml"
-    spec.write_text("""
+def tiny_spec(tmp_path, hidden=1):
+    """A DTP spec on the bundled digits with `hidden` tanh layers of 16 units."""
+    layers = "".join(f"    - {{name: h{i + 1}, size: 16, activation: tanh}}\n" for i in range(hidden))
+    spec = tmp_path / f"tiny{hidden}.yaml"
+    spec.write_text(f"""
 name: tiny
 seed: 1
-data: {name: digits}
+data: {{name: digits}}
 network:
   layers:
-    - {name: h1, size: 16, activation: tanh}
-    - {name: out, size: 10, activation: linear}
-rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}
-train: {batch_size: 32}
+{layers}    - {{name: out, size: 10, activation: linear}}
+rule: {{name: dtp, target_step: 0.2, feedback_noise: 0.1}}
+train: {{batch_size: 32}}
 """)
+    return spec
+
+
+def test_quick_bench_runs_and_reports_json(tmp_path):
+    spec = tiny_spec(tmp_path)
     result = CliRunner().invoke(bench, [str(spec), "--epochs", "1", "--warmup", "2", "--batches", "3", "--no-torch",
                                         "--no-sweep", "--no-startup", "--json", "--backend", "numpy",
                                         "--bp-spec", str(spec)])
@@ -76,19 +82,7 @@ def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one
     core too, and reports the speed-up the second core buys (its value depends on the machine: not asserted)."""
     from localnet import threads
     from localnet.bench import run_bench
-    spec = tmp_path / "three.yaml"
-    spec.write_text("""
-name: three
-seed: 1
-data: {name: digits}
-network:
-  layers:
-    - {name: h1, size: 16, activation: tanh}
-    - {name: h2, size: 16, activation: tanh}
-    - {name: out, size: 10, activation: linear}
-rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}
-train: {batch_size: 32}
-""")
+    spec = tiny_spec(tmp_path, hidden=2)
     before = threads.cores()
     threads.configure(2)
     try:
