@@ -70,11 +70,14 @@ def layout(parallel: bool) -> tuple[int, int]:
 
 
 def _controllers():
+    """threadpoolctl's controllers of every loaded BLAS and of the OpenMP runtime MKL threads on (Intel's): with one
+    BLAS thread per job, an OpenMP team left at two would keep a thread spinning beside the job threads."""
     global _blas
     if _blas is None:
-        import scipy.linalg.cython_blas  # noqa: F401  SciPy's BLAS, which numba kernels call, must be loaded first
+        from . import blas
+        blas.select()  # the numba kernels' BLAS (SciPy's OpenBLAS, or MKL) must be loaded first
         from threadpoolctl import ThreadpoolController
-        _blas = ThreadpoolController().select(user_api="blas")
+        _blas = ThreadpoolController().select(user_api="blas", prefix="libiomp")
     return _blas
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import blas
 from ..threads import cores
 from ..errors import RunError
 from ..spec import dump_spec, load_spec
@@ -121,7 +122,7 @@ def read_npz(path: Path, what="checkpoint", sha256=None) -> dict:
 
 def _versions():
     out = {"python": sys.version.split()[0]}
-    for pkg in ("localnet", "numpy", "networkx", "pyyaml", "numba"):
+    for pkg in ("localnet", "numpy", "networkx", "pyyaml", "numba", "scipy", "mkl"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -157,6 +158,8 @@ class RunDir:
             "versions": _versions(), "backend": backend, "seed": spec.seed, "dtype": spec.dtype,
             "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": cores(),  # with the rule, it fixes the engine's thread layout
+            # the numba kernels' BLAS (localnet/blas.py); None where no numba kernel runs
+            "blas": blas.PROVIDER if backend == "numba" else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         run.write_summary({"status": "running"})
         return run

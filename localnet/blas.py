@@ -1,0 +1,86 @@
+"""Which BLAS the numba kernels' matrix products run on: SciPy's OpenBLAS, or Intel's MKL where it is installed.
+
+Why: at this project's shapes (batch 128, widths 256–784) MKL's single-threaded sgemm does 200–215 GFLOP/s on the
+2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP step about 15 % shorter
+(`localnet bench`, README § Performance). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and
+`intel-openmp` wheels, about 260 MB, under the Intel Simplified Software License).
+
+How: `np.dot` inside `@njit` calls BLAS through the function pointers SciPy exports in
+`scipy.linalg.cython_blas.__pyx_capi__`, which Numba's helper library looks up the first time a product runs in the
+process and keeps. `select` puts MKL's `sgemm`/`dgemm` (the same Fortran interface) in their place before that, so
+the compiled kernels, cached or not, call MKL. It must therefore run before the first product of the process:
+the numba backend calls it when it is imported, before any of its kernels runs. (Other Numba code that ran a
+product in the same process before that would have fixed the pointers to OpenBLAS for good.)
+
+`$LOCALNET_BLAS`: `auto` (default: MKL when installed), `mkl` (an error if it is not installed) or `openblas`.
+Numbers differ between the two in their last bits (summation order), as between any two BLAS builds; each is
+deterministic for a given thread count, and the provider is recorded in a run's `environment.json`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+from .errors import LocalnetError
+
+CHOICES = ("auto", "mkl", "openblas")
+PROVIDER = None  # "mkl" or "openblas" once `select` has run
+_kept = []  # the capsules' names must outlive them
+
+
+def _mkl_library():
+    """The installed MKL runtime library's path, or None."""
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+        files = distribution("mkl").files or []
+    except PackageNotFoundError:
+        return None
+    for f in files:
+        if f.name.startswith("libmkl_rt.so"):
+            path = f.locate()
+            if os.path.exists(path):
+                return os.path.realpath(path)
+    return None
+
+
+def _swap_gemm(library):
+    """Put `library`'s Fortran sgemm/dgemm where Numba looks up SciPy's."""
+    import scipy.linalg.cython_blas as cython_blas
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype, api.PyCapsule_GetName.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    api.PyCapsule_New.restype = ctypes.py_object
+    api.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    for fn in ("sgemm", "dgemm"):
+        name = api.PyCapsule_GetName(cython_blas.__pyx_capi__[fn])  # the signature SciPy declares, checked on lookup
+        _kept.append(name)
+        address = ctypes.cast(getattr(library, fn + "_"), ctypes.c_void_p).value
+        cython_blas.__pyx_capi__[fn] = api.PyCapsule_New(address, name, None)
+
+
+def select(choice=None) -> str:
+    """Choose the BLAS of the numba kernels (once per process; later calls return the first choice)."""
+    global PROVIDER
+    if PROVIDER is not None:
+        return PROVIDER
+    choice = (choice or os.environ.get("LOCALNET_BLAS") or "auto").lower()
+    if choice not in CHOICES:
+        raise LocalnetError(f"LOCALNET_BLAS={choice!r}: expected one of {', '.join(CHOICES)}")
+    path = _mkl_library() if choice != "openblas" else None
+    if choice == "mkl" and path is None:
+        raise LocalnetError("LOCALNET_BLAS=mkl, but MKL is not installed: pip install -e \".[mkl]\"")
+    if path is None:
+        PROVIDER = "openblas"
+        return PROVIDER
+    # Intel's OpenMP threads when intel-openmp is there (several BLAS threads for a one-thread engine layout), else
+    # MKL's sequential layer; the engines set MKL's thread count through threadpoolctl either way. OpenMP's own
+    # default stays at one thread (unless set), or a job thread's MKL call, though told to use one thread, leaves
+    # an OpenMP team spinning beside the other job thread (measured: 3.4–3.9 against 3.2–3.4 ms per DTP step).
+    threaded = os.path.exists(os.path.join(os.path.dirname(path), "libiomp5.so"))
+    if threaded:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    library = ctypes.CDLL(path)
+    library.MKL_Set_Threading_Layer(ctypes.c_int(0 if threaded else 1))  # MKL_THREADING_INTEL, _SEQUENTIAL
+    _swap_gemm(library)
+    PROVIDER = "mkl"
+    return PROVIDER

@@ -1,0 +1,60 @@
+"""localnet/blas.py: which BLAS the numba kernels' products run on, chosen once per process, before any product.
+Each case runs in a fresh process, since the choice cannot change once a product has run."""
+
+import json
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import pytest
+
+try:
+    version("mkl")
+    HAS_MKL = True
+except PackageNotFoundError:
+    HAS_MKL = False
+
+PROBE = """
+import json, numpy as np
+import localnet.backends.numba.dense as d
+from localnet import blas
+from threadpoolctl import threadpool_info
+rng = np.random.default_rng(0)
+x, W = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((300, 70)).astype(np.float32)
+a, _ = d.forward(x, W, None, "linear")
+print(json.dumps({"provider": blas.PROVIDER, "apis": sorted({i["internal_api"] for i in threadpool_info()}),
+                  "error": float(np.abs(a - x.astype(np.float64) @ W.astype(np.float64)).max())}))
+"""
+
+
+def probe(env_blas, monkeypatch):
+    monkeypatch.setenv("LOCALNET_BLAS", env_blas)
+    done = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300, check=False)
+    return done
+
+
+def test_openblas_on_request(monkeypatch):
+    done = probe("openblas", monkeypatch)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["provider"] == "openblas" and "mkl" not in out["apis"] and out["error"] < 1e-3
+
+
+@pytest.mark.skipif(not HAS_MKL, reason="MKL not installed (pip install -e '.[mkl]')")
+def test_mkl_runs_the_numba_products_where_installed(monkeypatch):
+    for choice in ("auto", "mkl"):
+        done = probe(choice, monkeypatch)
+        assert done.returncode == 0, done.stderr
+        out = json.loads(done.stdout)
+        assert out["provider"] == "mkl" and "mkl" in out["apis"] and out["error"] < 1e-3
+
+
+@pytest.mark.skipif(HAS_MKL, reason="MKL is installed")
+def test_asking_for_mkl_without_it_is_a_clear_error(monkeypatch):
+    done = probe("mkl", monkeypatch)
+    assert done.returncode != 0 and "MKL is not installed" in done.stderr
+
+
+def test_an_unknown_choice_is_refused(monkeypatch):
+    done = probe("atlas", monkeypatch)
+    assert done.returncode != 0 and "LOCALNET_BLAS='atlas'" in done.stderr and "openblas" in done.stderr
