@@ -146,7 +146,11 @@ def measure_gemms_at_shapes(gemms, dtype, backends, seconds=1.0):
         return [(rng.random((m, k), dtype=np.float32).astype(dtype),
                  rng.random((k, n), dtype=np.float32).astype(dtype), np.empty((m, n), dtype)) for m, k, n in gemms]
     dot = _numba_dot() if "numba" in backends else (lambda a, b, c: np.dot(a, b, out=c))
-    which = "numba (SciPy's BLAS)" if "numba" in backends else "numpy's BLAS"
+    if "numba" in backends:
+        from .blas import select
+        which = "numba (MKL)" if select() == "mkl" else "numba (SciPy's OpenBLAS)"
+    else:
+        which = "numpy's BLAS"
     ops = [operands(), operands()]
 
     def once(k=0):
@@ -435,6 +439,9 @@ class TorchNet:
 
 def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, device="cpu"):
     import torch
+
+    from .threads import cores
+    torch.set_num_threads(cores())  # every core, whatever OMP_NUM_THREADS says (localnet/blas.py may have set it)
     net = TorchNet(spec, x.shape[1], n_classes, device)
     torch.manual_seed(spec.seed)
     size, n = spec.train.batch_size, len(x)
