@@ -1,7 +1,7 @@
 """Which BLAS the numba kernels' matrix products run on: SciPy's OpenBLAS, or Intel's MKL where it is installed.
 
 Why: at this project's shapes (batch 128, widths 256–784) MKL's single-threaded sgemm does 200–215 GFLOP/s on the
-2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP step about 15 % shorter
+2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP epoch 12 % shorter and a backprop one 17 %
 (`localnet bench`, README § Performance). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and
 `intel-openmp` wheels, about 260 MB, under the Intel Simplified Software License).
 
@@ -12,9 +12,16 @@ the compiled kernels, cached or not, call MKL. It must therefore run before the 
 the numba backend calls it when it is imported, before any of its kernels runs. (Other Numba code that ran a
 product in the same process before that would have fixed the pointers to OpenBLAS for good.)
 
+Threads: the engines set MKL's thread count per phase through threadpoolctl, as OpenBLAS's. With intel-openmp
+installed MKL threads through Intel's OpenMP runtime, and `select` sets `OMP_NUM_THREADS=1` when it is unset: an
+OpenMP team left at two threads spins beside the engine's job threads (3.4–3.9 against 3.2–3.4 ms per DTP step).
+Other OpenMP libraries that start later in the process then default to one thread too (the bench sets PyTorch's).
+
 `$LOCALNET_BLAS`: `auto` (default: MKL when installed), `mkl` (an error if it is not installed) or `openblas`.
 Numbers differ between the two in their last bits (summation order), as between any two BLAS builds; each is
-deterministic for a given thread count, and the provider is recorded in a run's `environment.json`.
+deterministic for a given thread count (MKL's code path can depend on the arrays' memory alignment, so `select` sets
+`MKL_CBWR=AUTO,STRICT`, its conditional numerical reproducibility, when unset: about 1 % slower on a DTP step), and
+the provider is recorded in a run's `environment.json`.
 """
 
 from __future__ import annotations
@@ -73,12 +80,11 @@ def select(choice=None) -> str:
         PROVIDER = "openblas"
         return PROVIDER
     # Intel's OpenMP threads when intel-openmp is there (several BLAS threads for a one-thread engine layout), else
-    # MKL's sequential layer; the engines set MKL's thread count through threadpoolctl either way. OpenMP's own
-    # default stays at one thread (unless set), or a job thread's MKL call, though told to use one thread, leaves
-    # an OpenMP team spinning beside the other job thread (measured: 3.4–3.9 against 3.2–3.4 ms per DTP step).
+    # MKL's sequential layer; OpenMP's own default at one thread (see the module notes)
     threaded = os.path.exists(os.path.join(os.path.dirname(path), "libiomp5.so"))
     if threaded:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # the same bits run after run, whatever the arrays' alignment
     library = ctypes.CDLL(path)
     library.MKL_Set_Threading_Layer(ctypes.c_int(0 if threaded else 1))  # MKL_THREADING_INTEL, _SEQUENTIAL
     _swap_gemm(library)
