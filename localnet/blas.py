@@ -1,7 +1,7 @@
 """Which BLAS the numba kernels' matrix products run on: SciPy's OpenBLAS, or Intel's MKL where it is installed.
 
 Why: at this project's shapes (batch 128, widths 256–784) MKL's single-threaded sgemm does 200–215 GFLOP/s on the
-2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP epoch 12 % shorter and a backprop one 17 %
+2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP epoch 12 % shorter and a backprop one 13 %
 (`localnet bench`, README § Performance). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and
 `intel-openmp` wheels, about 260 MB, under the Intel Simplified Software License).
 
