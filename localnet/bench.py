@@ -90,6 +90,12 @@ def _backends():
     return out
 
 
+def _splits():
+    """Whether the numba kernels split element-wise passes across a one-thread layout's cores in this process."""
+    from .backends.numba.cores import splits
+    return splits()
+
+
 # -------------------------------------------------------------------------------------------------------------
 # FLOPs and the floor
 # -------------------------------------------------------------------------------------------------------------
@@ -260,9 +266,15 @@ def _state_mib(net):
 # -------------------------------------------------------------------------------------------------------------
 # Timing the library's own training step
 # -------------------------------------------------------------------------------------------------------------
-def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=None, blas=None):
+def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=None, blas=None, split=True):
     """Median seconds per epoch of the trainer's loop; `batches` times only that many per epoch (and scales up).
-    `workers`, `blas`: the local engine's job threads and BLAS threads per job, instead of the layout it picks."""
+    `workers`, `blas`: the local engine's job threads and BLAS threads per job, instead of the layout it picks;
+    `split=False`: the numba kernels' element-wise passes on one core (localnet/backends/numba/cores.py)."""
+    if not split:
+        from .backends.numba.cores import unsplit
+        with unsplit():
+            return time_epochs(spec, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches, workers=workers,
+                               blas=blas)
     if workers is not None:
         from .engines import LocalEngine, using
         with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=workers, blas=blas)):
@@ -630,7 +642,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
     from .threads import cores
     report = {"machine": {"python": platform.python_version(), "numpy": np.__version__, "threads": cores(),
                           "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-              "net": {}, "floor": {}, "results": [], "breakdown": {}, "two_threads": {}, "skipped": {}}
+              "net": {}, "floor": {}, "results": [], "breakdown": {}, "two_threads": {}, "split": {},
+              "skipped": {}}
     for b in missing:
         report["skipped"][b] = "does not import here"
     if "cuda" not in available:
@@ -684,6 +697,16 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
                                                   other_load=load.other(), **serial))
                     report["two_threads"][rule] = {"one_core_s": serial["seconds"], "two_threads_s": timed_picked,
                                                    "speedup": serial["seconds"] / timed_picked}
+                elif _splits():  # one thread: what splitting its element-wise passes across the cores buys
+                    say(f"timing {name} {rule} with its element-wise passes on one core")
+                    load = LoadMeter()
+                    whole, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches,
+                                           split=False)
+                    report["results"].append(dict(backend=f"{name}, passes not split", rule=rule,
+                                                  peak_rss_mib=_peak_rss_mib(), job_threads=1,
+                                                  other_load=load.other(), **whole))
+                    report["split"][rule] = {"unsplit_s": whole["seconds"], "split_s": timed_picked,
+                                             "speedup": whole["seconds"] / timed_picked}
             say(f"breakdown {name} {rule}")
             report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
             time.sleep(QUIET_S)
@@ -778,6 +801,11 @@ def render(report, console):
                       f"one core does in {t['one_core_s']:.2f} s: [bold]{t['speedup']:.2f}×[/] (2× would be "
                       "perfect; the rest is the chain no second thread can share, cores slowing each other, and "
                       "threads waiting)", soft_wrap=True)
+    for rule, t in report.get("split", {}).items():
+        console.print(f"{rule}: in one job thread, splitting the element-wise passes across its "
+                      f"{report['machine']['threads']} cores (the forward pass's bias and non-linearity, the "
+                      f"optimiser steps) takes an epoch from {t['unsplit_s']:.2f} s to {t['split_s']:.2f} s: "
+                      f"[bold]{t['speedup']:.2f}×[/]", soft_wrap=True)
     busy = [r for r in report["results"] if (r.get("other_load") or 0) > 0.05]
     if busy:
         console.print(f"[yellow]other processes used the CPU during {len(busy)} measurement(s) (the 'other load' "

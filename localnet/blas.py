@@ -33,6 +33,7 @@ from .errors import LocalnetError
 
 CHOICES = ("auto", "mkl", "openblas")
 PROVIDER = None  # "mkl" or "openblas" once `select` has run
+OPENMP = False  # whether MKL threads on Intel's OpenMP runtime, loaded into the global namespace
 _kept = []  # the capsules' names must outlive them
 
 
@@ -81,9 +82,16 @@ def select(choice=None) -> str:
         return PROVIDER
     # Intel's OpenMP threads when intel-openmp is there (several BLAS threads for a one-thread engine layout), else
     # MKL's sequential layer; OpenMP's own default at one thread (see the module notes)
-    threaded = os.path.exists(os.path.join(os.path.dirname(path), "libiomp5.so"))
+    openmp = os.path.join(os.path.dirname(path), "libiomp5.so")
+    threaded = os.path.exists(openmp)
     if threaded:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+        # in the global namespace, so that Numba's OpenMP threading layer, loaded later, runs on Intel's runtime (it
+        # provides GNU OpenMP's entry points) and shares MKL's threads: with two runtimes each keeps a thread spinning
+        # and the kernels that split their element-wise passes get several times slower (backends/numba/cores.py)
+        ctypes.CDLL(openmp, mode=ctypes.RTLD_GLOBAL)
+        global OPENMP
+        OPENMP = True
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # the same bits run after run, whatever the arrays' alignment
     library = ctypes.CDLL(path)
     library.MKL_Set_Threading_Layer(ctypes.c_int(0 if threaded else 1))  # MKL_THREADING_INTEL, _SEQUENTIAL

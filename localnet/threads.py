@@ -93,6 +93,12 @@ def set_blas(threads: int | None):
     _current = threads
 
 
+def job_cores() -> int:
+    """The cores each job has now, as `set_blas` gave them to BLAS (1 under `limit_blas`): where it is more than one
+    (a one-thread layout), the numba kernels split their element-wise passes into that many parts too."""
+    return _current or 1
+
+
 def limit_blas(threads: int | None):
     """A `with` block in which every loaded BLAS has `threads` threads (None: no limit), SciPy's included: MPI
     ranks and the bench's measurements, which must not oversubscribe the cores."""

@@ -96,3 +96,31 @@ def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one
     t = report["two_threads"]["dtp"]
     assert t["one_core_s"] == rows["numba, 1 thread on 1 core"]["seconds"] > 0
     assert t["two_threads_s"] == rows["numba"]["seconds"] > 0 and t["speedup"] == t["one_core_s"] / t["two_threads_s"]
+
+
+def test_where_kernels_split_across_a_threads_cores_the_bench_also_times_them_unsplit(tmp_path):
+    """Backprop keeps one job thread with BLAS on both cores; where the kernels split their element-wise passes
+    across those cores (MKL's OpenMP threads), the bench times the same steps unsplit too (values not asserted)."""
+    from localnet import threads
+    from localnet.backends.numba import cores
+    from localnet.bench import run_bench
+    spec = tiny_spec(tmp_path)
+    bp = tmp_path / "bp.yaml"
+    bp.write_text(spec.read_text().replace("rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}",
+                                           "rule: {name: bp}"))
+    before = threads.cores()
+    threads.configure(2)
+    try:
+        report = run_bench(spec, bp, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
+                           startup=False, breakdown_batches=3)
+    finally:
+        threads.configure(before)
+    rows = {r["backend"]: r for r in report["results"] if r["rule"] == "bp"}
+    if not cores.splits():
+        assert "numba, passes not split" not in rows and report["split"] == {}
+        return
+    assert set(rows) == {"numba", "numba, 2 threads", "numba, passes not split"}
+    t = report["split"]["bp"]
+    assert t["unsplit_s"] == rows["numba, passes not split"]["seconds"] > 0
+    assert t["split_s"] == rows["numba"]["seconds"] > 0 and t["speedup"] == t["unsplit_s"] / t["split_s"]
+    assert cores.splits()  # the block put it back

@@ -58,3 +58,34 @@ def test_asking_for_mkl_without_it_is_a_clear_error(monkeypatch):
 def test_an_unknown_choice_is_refused(monkeypatch):
     done = probe("atlas", monkeypatch)
     assert done.returncode != 0 and "LOCALNET_BLAS='atlas'" in done.stderr and "openblas" in done.stderr
+
+
+SPLIT_PROBE = """
+import json, numba
+from localnet import threads
+from localnet.backends.numba import cores, dense
+import numpy as np
+threads.configure(2)
+threads.set_blas(2)
+dense.forward(np.ones((128, 256), np.float32), np.ones((256, 256), np.float32), None, "tanh")
+try:
+    layer = numba.threading_layer()
+except ValueError:
+    layer = None
+print(json.dumps({"parts": cores.parts(), "layer": layer}))
+"""
+
+
+@pytest.mark.parametrize("choice", ["mkl", "openblas"])
+def test_kernels_split_only_on_mkls_openmp_threads(choice, monkeypatch):
+    """Split element-wise passes run on MKL's Intel OpenMP team (Numba's OpenMP layer); beside OpenBLAS's own threads
+    a second set of spinning threads would make them several times slower, so there they never split."""
+    if choice == "mkl" and not HAS_MKL:
+        pytest.skip("MKL not installed (pip install -e '.[mkl]')")
+    monkeypatch.setenv("LOCALNET_BLAS", choice)
+    monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
+    done = subprocess.run([sys.executable, "-c", SPLIT_PROBE], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out == ({"parts": 2, "layer": "omp"} if choice == "mkl" else {"parts": 1, "layer": None})

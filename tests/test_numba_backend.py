@@ -332,6 +332,84 @@ def test_optimiser_refuses_a_non_contiguous_parameter():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Element-wise passes split across a job's cores (backends/numba/cores.py): the serial kernels' bits, any split
+# ----------------------------------------------------------------------------------------------------------------
+@SETTINGS
+@given(dense_case(acts=ACTS[:-1]), st.integers(2, 5))
+def test_split_forward_gives_the_serial_kernels_bits(case, parts):
+    x, W, dtype = case["x"], case["W"], case["dtype"]
+    b, has_b = nbd._bias(case["b"], W)
+    c = nbd.code(case["act"])
+    outs = []
+    for split in (False, True):
+        a, h = np.empty((len(x), W.shape[1]), dtype), np.empty((len(x), W.shape[1]), dtype)
+        if split:  # parts may exceed the rows: the blocks past the last row are empty
+            nbd._forward_parts(readonly(x), W, b, has_b, c, a, h, parts)
+        else:
+            nbd._forward(readonly(x), W, b, has_b, c, np.uint64(0), False, a, h)
+        outs.append((a, h))
+    for serial, split in zip(*outs):
+        np.testing.assert_array_equal(split, serial)
+
+
+@SETTINGS
+@given(st.sampled_from(OPTIMISERS), st.sampled_from(DTYPES), st.integers(1, 40), st.integers(2, 5), st.data())
+def test_split_optimiser_steps_give_the_serial_kernels_bits(spec, dtype, n, parts, data):
+    p0, m0, v0 = (data.draw(arrays(dtype, (n,))) for _ in range(3))
+    g = data.draw(arrays(dtype, (n,)))
+    v0 = np.abs(v0)
+    f, o = float, nb.optim
+    runs = []
+    for split in (False, True):
+        p, m, v, w = p0.copy(), m0.copy(), v0.copy(), v0.copy()
+        if spec.type == "sgd":
+            args, serial, parted = (p, g, m, f(spec.lr), f(spec.momentum), f(spec.weight_decay)), o._sgd, o._sgd_parts
+        elif spec.type == "rmsprop":
+            args = (p, g, v, m, w, f(spec.lr), f(spec.alpha), f(1 - spec.alpha), f(spec.eps), f(spec.momentum),
+                    f(spec.weight_decay), bool(spec.centered))
+            serial, parted = o._rmsprop, o._rmsprop_parts
+        else:
+            b1, b2 = spec.betas
+            args = (p, g, m, v, f(spec.lr / (1 - b1 ** 3)), f(b1), f(1 - b1), f(b2), f(1 - b2), f(1 / (1 - b2 ** 3)),
+                    f(spec.eps), f(spec.weight_decay))
+            serial, parted = o._adam, o._adam_parts
+        parted(*args, parts) if split else serial(*args)
+        runs.append((p, m, v, w))
+    for serial, split in zip(*runs):
+        np.testing.assert_array_equal(split, serial)
+
+
+def test_kernels_split_where_the_job_has_cores(monkeypatch):
+    """A one-thread layout with BLAS on 2 cores splits the large passes (where MKL's OpenMP threads can run them) and
+    gets the same numbers as with one core; a job with one core never splits."""
+    from localnet import threads
+    from localnet.backends.numba import cores
+    calls = []
+    for name in ("_forward_parts", "_adam_parts"):
+        module = nbd if name == "_forward_parts" else nb.optim
+        kernel = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *args, k=kernel, n=name: (calls.append((n, args[-1])), k(*args)))
+    rng = np.random.default_rng(0)
+    x, W = rng.standard_normal((128, 200), np.float32), rng.standard_normal((200, 256), np.float32) * 0.1
+    g = rng.standard_normal(W.shape, np.float32)
+    spec = OptimizerSpec(type="adam", lr=0.01, betas=(0.9, 0.99), eps=1e-8)
+    results, saved = [], threads._current
+    try:
+        for n in (1, 2):
+            threads.set_blas(n)
+            p, state = W.copy(), {"m": np.zeros_like(W), "v": np.zeros_like(W)}
+            nb.optim.STEPS["adam"](p, g, state, spec, 1)
+            results.append((*nb.dense.forward(x, W, None, "tanh"), p))
+    finally:  # as the suite had it
+        threads.set_blas(saved or 1)
+        threads._current = saved
+    expected = [("_adam_parts", 2), ("_forward_parts", 2)] if cores._SPLIT else []
+    assert sorted(calls) == expected
+    for one, two in zip(*results):
+        np.testing.assert_array_equal(two, one)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The random streams
 # ----------------------------------------------------------------------------------------------------------------
 MASK = (1 << 64) - 1

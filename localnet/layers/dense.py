@@ -63,11 +63,24 @@ class DenseLayer(Node):
         self.feedback_optimizer = (Optimizer(feedback_optimizer, self.feedback_params, kernels.optim)
                                    if feedback is not None else None)
         self.x = self.a = self.h = None  # this step's input, pre-activation and output
-        self.target = None  # the target this step's update descends toward
+        self.target = None  # the target this step's update descends toward (see the property)
         self._grads = self._error = None  # this step's forward gradients, or the (x, e) they come from
         self.reconstruction_loss = None
         self._prepared_feedback = None  # from `prepare_feedback`: (the input it was taken on, (grads, loss))
         self.history = None  # (x, a, h) of past steps, newest last, when a delayed channel feeds this layer
+
+    @property
+    def target(self):
+        """The target this step's update descends toward. Below a gradient it is h − step·dℒ/dh, formed when first
+        read: backprop's own step never reads it (a pass over every layer's output per step, ~4 % of it)."""
+        if self._descent is not None:
+            h, delta = self._descent
+            self._target, self._descent = self.k.arrays.descend(h, delta, self.target_step), None
+        return self._target
+
+    @target.setter
+    def target(self, value):
+        self._target, self._descent = value, None
 
     @property
     def has_feedback(self):
@@ -163,7 +176,9 @@ class DenseLayer(Node):
         """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
         if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
             return False
-        return self.target is None or self.k.arrays.sum_is_finite(self.target)
+        if self._descent is not None:  # h − step·dℒ/dh is finite where both of its terms are
+            return all(self.k.arrays.sum_is_finite(a) for a in self._descent)
+        return self._target is None or self.k.arrays.sum_is_finite(self._target)
 
     def nonfinite(self, phase) -> bool:
         """Whether this layer's current values of `phase` (one of PHASES) hold a NaN or an Inf."""
@@ -296,7 +311,7 @@ class DenseLayer(Node):
             delta = k.local_delta(h, self.target)  # local loss ‖h − ĥ‖²
         else:
             delta = inbox["gradient"]  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
-            self.target = self.k.arrays.descend(h, delta, self.target_step)
+            self._target, self._descent = None, (h, delta)
         e = k.pre_activation_error(a, h, delta, self.activation)
         self._grads, self._error = None, (x, e)
         # each message declares what it was computed from (its provenance, read by the locality audit)

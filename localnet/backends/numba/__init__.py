@@ -16,7 +16,7 @@ from ...blas import select as _select_blas
 
 _select_blas()  # MKL's products where it is installed (localnet/blas.py): before any kernel runs
 
-from ..numpy import arrays, check_supported  # noqa: F401  (host arrays, and nothing to refuse, as numpy)
-from . import activations, dense, loss, optim
+from ..numpy import check_supported  # noqa: F401  (nothing to refuse, as numpy)
+from . import activations, arrays, dense, loss, optim  # noqa: F401
 
 NAME = "numba"

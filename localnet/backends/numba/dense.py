@@ -26,9 +26,15 @@ units compare sigm(a) with a uniform from the same kind of stream. The streams a
 seed gives the same numbers on this backend every time, but different numbers from the numpy backend.
 `uniforms` and `normals` expose the streams so tests can replay them through the reference.
 
-Determinism: every kernel here is serial except BLAS, and OpenBLAS's GEMM is deterministic for a given thread count,
-so the same seed gives bit-identical parameters run after run on the same machine and thread count.
-No kernel uses `fastmath` (it would let LLVM drop NaN checks) or `parallel`.
+Cores. Where the engine gives a job more than one core (backprop's one-thread layout, localnet/threads.py), BLAS
+spreads each product over them, but the element-wise pass after it would run on one core while the others wait.
+The forward kernel then splits that pass into `parts` blocks of rows, one per core (`parallel=True`, Numba's OpenMP
+threading layer, localnet/backends/numba/cores.py): element-wise work, so the numbers are the same for any
+number of parts. Backprop's step: −4 % with the optimiser steps split the same way (localnet/backends/numba/optim.py).
+
+Determinism: apart from those splits, every kernel here is serial except BLAS, whose products are deterministic for a
+given thread count, so the same seed gives bit-identical parameters run after run on the same machine and thread
+count. No kernel uses `fastmath` (it would let LLVM drop NaN checks).
 """
 
 from __future__ import annotations
@@ -37,13 +43,17 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.extending import intrinsic, overload
+
+from .cores import parts as job_parts
 
 JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no division checks, so loops vectorise
 INLINE = dict(error_model="numpy")  # small helpers: LLVM inlines them
 ALWAYS = dict(inline="always", error_model="numpy")  # bigger ones called in loops: inlined by Numba, so loops vectorise
 OVERLOAD = dict(error_model="numpy")  # the same, for the small type-dispatching overloads
+SPLIT = dict(JIT, parallel=True)  # element-wise passes split across a job's cores (see Cores above)
+SPLIT_FROM = 16384  # elements: below this a split costs more (~4 µs to start the threads) than it saves
 
 CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5}
 LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC = range(6)
@@ -354,6 +364,17 @@ def _forward(x, W, b, has_b, c, key, sample, a, h):
     _bias_act(a, b, has_b, c, h, key, sample)
 
 
+@njit(**SPLIT)
+def _forward_parts(x, W, b, has_b, c, a, h, parts):
+    """`_forward` without sampling, its element-wise pass in `parts` blocks of rows."""
+    np.dot(x, W, a)
+    rows = a.shape[0]
+    size = (rows + parts - 1) // parts
+    for k in prange(parts):
+        lo, hi = k * size, min(rows, (k + 1) * size)
+        _act_loop(a[lo:hi], b, has_b, c, h[lo:hi])
+
+
 @njit(**JIT)
 def _activate(a, c, key, sample, h):
     for i in range(a.shape[0]):
@@ -544,7 +565,11 @@ def forward(x, W, b, act, rng=None, sample=False):
     a = np.empty((x.shape[0], W.shape[1]), W.dtype)
     h = np.empty_like(a)
     sample = bool(sample) and c == STOCHASTIC
-    _forward(x, W, *_bias(b, W), c, random_key(rng) if sample else np.uint64(0), sample, a, h)
+    parts = job_parts()
+    if parts > 1 and not sample and a.size >= SPLIT_FROM:
+        _forward_parts(x, W, *_bias(b, W), c, a, h, min(parts, a.shape[0]))
+    else:
+        _forward(x, W, *_bias(b, W), c, random_key(rng) if sample else np.uint64(0), sample, a, h)
     return a, h
 
 

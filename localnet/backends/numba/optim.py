@@ -3,17 +3,23 @@
 Same arithmetic as numpy/optim.py up to float rounding (hyper-parameters are rounded to the array's type first, as
 NumPy does with Python scalars); the bias corrections of Adam are folded into two scalars
 (lr/(1−β₁ᵗ) and 1/(1−β₂ᵗ)), so one division and one square root remain per element.
+
+A step is a pass over four or five arrays at memory speed. Where a job has more than one core (backprop's layout,
+see localnet/backends/numba/dense.py), it is split into one contiguous block per core: element-wise, so the numbers
+are the same for any number of blocks.
 """
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from ..numpy import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
+from .cores import parts as job_parts
+from . import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
 from ..numpy.optim import state_names  # noqa: F401  (the state layout is the algorithm's, not the backend's)
 
 JIT = dict(cache=True, nogil=True, error_model="numpy")
+SPLIT_FROM = 16384  # elements: below this a split costs more (~4 µs to start the threads) than it saves
 
 
 def _cast(array, value):
@@ -70,6 +76,45 @@ def _adam(p, g, m, v, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2,
         p[i] -= lr_c1 * mi / (np.sqrt(vi * c2) + eps)
 
 
+@njit(error_model="numpy")
+def _block(n, parts, k):
+    """Block k of `parts` contiguous blocks of range(n)."""
+    size = (n + parts - 1) // parts
+    return k * size, min(n, (k + 1) * size)
+
+
+@njit(**JIT, parallel=True)
+def _sgd_parts(p, g, buf, lr, momentum, wd, parts):
+    for k in prange(parts):
+        lo, hi = _block(p.size, parts, k)
+        _sgd(p[lo:hi], g[lo:hi], buf[lo:hi], lr, momentum, wd)
+
+
+@njit(**JIT, parallel=True)
+def _rmsprop_parts(p, g, sq, avg, buf, lr, alpha, one_minus_alpha, eps, momentum, wd, centered, parts):
+    for k in prange(parts):
+        lo, hi = _block(p.size, parts, k)
+        _rmsprop(p[lo:hi], g[lo:hi], sq[lo:hi], avg[lo:hi], buf[lo:hi], lr, alpha, one_minus_alpha, eps, momentum,
+                 wd, centered)
+
+
+@njit(**JIT, parallel=True)
+def _adam_parts(p, g, m, v, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2, eps, wd, parts):
+    for k in prange(parts):
+        lo, hi = _block(p.size, parts, k)
+        _adam(p[lo:hi], g[lo:hi], m[lo:hi], v[lo:hi], lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2, eps,
+              wd)
+
+
+def _split(kernel, split, p, *args):
+    """Run `kernel`, or `split` in one block per core of the job where it has several and `p` is large enough."""
+    parts = job_parts()
+    if parts > 1 and p.size >= SPLIT_FROM:
+        split(p, *args, parts)
+    else:
+        kernel(p, *args)
+
+
 def _flat(a):
     """A 1-d view of a contiguous array (the update must land in the array itself)."""
     if not a.flags.c_contiguous:
@@ -83,7 +128,8 @@ def _flat_in(g, like):
 
 def sgd(p, g, state, spec, t):
     buf = state["momentum"] if spec.momentum else p
-    _sgd(_flat(p), _flat_in(g, p), _flat(buf), float(spec.lr), float(spec.momentum), float(spec.weight_decay))
+    _split(_sgd, _sgd_parts, _flat(p), _flat_in(g, p), _flat(buf), float(spec.lr), float(spec.momentum),
+           float(spec.weight_decay))
 
 
 def rmsprop(p, g, state, spec, t):
@@ -92,16 +138,17 @@ def rmsprop(p, g, state, spec, t):
     sq = state["square_avg"]
     avg = state["grad_avg"] if spec.centered else sq
     buf = state["momentum"] if spec.momentum else sq
-    _rmsprop(_flat(p), _flat_in(g, p), _flat(sq), _flat(avg), _flat(buf), f(spec.lr), f(spec.alpha),
-             f(1 - spec.alpha), f(spec.eps), f(spec.momentum), f(spec.weight_decay), bool(spec.centered))
+    _split(_rmsprop, _rmsprop_parts, _flat(p), _flat_in(g, p), _flat(sq), _flat(avg), _flat(buf), f(spec.lr),
+           f(spec.alpha), f(1 - spec.alpha), f(spec.eps), f(spec.momentum), f(spec.weight_decay), bool(spec.centered))
 
 
 def adam(p, g, state, spec, t):
     """Adam with bias correction (Kingma & Ba 2015); t counts steps from 1."""
     f = float
     beta1, beta2 = spec.betas
-    _adam(_flat(p), _flat_in(g, p), _flat(state["m"]), _flat(state["v"]), f(spec.lr / (1 - beta1 ** t)), f(beta1),
-          f(1 - beta1), f(beta2), f(1 - beta2), f(1 / (1 - beta2 ** t)), f(spec.eps), f(spec.weight_decay))
+    _split(_adam, _adam_parts, _flat(p), _flat_in(g, p), _flat(state["m"]), _flat(state["v"]),
+           f(spec.lr / (1 - beta1 ** t)), f(beta1), f(1 - beta1), f(beta2), f(1 - beta2), f(1 / (1 - beta2 ** t)),
+           f(spec.eps), f(spec.weight_decay))
 
 
 STEPS = {"sgd": sgd, "rmsprop": rmsprop, "adam": adam}
