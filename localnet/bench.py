@@ -475,6 +475,42 @@ def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, de
                 threads=torch.get_num_threads(), version=torch.__version__)
 
 
+TORCH = """
+import json, sys
+import numpy as np
+from localnet import bench
+spec = bench._load(sys.argv[1], "numpy")
+x, y, n_classes, _ = bench._dataset(spec)
+x = np.ascontiguousarray(x, dtype=spec.dtype)
+load = bench.LoadMeter()
+try:
+    out = bench.time_torch_epochs(spec, x, y, n_classes, epochs=int(sys.argv[2]), warmup=int(sys.argv[3]),
+                                  batches=None if sys.argv[4] == "all" else int(sys.argv[4]))
+except ValueError as exc:
+    out = {"error": str(exc)}
+out.update(peak_rss_mib=bench._peak_rss_mib(), other_load=load.other(),
+           localnet_openmp_loaded=any("libiomp" in line for line in open("/proc/self/maps")))
+print(json.dumps(out))
+"""
+
+
+def time_torch_in_own_process(spec_path, *, epochs, warmup, batches=None):
+    """`time_torch_epochs` in a fresh process, as a user would run PyTorch: in the bench's own process PyTorch's
+    OpenMP calls would bind to the Intel runtime localnet/blas.py loads for MKL, which measured up to 12 % slower
+    for PyTorch after localnet's kernels had run. ValueError if the step cannot be written in PyTorch."""
+    from .threads import cores
+    env = dict(os.environ, LOCALNET_THREADS=str(cores()))
+    done = subprocess.run([sys.executable, "-c", TORCH, str(spec_path), str(epochs), str(warmup),
+                           "all" if batches is None else str(batches)], env=env, capture_output=True, text=True,
+                          timeout=3600, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if "error" in out:
+        raise ValueError(out["error"])
+    return out
+
+
 # -------------------------------------------------------------------------------------------------------------
 # The GPU (backend cuda, only on a real GPU)
 # -------------------------------------------------------------------------------------------------------------
@@ -716,17 +752,13 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             except ImportError:
                 report["skipped"]["pytorch"] = "not installed"
                 continue
-            s = _load(path, names[0] if names else "numpy")
-            say(f"timing pytorch {rule}")
-            _reset_peak_rss()
-            load = LoadMeter()
+            say(f"timing pytorch {rule} (in a process of its own)")
             try:
-                timed = time_torch_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
-            except ValueError as exc:
+                timed = time_torch_in_own_process(path, epochs=epochs, warmup=warmup, batches=batches)
+            except (ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 report["skipped"][f"pytorch {rule}"] = str(exc)
                 continue
-            report["results"].append(dict(backend="pytorch", rule=rule, peak_rss_mib=_peak_rss_mib(),
-                                          other_load=load.other(), **timed))
+            report["results"].append(dict(backend="pytorch", rule=rule, **timed))
             time.sleep(QUIET_S)
     torch_s = {r["rule"]: r["seconds"] for r in report["results"] if r["backend"] == "pytorch"}
     for r in report["results"]:

@@ -124,3 +124,12 @@ def test_where_kernels_split_across_a_threads_cores_the_bench_also_times_them_un
     assert t["unsplit_s"] == rows["numba, passes not split"]["seconds"] > 0
     assert t["split_s"] == rows["numba"]["seconds"] > 0 and t["speedup"] == t["unsplit_s"] / t["split_s"]
     assert cores.splits()  # the block put it back
+
+
+def test_pytorch_is_timed_in_a_process_of_its_own(tmp_path):
+    """Not in the bench's process, where its OpenMP calls would bind to the Intel runtime loaded for MKL."""
+    pytest.importorskip("torch")
+    from localnet.bench import time_torch_in_own_process
+    out = time_torch_in_own_process(tiny_spec(tmp_path), epochs=1, warmup=1, batches=2)
+    assert out["seconds"] > 0 and len(out["epochs"]) == 1 and out["threads"] >= 1
+    assert out["localnet_openmp_loaded"] is False and out["peak_rss_mib"] > 0
