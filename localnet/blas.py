@@ -1,8 +1,8 @@
 """Which BLAS the numba kernels' matrix products run on: SciPy's OpenBLAS, or Intel's MKL where it is installed.
 
 Why: at this project's shapes (batch 128, widths 256–784) MKL's single-threaded sgemm does 200–215 GFLOP/s on the
-2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP epoch 12 % shorter and a backprop one 13 %
-(`localnet bench`, README § Performance). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and
+2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which makes a numba DTP epoch 12 % shorter and a backprop
+one 13 % (`localnet bench`, README § Performance; session 4, before the kernels split their element-wise passes). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and
 `intel-openmp` wheels, about 260 MB, under the Intel Simplified Software License).
 
 How: `np.dot` inside `@njit` calls BLAS through the function pointers SciPy exports in
@@ -15,7 +15,11 @@ product in the same process before that would have fixed the pointers to OpenBLA
 Threads: the engines set MKL's thread count per phase through threadpoolctl, as OpenBLAS's. With intel-openmp
 installed MKL threads through Intel's OpenMP runtime, and `select` sets `OMP_NUM_THREADS=1` when it is unset: an
 OpenMP team left at two threads spins beside the engine's job threads (3.4–3.9 against 3.2–3.4 ms per DTP step).
-Other OpenMP libraries that start later in the process then default to one thread too (the bench sets PyTorch's).
+Other OpenMP libraries that start later in the process then default to one thread too. `select` also loads that
+runtime into the global namespace, so that Numba's OpenMP threading layer (built against GNU OpenMP, whose entry
+points Intel's runtime provides) runs on MKL's threads, where the kernels' split element-wise passes pay
+(localnet/backends/numba/cores.py); other libraries loaded later that call GNU OpenMP (PyTorch) run on it too, which
+is why the bench times PyTorch in a process of its own.
 
 `$LOCALNET_BLAS`: `auto` (default: MKL when installed), `mkl` (an error if it is not installed) or `openblas`.
 Numbers differ between the two in their last bits (summation order), as between any two BLAS builds; each is
@@ -68,7 +72,7 @@ def _swap_gemm(library):
 
 def select(choice=None) -> str:
     """Choose the BLAS of the numba kernels (once per process; later calls return the first choice)."""
-    global PROVIDER
+    global PROVIDER, OPENMP
     if PROVIDER is not None:
         return PROVIDER
     choice = (choice or os.environ.get("LOCALNET_BLAS") or "auto").lower()
@@ -90,7 +94,6 @@ def select(choice=None) -> str:
         # provides GNU OpenMP's entry points) and shares MKL's threads: with two runtimes each keeps a thread spinning
         # and the kernels that split their element-wise passes get several times slower (backends/numba/cores.py)
         ctypes.CDLL(openmp, mode=ctypes.RTLD_GLOBAL)
-        global OPENMP
         OPENMP = True
     os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # the same bits run after run, whatever the arrays' alignment
     library = ctypes.CDLL(path)

@@ -10,7 +10,9 @@ soon as the layer has sent its target down (DTP, TP, L-DRL; DDTP-linear's only a
 backprop, whose work is the chain itself, nor for DTP-DRL, whose feedback training reads every feedback map above;
 those keep one thread and the faster multi-threaded BLAS. Seconds per epoch of the Fashion-MNIST 784-256x5-10 net
 (numba on SciPy's OpenBLAS, 2 cores, quiet; `localnet bench SPEC --backend numba`, which times both layouts;
-with MKL, localnet/blas.py, the DTP and backprop rows are 12–16 % faster):
+with MKL, localnet/blas.py, DTP takes 1.62 and 1.49 s, backprop 0.75 and 1.09 s, L-DRL 9.60 and 6.88 s, DDTP 4.03 and
+3.74 s: there one thread's kernels also split their element-wise passes across its cores,
+localnet/backends/numba/cores.py):
 
 | spec | 1 thread, BLAS on 2 cores | 2 threads, BLAS on 1 each |
 |---|---|---|

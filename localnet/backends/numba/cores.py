@@ -3,11 +3,11 @@
 the blocks can run on BLAS's own threads.
 
 They can where MKL threads on Intel's OpenMP runtime (localnet/blas.py loads it into the global namespace) and Numba
-uses its OpenMP threading layer, which then runs on that same runtime and team. Measured on backprop's step (2 cores,
-`/tmp`-style A/B, s/epoch): 0.83 serial, 0.70 split on MKL's team; split on a second runtime instead, 3.0 (GNU OpenMP
-beside Intel's), 0.88 (TBB, Numba's default once MKL's `tbb` dependency is installed), 1.0–1.3 (Numba's workqueue,
-whose threads sleep between regions), and 27 with OpenBLAS's threads beside GNU OpenMP's: every other combination
-keeps two sets of threads spinning for the same cores, so kernels split only in this one.
+uses its OpenMP threading layer, which then runs on that same runtime and team: backprop's epoch 0.82 → 0.75 s
+(`localnet bench`, which times both). Split on a second set of threads instead, every combination measured was
+slower than not splitting, up to 27× (README § Performance): GNU OpenMP beside Intel's, TBB (Numba's default once
+MKL's `tbb` dependency is installed), Numba's workqueue, GNU OpenMP beside OpenBLAS's threads. So kernels split
+only in this one; a threading layer other than OpenMP chosen in `$NUMBA_THREADING_LAYER` turns splitting off.
 """
 
 import contextlib
