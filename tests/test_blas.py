@@ -89,3 +89,15 @@ def test_kernels_split_only_on_mkls_openmp_threads(choice, monkeypatch):
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out == ({"parts": 2, "layer": "omp"} if choice == "mkl" else {"parts": 1, "layer": None})
+
+
+def test_kernels_do_not_split_where_numbas_threads_started_before_localnet(monkeypatch):
+    """Started by other code before MKL's runtime was global, Numba's threads may run on another runtime."""
+    monkeypatch.setenv("LOCALNET_BLAS", "mkl" if HAS_MKL else "openblas")
+    monkeypatch.delenv("NUMBA_THREADING_LAYER", raising=False)
+    first = ("import numpy as np\nfrom numba import njit, prange\n@njit(parallel=True)\ndef f(a):\n"
+             "    for i in prange(a.size):\n        a[i] += 1\nf(np.zeros(8))\n")
+    done = subprocess.run([sys.executable, "-c", first + SPLIT_PROBE], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["parts"] == 1

@@ -7,7 +7,8 @@ uses its OpenMP threading layer, which then runs on that same runtime and team: 
 (`localnet bench`, which times both). Split on a second set of threads instead, every combination measured was
 slower than not splitting, up to 27× (README § Performance): GNU OpenMP beside Intel's, TBB (Numba's default once
 MKL's `tbb` dependency is installed), Numba's workqueue, GNU OpenMP beside OpenBLAS's threads. So kernels split
-only in this one; a threading layer other than OpenMP chosen in `$NUMBA_THREADING_LAYER` turns splitting off.
+only in this one: not where `$NUMBA_THREADING_LAYER` names another layer, nor where Numba's threads were started
+by other code before localnet's numba backend was imported.
 """
 
 import contextlib
@@ -25,11 +26,12 @@ def _shared_openmp() -> bool:
         return False
     os.environ["NUMBA_THREADING_LAYER"] = "omp"  # (Numba's compiler reloads its config from the environment)
     config.reload_config()
+    from numba import threading_layer
     try:
-        from numba import threading_layer
-        return threading_layer() == "omp"  # Numba's threads already started (by other code in this process)
-    except ValueError:  # not started yet: they will start on this layer
+        threading_layer()
+    except ValueError:  # Numba's threads have not started: they will, on MKL's runtime
         return True
+    return False  # started by other code before MKL's runtime was global: on another, whatever the layer's name
 
 
 _SPLIT = _shared_openmp()
