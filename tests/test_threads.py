@@ -1,6 +1,7 @@
 """Two workers run a step's feedback training and updates beside its chain of messages: the numbers must be the
 serial engine's bit for bit, whatever the rule, backend or units, and a failing job must surface, not hang."""
 
+import contextlib
 import time
 
 import numpy as np
@@ -147,3 +148,40 @@ def test_the_engine_picks_two_threads_where_feedback_training_can_run_beside_the
         assert threads.blas_threads() == [net.engine.blas]  # each engine sets its own layout as it runs
     finally:
         threads.configure()
+
+
+@pytest.mark.parametrize("rule", ["bp", "dtp_drl"])
+def test_split_element_wise_passes_give_the_unsplit_numbers_bit_for_bit(rule, monkeypatch):
+    """One job thread with BLAS on 2 cores: the numba kernels split their large element-wise passes across them
+    (where MKL's OpenMP threads can run them, localnet/backends/numba/cores.py); the numbers are the unsplit ones."""
+    from localnet.backends.numba import cores
+    from localnet.backends.numba import dense as nbd
+    layers = [{"name": "h1", "size": 256, "activation": "tanh"}, {"name": "h2", "size": 256, "activation": "tanh"},
+              {"name": "out", "size": N_CLASSES, "activation": "linear"}]  # passes of ≥ 16384 elements: they split
+    s = load_spec({"name": "split", "seed": 5, "dtype": "float32", "backend": "numba", "data": {"name": "digits"},
+                   "network": {"layers": layers, "feedback": {"activation": "tanh"}},
+                   "rule": {"name": rule, "target_step": 0.2, "feedback_noise": 0.3},
+                   "optimizer": {"forward": {"type": "adam", "lr": 0.01},
+                                 "feedback": {"type": "rmsprop", "lr": 0.01}}})
+    calls = []
+    kernel = nbd._forward_parts
+    monkeypatch.setattr(nbd, "_forward_parts", lambda *args: (calls.append(args[-1]), kernel(*args)))
+    saved = threads.cores()
+    threads.configure(2)
+    try:
+        runs = []
+        for split in (True, False):
+            with contextlib.nullcontext() if split else cores.unsplit():
+                net = Network(s, 5, N_FEATURES, N_CLASSES)
+                assert (net.engine.workers, net.engine.blas) == (1, 2)
+                rng = np.random.default_rng(0)
+                for _ in range(3):
+                    net.train_step(rng.standard_normal((128, N_FEATURES)), rng.integers(0, N_CLASSES, 128))
+                runs.append(net.state())
+            if split:
+                assert bool(calls) == cores.splits() and set(calls) <= {2}
+    finally:
+        threads.configure(saved)
+    for name in runs[0]:
+        for key in runs[0][name]:
+            assert np.array_equal(runs[0][name][key], runs[1][name][key]), (name, key)
