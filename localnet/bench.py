@@ -906,8 +906,8 @@ def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, 
           engine="local", steps=200, repeats=3, placement=None, overrides=()):
     """Time every backend (and PyTorch, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
     backprop on the same net, against the machine's float32 GEMM floor."""
-    from rich.console import Console
-    err = Console(stderr=True, highlight=False)
+    from .cli import make_console
+    err = make_console(stderr=True)
     if engine == "mpi":
         return _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json)
     report = run_bench(spec_path, bp_spec_path, backends=list(backends) or None, epochs=epochs, warmup=warmup,
@@ -916,14 +916,14 @@ def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, 
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        render(report, Console(highlight=False))
+        render(report, make_console())
 
 
 def _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json):
     """`localnet bench --engine mpi`: rank 0 prints the report (engines/mpi.py, `bench`); other ranks nothing."""
-    from rich.console import Console
     from rich.table import Table
 
+    from .cli import make_console
     from .engines import mpi
     if len(backends) > 1:
         raise click.UsageError("--engine mpi times one backend: give at most one --backend")
@@ -938,7 +938,7 @@ def _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    console = Console(highlight=False)
+    console = make_console()
     local = report["local"]["1 thread"]["seconds_per_step"]
     table = Table(title=f"{report['spec']}: seconds per training step (batch {report['batch']}, "
                         f"{report['backend']}; median of {report['repeats']} × {report['steps']} steps)")

@@ -14,8 +14,16 @@ from rich.table import Table
 
 from .errors import Interrupted, LocalnetError, SpecError
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+def make_console(stderr=False):
+    """A console for the commands' output. Written to a file or a pipe, rich would fold tables to 80 columns; such
+    output is kept (`localnet bench > bench.txt`), so it gets 160 unless $COLUMNS says otherwise."""
+    stream = sys.stderr if stderr else sys.stdout
+    wide = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, highlight=False, width=160 if wide else None)
+
+
+console = make_console()
+err = make_console(stderr=True)
 
 
 def _fail_cleanly(command):

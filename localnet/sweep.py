@@ -152,12 +152,11 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
     """Train SPEC for every combination of the --grid values times --seeds seeds, in parallel; each run gets its
     own run directory under one sweep directory; prints one line per run and, with several seeds, each
     combination's mean ± s.d. over them (compare runs in depth with `localnet report`)."""
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    from .cli import _fail_cleanly
-    console = Console(highlight=False)
+    from .cli import _fail_cleanly, make_console
+    console = make_console()
 
     @_fail_cleanly
     def go():
