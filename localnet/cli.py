@@ -7,19 +7,32 @@ import os
 import sys
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from .errors import Interrupted, LocalnetError, SpecError
 
+class _Console(Console):
+    """rich's Console, 160 columns wide where rich would fall back to 80 (written to a file or a pipe, no terminal
+    anywhere, $COLUMNS unset): such output is kept (`localnet bench > bench.txt`), and folded tables are unreadable.
+    Decided at each print, as rich decides, so $COLUMNS set later still counts."""
+
+    @property
+    def size(self):
+        size = Console.size.fget(self)
+        if size.width == 80 and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(160, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size):
+        Console.size.fset(self, new_size)
+
+
 def make_console(stderr=False):
-    """A console for the commands' output. Written to a file or a pipe, rich would fold tables to 80 columns; such
-    output is kept (`localnet bench > bench.txt`), so it gets 160 unless $COLUMNS says otherwise."""
-    stream = sys.stderr if stderr else sys.stdout
-    wide = not (hasattr(stream, "isatty") and stream.isatty()) and not os.environ.get("COLUMNS")
-    return Console(stderr=stderr, highlight=False, width=160 if wide else None)
+    return _Console(stderr=stderr, highlight=False)
 
 
 console = make_console()
