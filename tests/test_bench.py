@@ -77,19 +77,24 @@ def test_pytorch_comparison_step_runs_when_torch_is_installed():
     assert torch.get_num_threads() >= 1
 
 
-def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one_core(tmp_path):
-    """DTP with two feedback layers gets two job threads: the bench then times the same steps in one thread on one
-    core too, and reports the speed-up the second core buys (its value depends on the machine: not asserted)."""
+def quick_numba_bench_on_two_cores(spec, bp_spec):
+    """`run_bench` on the numba backend with 3 batches an epoch, as on a 2-core machine."""
     from localnet import threads
     from localnet.bench import run_bench
-    spec = tiny_spec(tmp_path, hidden=2)
     before = threads.cores()
     threads.configure(2)
     try:
-        report = run_bench(spec, spec, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
-                           startup=False, breakdown_batches=3)
+        return run_bench(spec, bp_spec, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
+                         startup=False, breakdown_batches=3)
     finally:
         threads.configure(before)
+
+
+def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one_core(tmp_path):
+    """DTP with two feedback layers gets two job threads: the bench then times the same steps in one thread on one
+    core too, and reports the speed-up the second core buys (its value depends on the machine: not asserted)."""
+    spec = tiny_spec(tmp_path, hidden=2)
+    report = quick_numba_bench_on_two_cores(spec, spec)
     rows = {r["backend"]: r for r in report["results"] if r["rule"] == "dtp"}
     assert set(rows) == {"numba", "numba, 1 thread", "numba, 1 thread on 1 core"}
     assert (rows["numba"]["job_threads"], rows["numba, 1 thread on 1 core"]["job_threads"]) == (2, 1)
@@ -101,20 +106,12 @@ def test_where_the_engine_picks_two_threads_the_bench_also_times_the_work_on_one
 def test_where_kernels_split_across_a_threads_cores_the_bench_also_times_them_unsplit(tmp_path):
     """Backprop keeps one job thread with BLAS on both cores; where the kernels split their element-wise passes
     across those cores (MKL's OpenMP threads), the bench times the same steps unsplit too (values not asserted)."""
-    from localnet import threads
     from localnet.backends.numba import cores
-    from localnet.bench import run_bench
     spec = tiny_spec(tmp_path)
     bp = tmp_path / "bp.yaml"
     bp.write_text(spec.read_text().replace("rule: {name: dtp, target_step: 0.2, feedback_noise: 0.1}",
                                            "rule: {name: bp}"))
-    before = threads.cores()
-    threads.configure(2)
-    try:
-        report = run_bench(spec, bp, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
-                           startup=False, breakdown_batches=3)
-    finally:
-        threads.configure(before)
+    report = quick_numba_bench_on_two_cores(spec, bp)
     rows = {r["backend"]: r for r in report["results"] if r["rule"] == "bp"}
     if not cores.splits():
         assert "numba, passes not split" not in rows and report["split"] == {}
