@@ -488,8 +488,12 @@ try:
                                   batches=None if sys.argv[4] == "all" else int(sys.argv[4]))
 except ValueError as exc:
     out = {"error": str(exc)}
+try:
+    maps = open("/proc/self/maps").read()  # (Linux)
+except OSError:
+    maps = None
 out.update(peak_rss_mib=bench._peak_rss_mib(), other_load=load.other(),
-           localnet_openmp_loaded=any("libiomp" in line for line in open("/proc/self/maps")))
+           localnet_openmp_loaded=None if maps is None else "libiomp" in maps)
 print(json.dumps(out))
 """
 

@@ -72,7 +72,7 @@ try:
     layer = numba.threading_layer()
 except ValueError:
     layer = None
-print(json.dumps({"parts": cores.parts(), "layer": layer}))
+print(json.dumps({"parts": cores.parts(1 << 20), "layer": layer}))
 """
 
 

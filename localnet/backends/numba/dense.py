@@ -54,7 +54,6 @@ INLINE = dict(error_model="numpy")  # small helpers: LLVM inlines them
 ALWAYS = dict(inline="always", error_model="numpy")  # bigger ones called in loops: inlined by Numba, so loops vectorise
 OVERLOAD = dict(error_model="numpy")  # the same, for the small type-dispatching overloads
 SPLIT = dict(JIT, parallel=True)  # element-wise passes split across a job's cores (see Cores above)
-SPLIT_FROM = 16384  # elements: below this a split costs more (~4 µs to start the threads) than it saves
 
 CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5}
 LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC = range(6)
@@ -566,8 +565,8 @@ def forward(x, W, b, act, rng=None, sample=False):
     a = np.empty((x.shape[0], W.shape[1]), W.dtype)
     h = np.empty_like(a)
     sample = bool(sample) and c == STOCHASTIC
-    parts = job_parts()
-    if parts > 1 and not sample and a.size >= SPLIT_FROM:
+    parts = job_parts(a.size)
+    if parts > 1 and not sample:
         _forward_parts(x, W, *_bias(b, W), c, a, h, min(parts, a.shape[0]))
     else:
         _forward(x, W, *_bias(b, W), c, random_key(rng) if sample else np.uint64(0), sample, a, h)

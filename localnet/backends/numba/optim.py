@@ -14,12 +14,11 @@ from numba import njit, prange
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
 
-from .cores import parts as job_parts
 from . import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
+from .cores import parts as job_parts
 from ..numpy.optim import state_names  # noqa: F401  (the state layout is the algorithm's, not the backend's)
 
 JIT = dict(cache=True, nogil=True, error_model="numpy")
-SPLIT_FROM = 16384  # elements: below this a split costs more (~4 µs to start the threads) than it saves
 
 
 def _cast(array, value):
@@ -108,8 +107,8 @@ def _adam_parts(p, g, m, v, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta
 
 def _split(kernel, split, p, *args):
     """Run `kernel`, or `split` in one block per core of the job where it has several and `p` is large enough."""
-    parts = job_parts()
-    if parts > 1 and p.size >= SPLIT_FROM:
+    parts = job_parts(p.size)
+    if parts > 1:
         split(p, *args, parts)
     else:
         kernel(p, *args)
