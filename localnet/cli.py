@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .errors import Interrupted, LocalnetError, SpecError
 
+
 class _Console(Console):
     """rich's Console, 160 columns wide where rich would fall back to 80 (written to a file or a pipe, no terminal
     anywhere, $COLUMNS unset): such output is kept (`localnet bench > bench.txt`), and folded tables are unreadable.
