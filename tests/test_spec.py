@@ -142,6 +142,20 @@ def test_overrides_by_key_index_and_layer_name():
     assert spec.optimizer.forward.betas == (0.8, 0.9)
 
 
+@pytest.mark.parametrize("text,value", [("1e-4", 1e-4), ("2E3", 2000.0), ("1.5e-3", 1.5e-3), ("1.0e5", 1e5),
+                                        ("5e+1", 50.0)])
+def test_exponent_floats_are_numbers_in_files_and_overrides(tmp_path, text, value):
+    # YAML 1.1 (PyYAML) would read `1e-4` as a string; a spec reads it as YAML 1.2 does
+    from_file = load_spec(write(tmp_path, GOOD.replace("target_step: 0.5", f"target_step: {text}")))
+    from_override = load_spec(MINIMAL, [f"optimizer.forward.lr={text}"])
+    assert from_file.rule.target_step == value and from_override.optimizer.forward.lr == value
+
+
+def test_scalars_that_only_look_like_exponents_stay_strings(tmp_path):
+    for text in ("1e", "e5", "1e-4x"):
+        assert "expected a number" in str(error_of(write(tmp_path, GOOD.replace("0.5", text))))
+
+
 @pytest.mark.parametrize("override,message", [
     ("train.epoch=3", "unknown key"),
     ("network.layers.h9.size=5", "no such list item"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,12 @@ class _Loader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+# PyYAML implements YAML 1.1, where a float needs a dot and a signed exponent, so `lr: 1e-4` would load as the string
+# '1e-4'. Researchers write learning rates that way; YAML 1.2 reads them as numbers, and so does a spec.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def _walk(loader, node, path, lines, file):
