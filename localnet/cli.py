@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import Interrupted, LocalnetError, SpecError
+from .errors import Interrupted, LocalnetError, RunError, SpecError
 
 
 class _Console(Console):
@@ -256,6 +256,7 @@ def report(run_dirs, table=False, html_out=None, plot_out=None):
     backprop at the last diagnostics record."""
     if table or html_out or plot_out or len(run_dirs) > 1:
         return _compare(run_dirs, html_out, plot_out)
+    from . import report as comparison
     from .runs import RunDir
     for path in run_dirs:
         run = RunDir(path)
@@ -273,6 +274,12 @@ def report(run_dirs, table=False, html_out=None, plot_out=None):
             where = (f"final ({checkpoint.relative_to(run.path)})" if summary.get("status") == "completed"
                      else f"resumes at {where or '?'} ({checkpoint.relative_to(run.path)})")
         console.print(f"[bold]{escape(str(run.path))}[/]", soft_wrap=True)
+        try:
+            made_from = comparison.source(run.environment())
+        except RunError:
+            made_from = None
+        if made_from:
+            console.print(f"  made from: {escape(made_from)}", soft_wrap=True)
         console.print(f"  status: {escape(str(status))}", soft_wrap=True)
         if summary.get("error"):
             console.print(f"  error: {escape(str(summary['error']))}", soft_wrap=True)

@@ -4,6 +4,7 @@ read back from each run directory as training wrote them (summary.json, metrics.
 from __future__ import annotations
 
 import html
+import shlex
 import statistics
 from dataclasses import dataclass
 
@@ -30,6 +31,20 @@ def _percent_error(accuracy):
 
 def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def overrides(environment) -> list:
+    """The `--set` overrides a run was started with, in order, as its environment.json recorded them."""
+    given = environment.get("overrides") if isinstance(environment, dict) else None
+    return [o for o in given if isinstance(o, str)] if isinstance(given, list) else []
+
+
+def source(environment) -> str | None:
+    """The spec file and overrides a run was made from, as the arguments of `localnet run` that make it again."""
+    file = environment.get("spec_file") if isinstance(environment, dict) else None
+    if not isinstance(file, str):
+        return None
+    return shlex.join([file, *(arg for o in overrides(environment) for arg in ("--set", o))])
 
 
 def row(path) -> RunRow:
@@ -81,10 +96,12 @@ def row(path) -> RunRow:
     if spec.rule.name in ("dtp", "tp"):
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
     try:
-        backend = run.environment().get("backend")
-    except (RunError, AttributeError):  # missing, unreadable or not an object: the row says so, the table stays
-        backend = None
-    cells = {"run": label, "spec": spec.name, "rule": rule,
+        environment = run.environment()
+    except RunError:  # missing or unreadable: the row says so, the table stays
+        environment = None
+    backend = environment.get("backend") if isinstance(environment, dict) else None
+    given = [o for o in overrides(environment) if not o.startswith("name=")]  # the spec column holds the name
+    cells = {"run": label, "spec": spec.name + (f" ({', '.join(given)})" if given else ""), "rule": rule,
              "backend": backend if isinstance(backend, str) else MISSING, "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,

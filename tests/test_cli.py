@@ -49,6 +49,7 @@ def test_quickstart_trains_and_writes_a_complete_run_directory(quickstart_run):
     assert 0.5 < summary["test_accuracy"] <= 1.0  # 3 epochs of DTP on digits is far above chance (0.1)
     env = json.loads((run_dir / "environment.json").read_text())
     assert env["backend"] and env["seed"] == 0
+    assert env["spec_file"] == str(QUICKSTART) and env["overrides"] == ["train.epochs=3"]  # what made it
     from localnet import blas  # the products' BLAS (the same choice as this process's) where numba kernels ran them
     assert env["blas"] == (blas.select() if env["backend"] == "numba" else None)
 

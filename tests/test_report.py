@@ -4,6 +4,7 @@
 import html
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ SMALL = ["backend=numpy", "train.epochs=3", "network.layers.h1.size=16", "networ
 def runs(tmp_path_factory):
     """Three real quick-start-sized runs: DTP with diagnostics, backprop without, and an auto-encoder."""
     root = tmp_path_factory.mktemp("runs")
-    variants = {"dtp": ["diagnostics.every=10"], "bp": ["rule.name=bp"],
+    variants = {"dtp": ["diagnostics.every=10"], "bp": ["rule.name=bp", "name=baseline"],
                 "ae": ["network.loss=reconstruction", "network.layers.out.size=64",
                        "network.layers.out.activation=sigmoid", "train.epochs=2"]}
     out = {}
@@ -60,7 +61,10 @@ def test_the_table_holds_each_runs_numbers(runs):
         row = rows[runs[name].name]
         epochs = [r for r in records if r.get("kind") != "diagnostics"]
         best = max(epochs, key=lambda r: (r["val_accuracy"], -r["epoch"]))
-        assert row["spec"] == "quickstart" and row["data"] == "digits" and row["epochs"] == "3"
+        # the spec's name, and the --set overrides the run was made with (`name=` is the name itself)
+        given = ", ".join(SMALL + (["diagnostics.every=10"] if name == "dtp" else ["rule.name=bp"]))
+        assert row["spec"] == f"{'quickstart' if name == 'dtp' else 'baseline'} ({given})"
+        assert row["data"] == "digits" and row["epochs"] == "3"
         assert row["rule"].startswith(name)
         assert row["train error"] == f"{100 - 100 * summary['train_accuracy']:.2f} %"
         assert row["test error"] == f"{100 - 100 * summary['test_accuracy']:.2f} %"
@@ -103,6 +107,11 @@ def test_one_run_keeps_the_per_run_report(runs):
     result = CliRunner().invoke(main, ["report", str(runs["bp"])])
     assert result.exit_code == 0, result.output
     assert "status: completed" in result.output and "| run |" not in result.output
+    # what it was made from, as `localnet run` arguments that make it again
+    made_from = next(line for line in result.output.splitlines() if "made from:" in line).split("made from: ")[1]
+    args = shlex.split(made_from)
+    assert args[0] == str(QUICKSTART) and args[1::2] == ["--set"] * 6
+    assert localnet.load_spec(args[0], args[2::2]) == localnet.load_spec(runs["bp"] / "spec.yaml")
 
 
 def test_a_directory_that_is_not_a_run_is_one_error_line(runs, tmp_path):

@@ -154,7 +154,11 @@ class RunDir:
         run = cls(path)
         run.lock()
         write_text(path / "spec.yaml", dump_spec(spec))
+        origin = spec.origin
         write_json(path / "environment.json", {
+            # what the resolved spec.yaml was made from: the file and the --set overrides, in order
+            "spec_file": str(origin.file) if origin and origin.file is not None else None,
+            "overrides": list(origin.overrides) if origin else [],
             "versions": _versions(), "backend": backend, "seed": spec.seed, "dtype": spec.dtype,
             "platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count(),
             "threads": cores(),  # with the rule, it fixes the engine's thread layout

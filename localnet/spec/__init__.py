@@ -71,12 +71,15 @@ def _list_index(items, step):
 def load_spec(source, overrides=()) -> Spec:
     """Load a spec from a path, a YAML string's parsed dict, or a dict; `overrides` are `key.path=value` strings."""
     if isinstance(source, Spec):
-        data, ctx = to_data(source), Context(file=source.origin.file if source.origin else None)
+        origin = source.origin
+        data = to_data(source)
+        ctx = Context(file=origin.file if origin else None,
+                      overrides=(*(origin.overrides if origin else ()), *overrides))
     elif isinstance(source, dict):
-        data, ctx = copy.deepcopy(source), Context(file="<dict>")
+        data, ctx = copy.deepcopy(source), Context(file="<dict>", overrides=overrides)
     else:
         data, lines = read_yaml(source)
-        ctx = Context(file=Path(source), lines=lines)
+        ctx = Context(file=Path(source), lines=lines, overrides=overrides)
     if not isinstance(data, dict):
         raise ctx.error((), "a spec is a mapping of sections", expected="a mapping", found=describe(data))
     for text in overrides:

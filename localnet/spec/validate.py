@@ -27,11 +27,12 @@ def option(default=dataclasses.MISSING, *, alias=None, gt=None, ge=None, le=None
 
 
 class Context:
-    """Where the data came from: the file and the line of every key path."""
+    """Where the data came from: the file, the line of every key path and the `--set` overrides applied to it."""
 
-    def __init__(self, file=None, lines=None):
+    def __init__(self, file=None, lines=None, overrides=()):
         self.file = file
         self.lines = lines or {}
+        self.overrides = tuple(overrides)
 
     def line(self, path):
         path = tuple(path)
