@@ -126,6 +126,8 @@ def over_seeds(rows):
         done = [r for r in results if r.get("status") == "completed"]
         values = {"validation_accuracy": [r.get("validation_accuracy") for r in done],
                   "test_accuracy": [r.get("test_accuracy") for r in done],
+                  "validation_loss": [r.get("validation_loss") for r in done],
+                  "test_loss": [r.get("test_loss") for r in done],
                   "best_validation_test_accuracy": [(r.get("best_validation") or {}).get("test_accuracy")
                                                     for r in done]}
         stats = {}
@@ -135,6 +137,21 @@ def over_seeds(rows):
                           statistics.stdev(found) if len(found) > 1 else None)
         out.append((list(overrides), len(done), len(results), stats))
     return out
+
+
+def chosen_on_validation(combinations):
+    """Of `over_seeds`' combinations whose every seed completed, the one with the best mean last-epoch validation
+    score (highest accuracy; lowest loss where no run has an accuracy, as for an auto-encoder), the first of equals,
+    and "accuracy" or "loss". None with fewer than two such combinations: there is nothing to choose.
+
+    The sweep names it so that a choice of hyper-parameters is made on the validation split and the test score is
+    only read off afterwards: choosing by the test column would report a number tuned on the test set."""
+    complete = [c for c in combinations if c[1] == c[2]]
+    for metric, pick in (("accuracy", max), ("loss", min)):
+        scored = [c for c in complete if c[3][f"validation_{metric}"][0] is not None]
+        if len(scored) > 1:
+            return pick(scored, key=lambda c: c[3][f"validation_{metric}"][0]), metric
+    return None
 
 
 @click.command("sweep")
@@ -175,12 +192,13 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
                           pct("validation_accuracy"), pct("test_accuracy"),
                           f"{r['seconds_per_epoch']:.2f}" if r.get("seconds_per_epoch") else "-")
         console.print(table)
+        combinations = over_seeds(rows)
         if seeds > 1:
             summary = Table(title=f"over {seeds} seeds: mean ± s.d. (sample)")
             summary.add_column("overrides", overflow="fold")
             for col in ("completed", "val acc", "test acc", "test acc at best val"):
                 summary.add_column(col, no_wrap=True)
-            for overrides, done, total, stats in over_seeds(rows):
+            for overrides, done, total, stats in combinations:
                 def spread(key, stats=stats):
                     mean, sd = stats[key]
                     if mean is None:
@@ -191,6 +209,14 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
                 summary.add_row(escape(short) or "-", f"{done} of {total}", spread("validation_accuracy"),
                                 spread("test_accuracy"), spread("best_validation_test_accuracy"))
             console.print(summary)
+        choice = chosen_on_validation(combinations)
+        if choice:
+            (overrides, _, _, stats), metric = choice
+            value, test = stats[f"validation_{metric}"][0], stats[f"test_{metric}"][0]
+            show = (lambda v: f"{100 * v:.2f}%") if metric == "accuracy" else (lambda v: f"{v:.4g}")
+            console.print(f"chosen on validation{f' (means over {seeds} seeds)' if seeds > 1 else ''}: "
+                          f"{escape(' '.join(overrides))}: validation {metric} {show(value)}, test {metric} "
+                          f"{show(test) if test is not None else '-'}", soft_wrap=True)
         for name, _, _, r in rows:
             if r.get("error"):
                 console.print(f"[red]{escape(name)}[/]: {escape(r['error'])}", soft_wrap=True)

@@ -4,6 +4,8 @@ import signal
 from pathlib import Path
 
 import numpy as np
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 
 def stop_at(stop, epoch, done):
@@ -44,3 +46,50 @@ def near_a_jump(act, inputs, weights, bias=None, derivative=False):
     size = np.abs(x) @ np.abs(w)
     slack = 2 * (x.shape[1] + 2) * np.finfo(dtype).eps * (size + np.where(size > 0, np.abs(b), 0))
     return any(bool(np.any(np.abs(a - p) < slack)) for p in points)
+
+
+# -- kernels against the numpy reference (test_numba_backend, test_cuda_backend) ----------------------------------
+ACTS = ("linear", "tanh", "sigmoid", "relu", "step", "stochastic_binary")
+DTYPES = (np.float32, np.float64)
+TOL = {np.float32: dict(rtol=1e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
+
+
+def gen(seed):
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+class Replay:
+    """Stands in for a np.random.Generator: hands the reference the numbers the kernel drew."""
+
+    def __init__(self, normals=None, uniforms=None):
+        self.normals, self.uniforms = normals, uniforms
+
+    def standard_normal(self, shape, dtype):
+        assert self.normals.shape == tuple(shape) and self.normals.dtype == dtype
+        return self.normals
+
+    def random(self, shape, dtype):
+        assert self.uniforms.shape == tuple(shape) and self.uniforms.dtype == dtype
+        return self.uniforms
+
+
+@st.composite
+def arrays(draw, dtype, shape, lo=-2.0, hi=2.0):
+    width = 32 if dtype == np.float32 else 64
+    return draw(hnp.arrays(dtype, shape, elements=st.floats(lo, hi, width=width)))
+
+
+@st.composite
+def dense_case(draw, acts=ACTS, rows=9, n_in=12, n_out=12):
+    """A batch x, weights W, b (or None), V, c (or None), and activations: shapes (up to the given sizes) and values
+    both drawn."""
+    dtype = draw(st.sampled_from(DTYPES))
+    rows, n_in, n_out = draw(st.integers(1, rows)), draw(st.integers(1, n_in)), draw(st.integers(1, n_out))
+    case = dict(dtype=dtype, act=draw(st.sampled_from(acts)), fb_act=draw(st.sampled_from(acts)),
+                x=draw(arrays(dtype, (rows, n_in))), W=draw(arrays(dtype, (n_in, n_out), -1, 1)),
+                V=draw(arrays(dtype, (n_out, n_in), -1, 1)),
+                h=draw(arrays(dtype, (rows, n_out))), target=draw(arrays(dtype, (rows, n_out))),
+                delta=draw(arrays(dtype, (rows, n_out))), seed=draw(st.integers(0, 2**32 - 1)))
+    case["b"] = draw(st.one_of(st.none(), arrays(dtype, (n_out,))))
+    case["c"] = draw(st.one_of(st.none(), arrays(dtype, (n_in,))))
+    return case

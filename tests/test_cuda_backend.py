@@ -22,8 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
-from helpers import near_a_jump
+from helpers import ACTS, DTYPES, TOL, Replay, arrays, dense_case, gen, near_a_jump
 
 pytest.importorskip("numba.cuda")
 
@@ -38,10 +37,8 @@ try:
 except LocalnetError as exc:  # numba was imported without the simulator and there is no GPU
     pytest.skip(f"no GPU and no CUDA simulator: {exc}", allow_module_level=True)
 
-ACTS = ("linear", "tanh", "sigmoid", "relu", "step", "stochastic_binary")
-DTYPES = (np.float32, np.float64)
-TOL = {np.float32: dict(rtol=1e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
 FEW = settings(deadline=None, max_examples=6)
+SIM_CASE = dict(rows=6, n_in=9, n_out=6)  # the simulator runs every thread in Python: small cases
 # under the simulator SplitMix64 runs on NumPy uint64 scalars, which warn about the wrap-around the device does silently
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in scalar:RuntimeWarning")
 MASK = (1 << 64) - 1
@@ -53,10 +50,6 @@ def host(a):
 
 def close(actual, expected, dtype):
     np.testing.assert_allclose(host(actual), expected, **TOL[dtype])
-
-
-def gen(seed):
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -102,42 +95,9 @@ def sample_key(key):
     return mix(int(key) ^ ((0x5DEECE66D * 0x9E3779B97F4A7C15) & MASK))
 
 
-class Replay:
-    """Stands in for a np.random.Generator: hands the reference the numbers the kernel drew."""
-
-    def __init__(self, normals=None, uniforms=None):
-        self.normals, self.uniforms = normals, uniforms
-
-    def standard_normal(self, shape, dtype):
-        assert self.normals.shape == tuple(shape)
-        return self.normals
-
-    def random(self, shape, dtype):
-        assert self.uniforms.shape == tuple(shape)
-        return self.uniforms
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------------------------------
-@st.composite
-def arrays(draw, dtype, shape, lo=-2.0, hi=2.0):
-    width = 32 if dtype == np.float32 else 64
-    return draw(hnp.arrays(dtype, shape, elements=st.floats(lo, hi, width=width)))
-
-
-@st.composite
-def dense_case(draw, acts=ACTS):
-    dtype = draw(st.sampled_from(DTYPES))
-    rows, n_in, n_out = draw(st.integers(1, 6)), draw(st.integers(1, 9)), draw(st.integers(1, 6))
-    case = dict(dtype=dtype, act=draw(st.sampled_from(acts)), fb_act=draw(st.sampled_from(acts)),
-                x=draw(arrays(dtype, (rows, n_in))), W=draw(arrays(dtype, (n_in, n_out), -1, 1)),
-                V=draw(arrays(dtype, (n_out, n_in), -1, 1)), h=draw(arrays(dtype, (rows, n_out))),
-                target=draw(arrays(dtype, (rows, n_out))), delta=draw(arrays(dtype, (rows, n_out))),
-                seed=draw(st.integers(0, 2**32 - 1)))
-    case["b"] = draw(st.one_of(st.none(), arrays(dtype, (n_out,))))
-    case["c"] = draw(st.one_of(st.none(), arrays(dtype, (n_in,))))
-    return case
 
 
 def test_registered_simulated_and_never_picked_by_auto():
@@ -181,7 +141,7 @@ def test_same_interface_as_the_reference():
 
 
 @FEW
-@given(dense_case())
+@given(dense_case(**SIM_CASE))
 def test_forward_and_feedback_match_reference(case):
     d, dt = case, case["dtype"]
     a, h = cu.dense.forward(d["x"], d["W"], d["b"], d["act"])
@@ -194,7 +154,7 @@ def test_forward_and_feedback_match_reference(case):
 
 
 @FEW
-@given(dense_case(acts=("stochastic_binary",)))
+@given(dense_case(acts=("stochastic_binary",), **SIM_CASE))
 def test_bernoulli_samples_replay_through_the_reference(case):
     d, dt = case, case["dtype"]
     key = gen(d["seed"]).bit_generator.random_raw()
@@ -205,7 +165,7 @@ def test_bernoulli_samples_replay_through_the_reference(case):
 
 
 @FEW
-@given(dense_case())
+@given(dense_case(**SIM_CASE))
 def test_local_delta_gradients_input_grad_and_targets_match_reference(case):
     d, dt = case, case["dtype"]
     close(cu.dense.local_delta(d["h"], d["target"]), ref.dense.local_delta(d["h"], d["target"]), dt)
@@ -224,7 +184,7 @@ def test_local_delta_gradients_input_grad_and_targets_match_reference(case):
 
 
 @FEW
-@given(dense_case(), st.floats(0.0, 1.0))
+@given(dense_case(**SIM_CASE), st.floats(0.0, 1.0))
 def test_feedback_grads_replay_through_the_reference(case, sigma):
     d, dt = case, case["dtype"]
     key = gen(d["seed"]).bit_generator.random_raw()

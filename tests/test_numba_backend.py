@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from helpers import near_a_jump
+from helpers import ACTS, DTYPES, TOL, Replay, arrays, dense_case, gen, near_a_jump
 
 pytest.importorskip("numba")
 
@@ -29,29 +29,7 @@ from localnet.backends.numba import dense as nbd  # noqa: E402
 from localnet.spec.schema import OptimizerSpec  # noqa: E402
 
 nb = get_backend("numba")
-ACTS = ("linear", "tanh", "sigmoid", "relu", "step", "stochastic_binary")
-DTYPES = (np.float32, np.float64)
-TOL = {np.float32: dict(rtol=1e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
 SETTINGS = settings(deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow])
-
-
-class Replay:
-    """Stands in for a np.random.Generator: hands the reference the numbers the numba kernel drew."""
-
-    def __init__(self, normals=None, uniforms=None):
-        self.normals, self.uniforms = normals, uniforms
-
-    def standard_normal(self, shape, dtype):
-        assert self.normals.shape == tuple(shape) and self.normals.dtype == dtype
-        return self.normals
-
-    def random(self, shape, dtype):
-        assert self.uniforms.shape == tuple(shape) and self.uniforms.dtype == dtype
-        return self.uniforms
-
-
-def gen(seed):
-    return np.random.Generator(np.random.PCG64(seed))
 
 
 def close(actual, expected, dtype, scale=1.0):
@@ -62,25 +40,6 @@ def close(actual, expected, dtype, scale=1.0):
 # ----------------------------------------------------------------------------------------------------------------
 # Strategies
 # ----------------------------------------------------------------------------------------------------------------
-@st.composite
-def arrays(draw, dtype, shape, lo=-2.0, hi=2.0):
-    width = 32 if dtype == np.float32 else 64
-    return draw(hnp.arrays(dtype, shape, elements=st.floats(lo, hi, width=width)))
-
-
-@st.composite
-def dense_case(draw, acts=ACTS):
-    """A batch x, weights W, b (or None), V, c (or None), and activations: shapes and values both drawn."""
-    dtype = draw(st.sampled_from(DTYPES))
-    rows, n_in, n_out = draw(st.integers(1, 9)), draw(st.integers(1, 12)), draw(st.integers(1, 12))
-    case = dict(dtype=dtype, act=draw(st.sampled_from(acts)), fb_act=draw(st.sampled_from(acts)),
-                x=draw(arrays(dtype, (rows, n_in))), W=draw(arrays(dtype, (n_in, n_out), -1, 1)),
-                V=draw(arrays(dtype, (n_out, n_in), -1, 1)),
-                h=draw(arrays(dtype, (rows, n_out))), target=draw(arrays(dtype, (rows, n_out))),
-                delta=draw(arrays(dtype, (rows, n_out))), seed=draw(st.integers(0, 2**32 - 1)))
-    case["b"] = draw(st.one_of(st.none(), arrays(dtype, (n_out,))))
-    case["c"] = draw(st.one_of(st.none(), arrays(dtype, (n_in,))))
-    return case
 
 
 def readonly(a):

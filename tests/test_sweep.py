@@ -13,7 +13,7 @@ import yaml
 from test_mpi import MPIEXEC, needs_mpi
 
 from localnet.errors import SpecError
-from localnet.sweep import over_seeds, parse_grid, plan, split_values
+from localnet.sweep import chosen_on_validation, over_seeds, parse_grid, plan, split_values
 
 SPECS = Path(__file__).resolve().parents[1] / "specs"
 QUICK = str(SPECS / "quickstart.yaml")
@@ -70,6 +70,10 @@ def test_local_sweep_runs_every_combination_like_single_runs(tmp_path):
     tests = [runs[("0.003", seed)]["test_accuracy"] for seed in (0, 1)]  # and the spread over seeds
     mean, sd = (tests[0] + tests[1]) / 2, abs(tests[0] - tests[1]) / 2 ** 0.5
     assert "over 2 seeds" in done.stdout and f"{100 * mean:.2f} ± {100 * sd:.2f}%" in done.stdout
+    vals = {lr: sum(runs[(lr, seed)]["validation_accuracy"] for seed in (0, 1)) / 2 for lr in ("0.001", "0.003")}
+    best = max(vals, key=vals.get)  # ties keep the first in plan order, as max does
+    assert f"chosen on validation (means over 2 seeds): optimizer.forward.lr={best}: validation accuracy " \
+        f"{100 * vals[best]:.2f}%" in done.stdout
 
 
 def test_over_seeds_takes_mean_and_sample_deviation_per_combination():
@@ -88,6 +92,20 @@ def test_over_seeds_takes_mean_and_sample_deviation_per_combination():
     assert second[:3] == (["lr=2"], 1, 2)  # the failed seed counts as not completed, and is left out
     assert second[3]["test_accuracy"] == pytest.approx((0.6, None)) and \
         second[3]["best_validation_test_accuracy"] == (None, None)
+
+
+def test_the_choice_is_made_on_validation_never_on_test():
+    def combo(name, done, val=None, test=None, val_loss=None, total=2):
+        stats = {"validation_accuracy": (val, None), "test_accuracy": (test, None),
+                 "validation_loss": (val_loss, None), "test_loss": (None, None),
+                 "best_validation_test_accuracy": (None, None)}
+        return ([name], done, total, stats)
+    a, b, c = combo("a", 2, 0.85, 0.90), combo("b", 2, 0.88, 0.80), combo("c", 1, 0.99, 0.99)
+    assert chosen_on_validation([a, b, c]) == (b, "accuracy")  # c has a failed seed: its mean is not comparable
+    assert chosen_on_validation([a, combo("a2", 2, 0.85, 0.95)]) == (a, "accuracy")  # equals: the first
+    assert chosen_on_validation([a, c]) is None  # one complete combination: nothing to choose
+    ae = [combo("x", 2, val_loss=20.0), combo("y", 2, val_loss=17.5), combo("z", 2, val_loss=19.0)]
+    assert chosen_on_validation(ae) == (ae[1], "loss")  # an auto-encoder: the lowest validation loss
 
 
 @needs_mpi
