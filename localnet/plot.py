@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import LocalnetError
+from .errors import LocalnetError, RunError
 
 INSTALL_HINT = "pip install 'localnet[plot]'"
 CURVES = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -31,13 +31,18 @@ class RunCurves:
     """What one run directory logged: its label, epoch records and diagnostics records."""
 
     def __init__(self, path):
+        from .report import described
         from .runs import RunDir
         run = RunDir(path)
         run.check()
         spec = run.spec()
         records, self.skipped = run.read_metrics()
         self.warning = run.metrics_warning(self.skipped)
-        self.name, self.id = spec.name, run.path.name.rsplit("-", 1)[-1]
+        try:
+            environment = run.environment()
+        except RunError:
+            environment = None
+        self.name, self.id = described(spec.name, environment), run.path.name.rsplit("-", 1)[-1]
         self.label = f"{spec.name} ({run.path.name})"
         self.epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
         self.diagnostics = [r for r in records if r.get("kind") == "diagnostics"
@@ -134,7 +139,7 @@ def draw(runs, out, metric="angle_bp"):
             ax.set_ylim(0, max(5.0, min(180.0, 1.05 * top)))
 
     handles = [fig.axes[0].plot([], [], "-", color=color)[0] for color in colors]
-    names = [run.name for run in runs]  # the spec's name, and the run's id only where two runs share a name
+    names = [run.name for run in runs]  # the spec's name and overrides; the run's id only where two runs share them
     labels = [f"{run.name} ({run.id})" if names.count(run.name) > 1 else run.name for run in runs]
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 4), fontsize=9, frameon=False)
     out = Path(out)

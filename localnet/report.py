@@ -39,6 +39,12 @@ def overrides(environment) -> list:
     return [o for o in given if isinstance(o, str)] if isinstance(given, list) else []
 
 
+def described(name, environment) -> str:
+    """A run's spec name with the `--set` overrides it was made with, but `name=`: the name already says it."""
+    given = [o for o in overrides(environment) if not o.startswith("name=")]
+    return name + (f" ({', '.join(given)})" if given else "")
+
+
 def source(environment) -> str | None:
     """The spec file and overrides a run was made from, as the arguments of `localnet run` that make it again."""
     file = environment.get("spec_file") if isinstance(environment, dict) else None
@@ -100,8 +106,7 @@ def row(path) -> RunRow:
     except RunError:  # missing or unreadable: the row says so, the table stays
         environment = None
     backend = environment.get("backend") if isinstance(environment, dict) else None
-    given = [o for o in overrides(environment) if not o.startswith("name=")]  # the spec column holds the name
-    cells = {"run": label, "spec": spec.name + (f" ({', '.join(given)})" if given else ""), "rule": rule,
+    cells = {"run": label, "spec": described(spec.name, environment), "rule": rule,
              "backend": backend if isinstance(backend, str) else MISSING, "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,

@@ -79,6 +79,13 @@ def test_the_table_holds_each_runs_numbers(runs):
     assert rows[runs["bp"].name]["angle with backprop at the end"] == "–"
 
 
+def test_plot_legends_name_runs_as_the_table_does(runs):
+    from localnet.plot import RunCurves
+    rows = table_rows(CliRunner().invoke(main, ["report", str(runs["dtp"]), str(runs["bp"])]).output)
+    for name in ("dtp", "bp"):
+        assert RunCurves(runs[name]).name == rows[runs[name].name]["spec"]
+
+
 def test_an_auto_encoder_reports_its_loss_not_an_error_rate(runs):
     result = CliRunner().invoke(main, ["report", "--table", str(runs["ae"])])
     assert result.exit_code == 0, result.output
