@@ -161,6 +161,7 @@ def test_scalars_that_only_look_like_exponents_stay_strings(tmp_path):
     ("network.layers.h9.size=5", "no such list item"),
     ("train.epochs", "key.path=value"),
     ("train.epochs=-1", ">= 0"),
+    ("optimizer.forward={type:sgd}", "unknown key (a space is missing after ':')"),  # YAML's key 'type:sgd'
 ])
 def test_bad_overrides(override, message):
     exc = error_of(MINIMAL, [override])

@@ -163,7 +163,9 @@ def _convert_dataclass(cls, value, path, ctx):
     keys = {yaml_key(f): f for f in fields}
     for key in value:
         if key not in keys:
-            raise ctx.error(path + (key,), "unknown key",
+            # `{type:sgd}` is one key, 'type:sgd': YAML wants a space after the colon of a flow mapping
+            glued = isinstance(key, str) and ":" in key and key.split(":", 1)[0].strip() in keys
+            raise ctx.error(path + (key,), "unknown key" + (" (a space is missing after ':')" if glued else ""),
                             expected="one of " + ", ".join(keys), found=short_repr(key))
     hints = _hints(cls)
     kwargs = {}
