@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import Interrupted, LocalnetError, RunError, SpecError
+from .errors import Interrupted, LocalnetError, SpecError
 
 
 class _Console(Console):
@@ -274,10 +274,7 @@ def report(run_dirs, table=False, html_out=None, plot_out=None):
             where = (f"final ({checkpoint.relative_to(run.path)})" if summary.get("status") == "completed"
                      else f"resumes at {where or '?'} ({checkpoint.relative_to(run.path)})")
         console.print(f"[bold]{escape(str(run.path))}[/]", soft_wrap=True)
-        try:
-            made_from = comparison.source(run.environment())
-        except RunError:
-            made_from = None
+        made_from = comparison.source(comparison.environment_of(run))
         if made_from:
             console.print(f"  made from: {escape(made_from)}", soft_wrap=True)
         console.print(f"  status: {escape(str(status))}", soft_wrap=True)

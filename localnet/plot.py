@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from .errors import LocalnetError, RunError
+from .errors import LocalnetError
 
 INSTALL_HINT = "pip install 'localnet[plot]'"
 CURVES = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -31,18 +31,14 @@ class RunCurves:
     """What one run directory logged: its label, epoch records and diagnostics records."""
 
     def __init__(self, path):
-        from .report import described
+        from .report import described, environment_of
         from .runs import RunDir
         run = RunDir(path)
         run.check()
         spec = run.spec()
         records, self.skipped = run.read_metrics()
         self.warning = run.metrics_warning(self.skipped)
-        try:
-            environment = run.environment()
-        except RunError:
-            environment = None
-        self.name, self.id = described(spec.name, environment), run.path.name.rsplit("-", 1)[-1]
+        self.name, self.id = described(spec.name, environment_of(run)), run.path.name.rsplit("-", 1)[-1]
         self.label = f"{spec.name} ({run.path.name})"
         self.epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
         self.diagnostics = [r for r in records if r.get("kind") == "diagnostics"

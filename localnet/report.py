@@ -33,6 +33,16 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def environment_of(run) -> dict | None:
+    """A run's environment.json, or None where it is missing or unreadable: the readers here only describe the run,
+    and one damaged file must not stop a table or a plot of many."""
+    try:
+        environment = run.environment()
+    except RunError:
+        return None
+    return environment if isinstance(environment, dict) else None
+
+
 def overrides(environment) -> list:
     """The `--set` overrides a run was started with, in order, as its environment.json recorded them."""
     given = environment.get("overrides") if isinstance(environment, dict) else None
@@ -101,11 +111,8 @@ def row(path) -> RunRow:
     rule = spec.rule.name
     if spec.rule.name in ("dtp", "tp"):
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
-    try:
-        environment = run.environment()
-    except RunError:  # missing or unreadable: the row says so, the table stays
-        environment = None
-    backend = environment.get("backend") if isinstance(environment, dict) else None
+    environment = environment_of(run)
+    backend = environment.get("backend") if environment else None
     cells = {"run": label, "spec": described(spec.name, environment), "rule": rule,
              "backend": backend if isinstance(backend, str) else MISSING, "data": spec.data.name,
              "epochs": str(epochs[-1]["epoch"]) if epochs else "0",
