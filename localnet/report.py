@@ -8,6 +8,7 @@ import shlex
 import statistics
 from dataclasses import dataclass
 
+from .constraints import layer_constraint
 from .errors import RunError
 from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
@@ -108,9 +109,7 @@ def row(path) -> RunRow:
         if parts:
             angle = ", ".join(parts) + f" (epoch {last.get('epoch', '?')}, batch {last.get('batch', '?')})"
 
-    rule = spec.rule.name
-    if spec.rule.name in ("dtp", "tp"):
-        rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
+    rule = rule_cell(spec)
     environment = environment_of(run)
     backend = environment.get("backend") if environment else None
     cells = {"run": label, "spec": described(spec.name, environment), "rule": rule,
@@ -120,6 +119,18 @@ def row(path) -> RunRow:
              "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING,
              "angle with backprop at the end": angle}
     return RunRow(cells, run.metrics_warning(skipped))
+
+
+def rule_cell(spec) -> str:
+    """The rule and the spec options that make it a different experiment (where the first target sits, which
+    feedback maps never train), so that FW-DTP does not read as plain DTP in a comparison."""
+    rule = spec.rule.name
+    if spec.rule.name in ("dtp", "tp"):
+        rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
+    fixed = [layer.name for layer in spec.network.layers if layer_constraint(layer, "fixed_feedback")]
+    if fixed:
+        rule += f", fixed feedback on {', '.join(fixed)}"
+    return rule
 
 
 def markdown(rows) -> str:

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 import localnet
 from localnet.cli import main
+from localnet.report import rule_cell
 from localnet.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +78,15 @@ def test_the_table_holds_each_runs_numbers(runs):
     for layer in ("h1", "h2", "out"):
         assert f"{layer} {last['layers'][layer]['angle_bp']:.1f}°" in angles
     assert rows[runs["bp"].name]["angle with backprop at the end"] == "–"
+
+
+@pytest.mark.parametrize("spec, rule", [
+    ("fashion-mnist-fwdtp", "dtp, first target on h_L, fixed feedback on h2, h3, h4, h5, out"),
+    ("fashion-mnist-7x240-dtp", "dtp, first target on h_{L-1}"),
+    ("fashion-mnist-ddtp-linear", "ddtp_linear"),
+])
+def test_the_rule_cell_tells_variants_of_a_rule_apart(spec, rule):
+    assert rule_cell(localnet.load_spec(ROOT / "specs" / f"{spec}.yaml")) == rule
 
 
 def test_plot_legends_name_runs_as_the_table_does(runs):
