@@ -261,6 +261,24 @@ def test_optimiser_steps_match_reference(spec, dtype, data):
         close(s_dev[n], s_ref[n], dtype)
 
 
+@pytest.mark.parametrize("spec", [OptimizerSpec(type="sgd", lr=0.1, momentum=0.9),
+                                  OptimizerSpec(type="rmsprop", lr=0.01, alpha=0.95, centered=True, momentum=0.9),
+                                  OptimizerSpec(type="adam", lr=0.01, betas=(0.9, 0.99))], ids=lambda s: s.type)
+def test_decaying_states_flush_to_zero_as_the_reference_does(spec):
+    """As tests/test_numba_backend.py: states just above the smallest normal number and no gradient end at 0."""
+    p0 = np.linspace(-1, 1, 5, dtype=np.float32)
+    p_ref, p_dev = p0.copy(), cu.arrays.to_device(p0)
+    s_ref = {n: np.full_like(p0, 3 * np.finfo(np.float32).tiny) for n in ref.optim.state_names(spec)}
+    s_dev = {n: cu.arrays.to_device(a) for n, a in s_ref.items()}
+    zero = cu.arrays.to_device(np.zeros_like(p0))
+    for t in range(1, 301):
+        ref.optim.STEPS[spec.type](p_ref, np.zeros_like(p0), s_ref, spec, t)
+        cu.optim.STEPS[spec.type](p_dev, zero, s_dev, spec, t)
+    for n in s_ref:
+        assert not host(s_dev[n]).any() and not s_ref[n].any(), n
+    close(p_dev, p_ref, np.float32)
+
+
 def test_sums_and_the_finiteness_check():
     x = np.arange(2 * 45, dtype=np.float32).reshape(2, 45) / 7  # several blocks of the first reduction stage
     assert cu.arrays.total(cu.arrays.to_device(x)) == pytest.approx(float(x.astype(np.float64).sum()), rel=1e-12)

@@ -2,6 +2,7 @@
 reconstruction loss of auto-encoders, evaluation by the mean of sampled passes), each held to a hand-written numpy
 computation, and the shipped experiment specs (they validate and build; without their data, the data error)."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -195,16 +196,40 @@ def test_eval_samples_is_the_mean_of_sampled_output_probabilities():
 
 # -- the shipped experiment specs --------------------------------------------------------------------------------
 EXPERIMENTS = sorted(p.name for p in (ROOT / "specs").glob("*.yaml")
-                     if p.name.startswith(("mnist-", "cifar10-", "fashion-mnist-7x240", "fashion-mnist-discrete",
-                                           "fashion-mnist-stochastic", "fashion-mnist-dae", "fashion-mnist-deep-ae")))
+                     if p.name.startswith(("mnist-", "cifar10-", "fashion-mnist-7x240", "fashion-mnist-3x1000",
+                                           "fashion-mnist-discrete", "fashion-mnist-stochastic", "fashion-mnist-dae",
+                                           "fashion-mnist-deep-ae")))
 
 
 def test_every_experiment_of_the_brief_has_a_spec():
     assert {"mnist-7x240-dtp.yaml", "mnist-7x240-bp.yaml", "mnist-discrete-dtp.yaml", "mnist-discrete-bp.yaml",
             "mnist-stochastic-dtp.yaml", "mnist-dae-dtp.yaml", "cifar10-3x1000-dtp.yaml", "cifar10-3x1000-bp.yaml",
             "fashion-mnist-discrete-dtp.yaml", "fashion-mnist-discrete-bp.yaml", "fashion-mnist-7x240-dtp.yaml",
-            "fashion-mnist-stochastic-dtp.yaml", "fashion-mnist-dae-dtp.yaml",
-            "fashion-mnist-deep-ae-tp.yaml"} <= set(EXPERIMENTS)
+            "fashion-mnist-stochastic-dtp.yaml", "fashion-mnist-dae-dtp.yaml", "fashion-mnist-3x1000-dtp.yaml",
+            "fashion-mnist-3x1000-bp.yaml", "fashion-mnist-deep-ae-tp.yaml"} <= set(EXPERIMENTS)
+
+
+# each of Lee et al.'s nets on Fashion-MNIST, and what it may change from the paper's spec: the data set, the number
+# of epochs, and (CIFAR-10's net only) the split and pixel scaling that the other Fashion-MNIST twins use
+TWINS = {f"fashion-mnist-{net}.yaml": (f"{paper}-{net}.yaml", {"name": "fashion-mnist"})
+         for paper, nets in (("mnist", ("7x240-dtp", "7x240-bp", "discrete-dtp", "discrete-bp", "stochastic-dtp",
+                                        "dae-dtp")), ("cifar10", ("3x1000-dtp", "3x1000-bp")))
+         for net in nets}
+for twin in ("fashion-mnist-3x1000-dtp.yaml", "fashion-mnist-3x1000-bp.yaml"):
+    TWINS[twin][1].update(validation=10000, scale="unit")
+
+
+@pytest.mark.parametrize("twin", sorted(TWINS))
+def test_the_fashion_mnist_twins_change_only_the_data_and_the_epochs(twin):
+    paper, data = TWINS[twin]
+    theirs = dataclasses.asdict(localnet.load_spec(ROOT / "specs" / paper))
+    ours = dataclasses.asdict(localnet.load_spec(ROOT / "specs" / twin))
+    assert ours["name"] == twin.removesuffix(".yaml") and ours["train"]["epochs"] == 20
+    assert ours["data"] == {**theirs["data"], **data}
+    for key in set(theirs) - {"name", "data", "train"}:
+        assert ours[key] == theirs[key], key
+    assert {k: v for k, v in ours["train"].items() if k != "epochs"} == \
+        {k: v for k, v in theirs["train"].items() if k != "epochs"}
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

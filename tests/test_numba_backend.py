@@ -283,6 +283,28 @@ def test_optimiser_steps_match_reference(spec, dtype, data):
         close(state[s], state_ref[s], dtype, scale=10)
 
 
+@pytest.mark.parametrize("spec", [OptimizerSpec(type="sgd", lr=0.1, momentum=0.9),
+                                  OptimizerSpec(type="rmsprop", lr=0.01, alpha=0.95, centered=True, momentum=0.9),
+                                  OptimizerSpec(type="adam", lr=0.01, betas=(0.9, 0.99))], ids=lambda s: s.type)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decaying_states_flush_to_zero_as_the_reference_does(spec, dtype):
+    """States just above the smallest normal number, gradients zero: both backends end with all states exactly 0
+    (unflushed, they would stop among the subnormal numbers: tests/test_optim.py)."""
+    rng = np.random.default_rng(0)
+    p0, tiny = rng.standard_normal(7).astype(dtype), np.finfo(dtype).tiny
+    out = []
+    for k in (nb, ref):
+        p = p0.copy()
+        state = {s: np.full_like(p, 3 * tiny) for s in k.optim.state_names(spec)}
+        for t in range(1, 301):
+            k.optim.STEPS[spec.type](p, np.zeros_like(p), state, spec, t)
+        out.append((p, state))
+    (p, state), (p_ref, state_ref) = out
+    for s in state:
+        assert not state[s].any() and not state_ref[s].any(), s
+    close(p, p_ref, dtype)
+
+
 def test_optimiser_refuses_a_non_contiguous_parameter():
     spec = OptimizerSpec(type="sgd", lr=0.1)
     p = np.zeros((4, 4), np.float32)[:, ::2]
@@ -317,20 +339,21 @@ def test_split_optimiser_steps_give_the_serial_kernels_bits(spec, dtype, n, part
     p0, m0, v0 = (data.draw(arrays(dtype, (n,))) for _ in range(3))
     g = data.draw(arrays(dtype, (n,)))
     v0 = np.abs(v0)
-    f, o = float, nb.optim
+    f, o, tiny = float, nb.optim, float(np.finfo(dtype).tiny)
     runs = []
     for split in (False, True):
         p, m, v, w = p0.copy(), m0.copy(), v0.copy(), v0.copy()
         if spec.type == "sgd":
-            args, serial, parted = (p, g, m, f(spec.lr), f(spec.momentum), f(spec.weight_decay)), o._sgd, o._sgd_parts
+            args = (p, g, m, f(spec.lr), f(spec.momentum), f(spec.weight_decay), tiny)
+            serial, parted = o._sgd, o._sgd_parts
         elif spec.type == "rmsprop":
             args = (p, g, v, m, w, f(spec.lr), f(spec.alpha), f(1 - spec.alpha), f(spec.eps), f(spec.momentum),
-                    f(spec.weight_decay), bool(spec.centered))
+                    f(spec.weight_decay), bool(spec.centered), tiny)
             serial, parted = o._rmsprop, o._rmsprop_parts
         else:
             b1, b2 = spec.betas
             args = (p, g, m, v, f(spec.lr / (1 - b1 ** 3)), f(b1), f(1 - b1), f(b2), f(1 - b2), f(1 / (1 - b2 ** 3)),
-                    f(spec.eps), f(spec.weight_decay))
+                    f(spec.eps), f(spec.weight_decay), tiny)
             serial, parted = o._adam, o._adam_parts
         parted(*args, parts) if split else serial(*args)
         runs.append((p, m, v, w))

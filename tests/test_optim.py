@@ -63,3 +63,24 @@ def test_state_names_follow_the_options():
     assert optim.state_names(OptimizerSpec(type="sgd")) == ()
     assert optim.state_names(OptimizerSpec(type="rmsprop", centered=True, momentum=0.5)) == (
         "square_avg", "grad_avg", "momentum")
+
+
+@pytest.mark.parametrize("spec", [OptimizerSpec(type="sgd", lr=0.1, momentum=0.9),
+                                  OptimizerSpec(type="rmsprop", lr=0.01, alpha=0.95, centered=True, momentum=0.9),
+                                  OptimizerSpec(type="adam", lr=0.01, betas=(0.9, 0.99))], ids=lambda s: s.type)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_states_that_decay_reach_zero_not_the_subnormal_numbers(spec, dtype):
+    tiny = np.finfo(dtype).tiny
+    smallest = np.nextafter(dtype(0), dtype(1))
+    # plain float arithmetic stalls: the decay factors round a few multiples of the smallest subnormal to themselves
+    for factor in (0.9, 0.95, 0.99):
+        assert dtype(factor) * (3 * smallest) == 3 * smallest
+    p = np.ones(4, dtype)
+    state = {name: np.full_like(p, 3 * tiny) for name in optim.state_names(spec)}
+    for t in range(1, 301):  # no gradient: every average decays by its factor at each step (0.99³⁰⁰ < 1/3)
+        optim.STEPS[spec.type](p, np.zeros_like(p), state, spec, t)
+        for name, values in state.items():
+            assert not np.any((values != 0) & (np.abs(values) < tiny)), (t, name)  # never subnormal
+    for name, values in state.items():
+        assert not values.any(), name
+

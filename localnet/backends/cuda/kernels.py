@@ -483,44 +483,60 @@ def loss(name, out, labels, grad):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Optimisers: in place on flat arrays; hyper-parameters arrive in the array's type (as the numba CPU backend)
+# Optimisers: in place on flat arrays; hyper-parameters arrive in the array's type, states flush to zero below
+# `tiny` (as the numba CPU backend)
 # ---------------------------------------------------------------------------------------------------------------
 @cuda.jit
-def _sgd(p, g, buf, lr, momentum, wd):
+def _sgd(p, g, buf, lr, momentum, wd, tiny):
     i = cuda.grid(1)
+    zero = tiny - tiny  # 0 in the array's type
     if i < p.size:
         gi = g[i] + wd * p[i] if wd != 0 else g[i]
         if momentum != 0:
             gi = momentum * buf[i] + gi
+            if abs(gi) < tiny:
+                gi = zero
             buf[i] = gi
         p[i] -= lr * gi
 
 
 @cuda.jit
-def _rmsprop(p, g, sq, avg, buf, lr, alpha, one_minus_alpha, eps, momentum, wd, centered):
+def _rmsprop(p, g, sq, avg, buf, lr, alpha, one_minus_alpha, eps, momentum, wd, centered, tiny):
     i = cuda.grid(1)
+    zero = tiny - tiny  # 0 in the array's type
     if i < p.size:
         gi = g[i] + wd * p[i] if wd != 0 else g[i]
         v = alpha * sq[i] + one_minus_alpha * gi * gi
+        if v < tiny:
+            v = zero
         sq[i] = v
         if centered:
             m = alpha * avg[i] + one_minus_alpha * gi
+            if abs(m) < tiny:
+                m = zero
             avg[i] = m
             v = v - m * m
         step = gi / math.sqrt(v + eps)
         if momentum != 0:
             step = momentum * buf[i] + step
+            if abs(step) < tiny:
+                step = zero
             buf[i] = step
         p[i] -= lr * step
 
 
 @cuda.jit
-def _adam(p, g, m, v, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2, eps, wd):
+def _adam(p, g, m, v, lr_c1, beta1, one_minus_beta1, beta2, one_minus_beta2, c2, eps, wd, tiny):
     i = cuda.grid(1)
+    zero = tiny - tiny  # 0 in the array's type
     if i < p.size:
         gi = g[i] + wd * p[i] if wd != 0 else g[i]
         mi = beta1 * m[i] + one_minus_beta1 * gi
         vi = beta2 * v[i] + one_minus_beta2 * gi * gi
+        if abs(mi) < tiny:
+            mi = zero
+        if vi < tiny:
+            vi = zero
         m[i] = mi
         v[i] = vi
         p[i] -= lr_c1 * mi / (math.sqrt(vi * c2) + eps)

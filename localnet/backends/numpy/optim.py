@@ -1,8 +1,19 @@
-"""Reference optimiser steps, in place on the parameter and its state arrays."""
+"""Reference optimiser steps, in place on the parameter and its state arrays.
+
+State arrays (momentum, running averages) flush to zero below the smallest normal number of their type (float32:
+1.2e-38). An average that decays (x ← αx) where a gradient has gone to zero gets stuck among the subnormal numbers
+(rounding keeps k·2⁻¹⁴⁹ for small k) instead of reaching 0, and every later step over it runs at the CPU's slow
+subnormal speed: 25× for a centered RMSprop step on this project's machines, which made a saturating net's epochs
+1.8× longer. Nothing is lost: such a value is ~10⁻¹⁹ of eps inside the square root.
+"""
 
 import numpy as np
 
 from . import arrays  # noqa: F401  (Optimizer allocates and reads back its state through it)
+
+
+def _flush(state):
+    state[np.abs(state) < np.finfo(state.dtype).tiny] = 0
 
 
 def _decayed(p, g, spec):
@@ -16,6 +27,7 @@ def _with_momentum(step, state, spec):
     buf = state["momentum"]
     buf *= spec.momentum
     buf += step
+    _flush(buf)
     return buf
 
 
@@ -29,10 +41,12 @@ def rmsprop(p, g, state, spec, t):
     v = state["square_avg"]
     v *= spec.alpha
     v += (1 - spec.alpha) * g * g
+    _flush(v)
     if spec.centered:
         m = state["grad_avg"]
         m *= spec.alpha
         m += (1 - spec.alpha) * g
+        _flush(m)
         step = g / np.sqrt(v - m * m + spec.eps)
     else:
         step = g / np.sqrt(v + spec.eps)
@@ -48,6 +62,8 @@ def adam(p, g, state, spec, t):
     m += (1 - beta1) * g
     v *= beta2
     v += (1 - beta2) * g * g
+    _flush(m)
+    _flush(v)
     m_hat = m / (1 - beta1 ** t)
     v_hat = v / (1 - beta2 ** t)
     p -= spec.lr * m_hat / (np.sqrt(v_hat) + spec.eps)
