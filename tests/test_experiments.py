@@ -3,6 +3,7 @@ reconstruction loss of auto-encoders, evaluation by the mean of sampled passes),
 computation, and the shipped experiment specs (they validate and build; without their data, the data error)."""
 
 import dataclasses
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -269,6 +270,41 @@ def test_without_their_files_mnist_and_cifar_specs_fail_with_the_data_error(name
     with pytest.raises(DataError, match=f"data set {spec.data.name!r} not found"):
         train(spec, runs_root=tmp_path / "runs")
     assert not (tmp_path / "runs").exists()  # nothing was started
+
+
+@pytest.fixture(scope="module")
+def their_files(tmp_path_factory):
+    """$LOCALNET_DATA with made-up MNIST and CIFAR-10 files in the official layouts: each spec's validation split
+    and two batches of training images, and a small test set (the specs' runs need nothing more)."""
+    root, rng = tmp_path_factory.mktemp("data"), np.random.default_rng(0)
+
+    def idx(path, array):
+        header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+        path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+    mnist = root / "mnist"
+    mnist.mkdir()
+    for split, n in (("train", 10200), ("t10k", 100)):
+        idx(mnist / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        idx(mnist / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    cifar = root / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name, n in [(f"data_batch_{i}", 1040) for i in range(1, 6)] + [("test_batch", 100)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
+        (cifar / name).write_bytes(pickle.dumps(batch, protocol=4))  # as re-pickled by Python 3 (test_data: both)
+    return root
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-"))])
+def test_with_their_files_mnist_and_cifar_specs_run(name, their_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("LOCALNET_DATA", str(their_files))
+    monkeypatch.setenv("LOCALNET_NO_DOWNLOAD", "1")
+    spec = localnet.load_spec(ROOT / "specs" / name, ["train.epochs=1"])
+    summary, run = train(spec, runs_root=tmp_path)
+    assert summary["status"] == "completed"
+    records = [r for r in RunDir(run.path).metrics() if r.get("kind") != "diagnostics"]
+    assert [r["epoch"] for r in records] == [1]
+    assert np.isfinite(records[0]["train_loss"]) and np.isfinite(summary["test_loss"])
 
 
 def test_diagnostics_of_an_auto_encoder_measure_against_the_clean_input(tmp_path):
