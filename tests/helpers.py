@@ -1,5 +1,6 @@
 """Small helpers shared by several test files."""
 
+import gzip
 import signal
 from pathlib import Path
 
@@ -93,3 +94,19 @@ def dense_case(draw, acts=ACTS, rows=9, n_in=12, n_out=12):
     case["b"] = draw(st.one_of(st.none(), arrays(dtype, (n_out,))))
     case["c"] = draw(st.one_of(st.none(), arrays(dtype, (n_in,))))
     return case
+
+
+IDX_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
+
+
+def idx_bytes(array, dtype):
+    """An IDX file's bytes (the MNIST format): magic, shape, big-endian data."""
+    array = np.asarray(array, dtype=dtype)
+    header = bytes([0, 0, IDX_CODES[dtype], array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    return header + array.tobytes()
+
+
+def write_idx(path, array, dtype="u1", gz=False):
+    data = idx_bytes(array, dtype)
+    path.write_bytes(gzip.compress(data) if gz else data)
+    return path

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from helpers import IDX_CODES, idx_bytes, write_idx
 
 from localnet.data import DATASETS, Dataset, Split, load_dataset
 from localnet.data import fetch
@@ -28,20 +29,7 @@ from localnet.data.datasets import DIGITS_FILE
 from localnet.data.idx import read_idx
 from localnet.errors import DataError
 
-IDX_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
 FASHION = Path("/usr/share/datasets/fashion-mnist")
-
-
-def idx_bytes(array, dtype):
-    array = np.asarray(array, dtype=dtype)
-    header = bytes([0, 0, IDX_CODES[dtype], array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    return header + array.tobytes()
-
-
-def write_idx(path, array, dtype="u1", gz=False):
-    data = idx_bytes(array, dtype)
-    path.write_bytes(gzip.compress(data) if gz else data)
-    return path
 
 
 def md5(data: bytes) -> str:

@@ -1,6 +1,7 @@
 """The papers' experiments: the spec options their schedules need (σ decaying per epoch, input noise, the
 reconstruction loss of auto-encoders, evaluation by the mean of sampled passes), each held to a hand-written numpy
-computation, and the shipped experiment specs (they validate and build; without their data, the data error)."""
+computation, and the shipped experiment specs (they validate and build; without their data, the data error; with
+made-up files in their data's layout, they run)."""
 
 import dataclasses
 import pickle
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 import localnet
-from helpers import stop_at
+from helpers import stop_at, write_idx
 from localnet.data import dataset_shape
 from localnet.errors import DataError, Interrupted, SpecError
 from localnet.graph import build_graph
@@ -277,16 +278,11 @@ def their_files(tmp_path_factory):
     """$LOCALNET_DATA with made-up MNIST and CIFAR-10 files in the official layouts: each spec's validation split
     and two batches of training images, and a small test set (the specs' runs need nothing more)."""
     root, rng = tmp_path_factory.mktemp("data"), np.random.default_rng(0)
-
-    def idx(path, array):
-        header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-        path.write_bytes(header + array.astype(np.uint8).tobytes())
-
     mnist = root / "mnist"
     mnist.mkdir()
     for split, n in (("train", 10200), ("t10k", 100)):
-        idx(mnist / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        idx(mnist / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+        write_idx(mnist / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(mnist / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
     cifar = root / "cifar10" / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
     for name, n in [(f"data_batch_{i}", 1040) for i in range(1, 6)] + [("test_batch", 100)]:
