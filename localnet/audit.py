@@ -270,7 +270,7 @@ def audit(spec, *, batch=16, seed=None, measure=True) -> AuditReport:
     from .data import dataset_shape
     from .network import build
     n_features, n_classes = dataset_shape(spec.data.name)
-    net = build(spec, seed=seed, n_features=n_features, n_classes=n_classes)
+    net = build(spec, seed=seed)  # the data set's sample shape and classes; the batch below comes flat
     rng = np.random.default_rng([spec.seed if seed is None else seed, 0xA0D1])
     x = rng.random((batch, n_features)).astype(spec.dtype)
     y = rng.integers(0, n_classes, batch)

@@ -100,24 +100,14 @@ def _splits():
 # FLOPs and the floor
 # -------------------------------------------------------------------------------------------------------------
 def step_gemms(net, batch):
-    """The matrix products (m, k, n) of one training step of `net` on `batch` samples, as the kernels do them."""
-    rule = net.spec.rule
+    """The matrix products (m, k, n) of one training step of `net` on `batch` samples, as the kernels do them
+    (each layer's `products`), or None where a layer's work is not matrix products."""
     out = []
     for layer in net.layers.values():
-        n_in, n_out = layer.n_in, layer.size
-        out.append((batch, n_in, n_out))  # forward
-        if layer.has_feedback and rule.name != "bp":  # feedback training: f(x̃), g(f(x̃)), dV
-            out += [(batch, n_in, n_out), (batch, n_out, n_in), (n_out, batch, n_in)] * rule.feedback_iterations
-        out.append((n_in, batch, n_out))  # dW = xᵀ e
-        if "gradient" in layer.down_kinds:
-            out.append((batch, n_out, n_in))  # e Wᵀ
-        if "target" in layer.down_kinds:
-            if layer.has_feedback and rule.name == "dtp":
-                out.append((2 * batch, n_out, n_in))  # g([ĥ; h]) in one product
-            elif layer.has_feedback:
-                out.append((batch, n_out, n_in))  # TP: g(ĥ)
-            else:
-                out.append((batch, n_out, n_in))  # the first target from ℒ's gradient: e Wᵀ
+        products = layer.products(batch)
+        if products is None:
+            return None
+        out += products
     return out
 
 

@@ -187,14 +187,13 @@ def show(spec_path, overrides):
     net = build(spec)
     g = net.graph
     layers = Table(title=f"{escape(spec.name)}: layers ({spec.rule.name}, backend {net.backend.NAME}, {spec.dtype})")
-    for col in ("layer", "in", "out", "activation", "feedback g", "forward opt.", "feedback opt."):
+    for col in ("layer", "type", "in", "out", "activation", "feedback g", "forward opt.", "feedback opt."):
         layers.add_column(col)
     for name, layer in net.layers.items():
-        fo, bo = layer.forward_optimizer.spec, layer.feedback_optimizer
-        layers.add_row(escape(name), str(layer.n_in), str(layer.size), layer.activation,
-                       (f"{layer.feedback_activation} {layer.size}->{layer.n_in}"
-                        + (" (fixed)" if layer.feedback_fixed else "")) if layer.has_feedback else "-",
-                       f"{fo.type} {fo.lr:.3g}", f"{bo.spec.type} {bo.spec.lr:.3g}" if bo else "-")
+        row = layer.describe()
+        layers.add_row(escape(name), *(escape(row[k]) or "-" for k in ("type", "input", "output", "activation",
+                                                                        "feedback", "forward optimiser",
+                                                                        "feedback optimiser")))
     console.print(layers)
     channels = Table(title="channels")
     for col in ("from", "to", "kind", "shape", "dtype", "constraints"):

@@ -6,6 +6,7 @@ and a dtype. Every check failure names the spec line that declared the offending
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -24,7 +25,8 @@ INPUT, LOSS = "input", "loss"
 class NetworkGraph:
     graph: nx.MultiDiGraph
     layers: tuple  # layer names, in spec order
-    n_in: dict  # layer name -> size of its input
+    n_in: dict  # layer name (and `loss`) -> per-sample shape of its input, a tuple
+    shapes: dict  # node -> per-sample shape of its output (`input`: the data's sample shape)
     forward_order: tuple  # nodes in the order the forward phase runs them
     backward_order: tuple  # nodes in the order the backward phase runs them
     feedback_layers: tuple  # layers that own a feedback map g
@@ -69,11 +71,15 @@ def spec_error(spec, path, message, expected=None, found=None):
     return ctx.error(path, message, expected=expected, found=found)
 
 
-def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
+def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
+    """`input_shape`: the data's per-sample shape (an int is a vector of that many features)."""
+    from .layers.base import family
     rule = get_rule(spec.rule.name)
+    input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+    n_features = math.prod(input_shape)
     order = [INPUT, *(layer.name for layer in spec.network.layers), LOSS]
     rank = {name: i for i, name in enumerate(order)}
-    sizes = {INPUT: n_features, **{layer.name: layer.size for layer in spec.network.layers}}
+    layer_specs = {layer.name: (i, layer) for i, layer in enumerate(spec.network.layers)}
     edges = _declared_edges(spec)
 
     g = nx.MultiDiGraph()
@@ -106,15 +112,28 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
             if (name, kind) not in producers:
                 raise spec_error(spec, ("network",), f"{name!r} receives no {kind}",
                                  expected=f"a channel of kind {kind} into {name!r}")
-    n_in = {name: sizes[producers[name, "activation"]] for name in order[1:]}
+    schedules = [_schedule(spec, g, order, rank, edges, kinds) for kinds in (FORWARD_KINDS, BACKWARD_KINDS)]
+    # each layer's shapes, from its input's, in the forward schedule (a family says what it makes of an input)
+    sizes, n_in = {INPUT: input_shape}, {}
+    for name in schedules[0][1:]:
+        n_in[name] = sizes[producers[name, "activation"]]
+        if name == LOSS:
+            continue
+        i, layer = layer_specs[name]
+        try:
+            sizes[name] = tuple(family(layer.type).output_shape(layer, n_in[name]))
+        except ValueError as exc:
+            raise spec_error(spec, ("network", "layers", i), f"layer {name!r} ({layer.type}) cannot take its "
+                             f"input of shape {'x'.join(map(str, n_in[name]))}: {exc}") from None
     reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: the label is the input itself
-    if reconstructs and n_in[LOSS] != n_features:
+    top = n_in[LOSS]
+    if reconstructs and top != (n_features,):
         raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
                          f"loss {spec.network.loss!r} on {spec.data.name}",
-                         expected=f"{n_features} units (one per input feature)", found=n_in[LOSS])
-    if not reconstructs and n_in[LOSS] != n_classes:
+                         expected=f"{n_features} units (one per input feature)", found=_shape(top))
+    if not reconstructs and top != (n_classes,):
         raise spec_error(spec, ("network", "layers"), f"the layer feeding `loss` has the wrong size for "
-                         f"{spec.data.name}", expected=f"{n_classes} units (one per class)", found=n_in[LOSS])
+                         f"{spec.data.name}", expected=f"{n_classes} units (one per class)", found=_shape(top))
 
     backward_in, direct_in = {}, {}
     for index, (sender, receiver, kind, where) in enumerate(edges):
@@ -139,13 +158,13 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
                                  found=f"{backward_in[receiver]!r} and {sender!r}")
             backward_in[receiver] = sender
             # a direct target (DDTP) carries the output's displacement ĥ_L − h_L, in the sender's own space
-            shape = (sizes[sender],) if rule.direct and sender != LOSS else (n_in[sender],)
+            shape = sizes[sender] if rule.direct and sender != LOSS else n_in[sender]
             if sender != LOSS and rule.direct:
-                direct_in[receiver] = sizes[sender]
+                direct_in[receiver] = math.prod(sizes[sender])
         elif kind == "label":
             shape = (n_features,) if reconstructs else ()
         else:
-            shape = (sizes[sender],)
+            shape = sizes[sender]
         dtype = "int64" if kind == "label" and not reconstructs else spec.dtype
         constraints = constraints_for(spec, sender, receiver, kind, where[2] if where[1] == "channels" else None)
         g.add_edge(sender, receiver, key=kind, index=index,
@@ -154,21 +173,6 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
         if name not in backward_in:
             raise spec_error(spec, ("network",), f"layer {name!r} receives no target or gradient, so it could "
                              "never learn", expected=f"a target or gradient channel into {name!r}")
-
-    schedules = []
-    for kinds in (FORWARD_KINDS, BACKWARD_KINDS):
-        phase = nx.DiGraph()
-        phase.add_nodes_from(order)
-        phase.add_edges_from((u, v) for u, v, k in g.edges(keys=True) if k in kinds)
-        try:
-            cycle = nx.find_cycle(phase)
-        except nx.NetworkXNoCycle:
-            cycle = None
-        if cycle:
-            path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-            raise spec_error(spec, ("network",), f"the {kinds[0]} phase has a cycle: {path}",
-                             expected="an acyclic graph in each phase")
-        schedules.append(tuple(nx.lexicographical_topological_sort(phase, key=rank.__getitem__)))
 
     feedback = ()
     if rule.direct:  # each layer a direct target reaches owns g_i from the output's space to its own
@@ -179,12 +183,35 @@ def build_graph(spec: Spec, n_features: int, n_classes: int) -> NetworkGraph:
                              found=", ".join(c.identity for c in constrained))
     elif rule.uses_feedback:
         # a layer needs g when it passes a *target* it received down to the layer below
+        # (a family whose f is exactly invertible, as flatten's reshape, needs none)
         feedback = tuple(name for name in order[1:-1]
                          if any(c.kind == "target" for c in _out(g, name))
-                         and backward_in_kind(g, name) == "target")
+                         and backward_in_kind(g, name) == "target"
+                         and family(layer_specs[name][1].type).needs_feedback)
     for _, _, d in g.edges(data=True):
         d["channel"].bind(spec.seed)  # the network binds them again to its own seed
-    return NetworkGraph(g, tuple(order[1:-1]), n_in, schedules[0], schedules[1], feedback, direct_in)
+    return NetworkGraph(g, tuple(order[1:-1]), n_in, sizes, schedules[0], schedules[1], feedback, direct_in)
+
+
+def _shape(shape):
+    return shape[0] if len(shape) == 1 else "x".join(map(str, shape))
+
+
+def _schedule(spec, g, order, rank, edges, kinds):
+    """The deterministic order of one phase over the declared channels of `kinds`, or the spec error naming a
+    cycle."""
+    phase = nx.DiGraph()
+    phase.add_nodes_from(order)
+    phase.add_edges_from((a, b) for a, b, kind, _ in edges if kind in kinds)
+    try:
+        cycle = nx.find_cycle(phase)
+    except nx.NetworkXNoCycle:
+        cycle = None
+    if cycle:
+        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        raise spec_error(spec, ("network",), f"the {kinds[0]} phase has a cycle: {path}",
+                         expected="an acyclic graph in each phase")
+    return tuple(nx.lexicographical_topological_sort(phase, key=rank.__getitem__))
 
 
 def _out(g, name):

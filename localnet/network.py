@@ -12,7 +12,7 @@ from .constraints import check_layer_constraints
 from .engines import new_engine
 from .errors import LocalnetError
 from .graph import INPUT, LOSS, build_graph
-from .layers.dense import DenseLayer
+from .layers.base import Layer, family
 from .layers.loss import LossNode
 from .layers.source import InputNode
 from .messages import BACKWARD_KINDS
@@ -24,26 +24,28 @@ from .spec.names import INPUT_TARGET_LOSSES
 def build(spec, seed=None, *, n_features=None, n_classes=None) -> "Network":
     """A freshly initialised network for `spec` (a Spec, a path or a dict); `seed` overrides the spec's seed.
 
-    The input and output sizes come from the spec's data set unless given.
+    The input's sample shape and the number of classes come from the spec's data set unless given (`n_features`:
+    a sample shape, or an int for a vector of that many features).
     """
     if not isinstance(spec, Spec):
         spec = load_spec(spec)
     if n_features is None or n_classes is None:
-        from .data import dataset_shape
-        shape = dataset_shape(spec.data.name)
-        n_features = shape[0] if n_features is None else n_features
-        n_classes = shape[1] if n_classes is None else n_classes
+        from .data import dataset_shape, sample_shape
+        n_features = sample_shape(spec.data.name) if n_features is None else n_features
+        n_classes = dataset_shape(spec.data.name)[1] if n_classes is None else n_classes
     return Network(spec, spec.seed if seed is None else seed, n_features, n_classes)
 
 
 class Network:
-    def __init__(self, spec: Spec, seed: int, n_features: int, n_classes: int):
+    def __init__(self, spec: Spec, seed: int, input_shape, n_classes: int):
+        """`input_shape`: the per-sample shape of the data (an int: a vector of that many features)."""
         self.spec, self.seed = spec, seed
         self.dtype = np.dtype(spec.dtype)
         self.backend = backends.get_backend(spec.backend)
-        self.graph = build_graph(spec, n_features, n_classes)
+        self.input_shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else tuple(input_shape)
+        self.graph = build_graph(spec, self.input_shape, n_classes)
         self.reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: the label is the input
-        self.n_features, self.n_classes = n_features, n_classes
+        self.n_features, self.n_classes = math.prod(self.input_shape), n_classes
         rule = get_rule(spec.rule.name)
         r = spec.rule
         seeds = np.random.SeedSequence(seed).spawn(len(spec.network.layers))
@@ -65,7 +67,7 @@ class Network:
                 raise LocalnetError(f"rule {rule.name!r} trains its feedback maps with noise: rule.feedback_noise "
                                     "must be > 0 (the difference reconstruction loss divides by σ²)")
             fb_opt = (feedback.optimizer if feedback and feedback.optimizer else spec.optimizer.feedback)
-            nodes[name] = DenseLayer(
+            nodes[name] = family(layer_spec.type)(
                 name, self.graph.n_in[name], layer_spec, feedback=feedback,
                 forward_optimizer=layer_spec.optimizer or spec.optimizer.forward, feedback_optimizer=fb_opt,
                 rule=rule, target_step=r.target_step,
@@ -87,13 +89,21 @@ class Network:
 
     # -- the step ------------------------------------------------------------------------------------------
     def _batch(self, x, y=None):
+        """(x of shape (batch, *input_shape), labels): x may come flat, (batch, features), as the data sets keep it;
+        reconstruction targets stay flat."""
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        if x.ndim != 2 or x.shape[1] != self.n_features:
-            raise LocalnetError(f"input batch must have shape (batch, {self.n_features}), got {x.shape}")
+        shape = self.input_shape
+        if x.ndim < 2 or (x.shape[1:] != shape and x.shape[1:] != (self.n_features,)):
+            flat = "" if len(shape) == 1 else f" or (batch, {self.n_features})"
+            raise LocalnetError(f"input batch must have shape (batch, {', '.join(map(str, shape))}){flat}, "
+                                f"got {x.shape}")
+        flat_x = x.reshape(len(x), self.n_features)
+        x = x.reshape(len(x), *shape)
         if self.reconstructs:  # the target is the clean input: given (input noise corrupts x only) or x itself
-            y = x if y is None or np.ndim(y) == 1 else np.ascontiguousarray(y, dtype=self.dtype)
-            if y.shape != x.shape:
-                raise LocalnetError(f"reconstruction targets must have the input's shape {x.shape}, got {y.shape}")
+            y = flat_x if y is None or np.ndim(y) == 1 else np.ascontiguousarray(y, dtype=self.dtype)
+            if y.shape != flat_x.shape:
+                raise LocalnetError(f"reconstruction targets must have the input's shape {flat_x.shape}, "
+                                    f"got {y.shape}")
             return x, y
         if y is None:
             y = np.zeros(len(x), np.int64)
@@ -258,7 +268,7 @@ class Network:
         optimiser state), or None when every value is finite."""
         forward = [n for n in self.graph.forward_order if n in self.layers]
         backward = [n for n in self.graph.backward_order if n in self.layers]
-        for phase in phases or DenseLayer.PHASES:
+        for phase in phases or Layer.PHASES:
             for name in (backward if phase == "target" else forward):
                 if self.layers[name].nonfinite(phase):
                     return name, phase

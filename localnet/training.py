@@ -208,7 +208,7 @@ def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     the loop checkpoints at the next batch boundary and raises Interrupted.
     """
     data = load_data(spec)
-    net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+    net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
     run = RunDir.create(runs_root, spec, net.backend.NAME)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
     return _run(spec, net, data, run, Position(_first_epoch(spec, net)), None, None, summary, on_epoch, on_batch,
@@ -236,7 +236,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         if spec.backend == "auto" and isinstance(backend, str):
             spec = load_spec(spec, [f"backend={backend}"])  # the backend it trained with, not today's fastest
         data = load_data(spec)
-        net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+        net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
         pos, saved, best = _restore(run, spec, net, data)
         records, skipped = run.read_metrics()
         if skipped:
@@ -433,7 +433,7 @@ def _judge(spec, data, best, last):
         return result
     from .engines import LocalEngine, using
     with using(LocalEngine):
-        judge = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+        judge = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
     judge.load_parameters(best.params)
     for split in ("validation", "test"):
         part = getattr(data, split)
@@ -471,7 +471,7 @@ def evaluate_run(run_dir, split="test", best=False):
     part = getattr(data, split)
     if part is None:
         raise LocalnetError(f"the run's data has no {split} split")
-    net = build(spec, n_features=data.n_features, n_classes=data.n_classes)
+    net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
     params = run.load_parameters(net.layers, best=best)
     try:
         net.load_parameters(params)

@@ -12,7 +12,7 @@ import pytest
 
 import localnet
 from helpers import stop_at, write_idx
-from localnet.data import dataset_shape
+from localnet.data import dataset_shape, sample_shape
 from localnet.errors import DataError, Interrupted, SpecError
 from localnet.graph import build_graph
 from localnet.layers.dense import DenseLayer
@@ -200,7 +200,7 @@ def test_eval_samples_is_the_mean_of_sampled_output_probabilities():
 EXPERIMENTS = sorted(p.name for p in (ROOT / "specs").glob("*.yaml")
                      if p.name.startswith(("mnist-", "cifar10-", "fashion-mnist-7x240", "fashion-mnist-3x1000",
                                            "fashion-mnist-discrete", "fashion-mnist-stochastic", "fashion-mnist-dae",
-                                           "fashion-mnist-deep-ae")))
+                                           "fashion-mnist-deep-ae", "fashion-mnist-lenet")))
 
 
 def test_every_experiment_of_the_brief_has_a_spec():
@@ -237,8 +237,8 @@ def test_the_fashion_mnist_twins_change_only_the_data_and_the_epochs(twin):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_specs_validate_and_build(name):
     spec = localnet.load_spec(ROOT / "specs" / name, ["backend=numpy"])
-    n_features, n_classes = dataset_shape(spec.data.name)[:2]  # the data set's known shape: no data needed
-    graph = build_graph(spec, n_features, n_classes)  # every build-time check, without drawing the weights
+    n_classes = dataset_shape(spec.data.name)[1]  # the data set's known shape: no data needed
+    graph = build_graph(spec, sample_shape(spec.data.name), n_classes)  # every build-time check, no weights drawn
     assert graph.layers == tuple(layer.name for layer in spec.network.layers)
 
 
@@ -283,6 +283,11 @@ def their_files(tmp_path_factory):
     for split, n in (("train", 10200), ("t10k", 100)):
         write_idx(mnist / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(mnist / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    fashion = root / "fashion-mnist"  # for the LeNet specs: their 5k validation split and one batch to train on
+    fashion.mkdir()
+    for split, n in (("train", 5128), ("t10k", 100)):
+        write_idx(fashion / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(fashion / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
     cifar = root / "cifar10" / "cifar-10-batches-py"
     cifar.mkdir(parents=True)
     for name, n in [(f"data_batch_{i}", 1040) for i in range(1, 6)] + [("test_batch", 100)]:
@@ -291,7 +296,8 @@ def their_files(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-"))])
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-",
+                                                                          "fashion-mnist-lenet"))])
 def test_with_their_files_mnist_and_cifar_specs_run(name, their_files, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALNET_DATA", str(their_files))
     monkeypatch.setenv("LOCALNET_NO_DOWNLOAD", "1")

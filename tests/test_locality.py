@@ -15,6 +15,7 @@ from localnet.audit import (ACTIVATION, FIRST_TARGET, GRADIENT_ABOVE, LABEL, LOC
                             TARGET_ABOVE, WEIGHTS, audit, audit_network)
 from localnet.cli import main
 from localnet.errors import LocalityError
+from localnet.layers import FAMILIES
 from localnet.layers.dense import DenseLayer
 from localnet.messages import Outbox
 
@@ -166,7 +167,7 @@ def rogue(keep):
     (lambda other: other.rng, r"layer 'h2' shares a mutable Generator with node 'h1'"),
 ])
 def test_a_layer_holding_another_fails_at_build(monkeypatch, keep, message):
-    monkeypatch.setattr(localnet.network, "DenseLayer", rogue(keep))
+    monkeypatch.setitem(FAMILIES, "dense", rogue(keep))  # every dense layer the network builds is a Rogue
     with pytest.raises(LocalityError, match=message):
         net_of()
 

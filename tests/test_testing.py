@@ -106,16 +106,16 @@ class Halfway(DifferenceTargetPropagation):
     """A wrong DTP: half the difference correction. Exact inverses no longer give TP's targets."""
     name = "test_halfway"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        return x + 0.5 * (k.feedback(target, V, c, fb_act) - k.feedback(h, V, c, fb_act))
+    def target_below(self, layer, x, h, target):
+        return x + 0.5 * (layer.g(target) - layer.g(h))
 
 
 class Offset(DifferenceTargetPropagation):
     """A wrong DTP: a constant added to every target sent down (an error out of nothing)."""
     name = "test_offset"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        return super().target_below(k, x, h, target, V, c, fb_act) + 0.01
+    def target_below(self, layer, x, h, target):
+        return super().target_below(layer, x, h, target) + 0.01
 
 
 class Stateful(DifferenceTargetPropagation):
@@ -126,8 +126,8 @@ class Stateful(DifferenceTargetPropagation):
     def __init__(self):
         self.last = None
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        out = super().target_below(k, x, h, target, V, c, fb_act)
+    def target_below(self, layer, x, h, target):
+        out = super().target_below(layer, x, h, target)
         if self.last is not None:
             out = out + 1e-3 * float(np.mean(self.last))
         self.last = np.array(out)
@@ -141,17 +141,17 @@ class Peeking(DifferenceTargetPropagation):
     """A non-local DTP: it reads the first layer's weights of the most recently built network."""
     name = "test_peeking"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
+    def target_below(self, layer, x, h, target):
         W = PEEK[-1].layers["l1"].forward_params["W"]
-        return super().target_below(k, x, h, target, V, c, fb_act) + 1e-3 * float(W.sum())
+        return super().target_below(layer, x, h, target) + 1e-3 * float(W.sum())
 
 
 class Unseeded(DifferenceTargetPropagation):
     """A non-deterministic DTP: noise from numpy's global generator instead of the layer's own."""
     name = "test_unseeded"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        return super().target_below(k, x, h, target, V, c, fb_act) + 1e-6 * np.random.standard_normal(x.shape)
+    def target_below(self, layer, x, h, target):
+        return super().target_below(layer, x, h, target) + 1e-6 * np.random.standard_normal(x.shape)
 
 
 @pytest.fixture
@@ -228,8 +228,8 @@ class ReorderedDTP(DifferenceTargetPropagation):
     """A user's rule: DTP with the correction written another way, ĥ_{i-1} = g(ĥ_i) + (h_{i-1} − g(h_i))."""
     name = "reordered_dtp"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        return k.feedback(target, V, c, fb_act) + (x - k.feedback(h, V, c, fb_act))
+    def target_below(self, layer, x, h, target):
+        return layer.g(target) + (x - layer.g(h))
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Data sets as fixed, deterministic splits of flattened features and integer labels."""
 
-from .datasets import DATASETS, Dataset, Split, dataset_shape, load_dataset
+from .datasets import DATASETS, Dataset, Split, dataset_shape, load_dataset, sample_shape
 
-__all__ = ["DATASETS", "Dataset", "Split", "dataset_shape", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Split", "dataset_shape", "load_dataset", "sample_shape"]

@@ -12,7 +12,11 @@ from . import fetch
 from .cifar import read_cifar10
 from .idx import read_idx
 
-FEATURES = {"digits": 64, "mnist": 784, "fashion-mnist": 784, "kmnist": 784, "cifar10": 3072}
+# each data set's sample shape (C, H, W): the splits keep samples flat, (N, C·H·W) in C order, and a network views
+# them in this shape (DESIGN §8); CIFAR-10's rows are its channels' planes one after another, so C order is right
+SAMPLE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion-mnist": (1, 28, 28), "kmnist": (1, 28, 28),
+                 "cifar10": (3, 32, 32)}
+FEATURES = {name: int(np.prod(shape)) for name, shape in SAMPLE_SHAPES.items()}
 DATASETS = tuple(FEATURES)
 SCALES = ("unit", "standard", "none")
 N_CLASSES = 10
@@ -36,9 +40,16 @@ class Dataset:
     name: str
     n_features: int
     n_classes: int
+    sample_shape: tuple  # what one flat sample of n_features is, as an image (C, H, W)
     train: Split
     validation: Split | None  # None when no validation samples were asked for
     test: Split
+
+
+def sample_shape(name):
+    """A data set's per-sample shape (C, H, W), known without reading it."""
+    dataset_shape(name)
+    return SAMPLE_SHAPES[name]
 
 
 def dataset_shape(name):
@@ -168,6 +179,7 @@ def load_dataset(
         name=name,
         n_features=x.shape[1],
         n_classes=N_CLASSES,
+        sample_shape=SAMPLE_SHAPES[name],
         train=split(*parts["train"]),
         validation=split(*parts["validation"]) if validation else None,
         test=split(*parts["test"]),

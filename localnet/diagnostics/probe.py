@@ -28,13 +28,13 @@ FIELDS = ("angle_bp", "distance_to_target", "target_norm", "activation_norm", "r
 
 
 def backprop_gradients(net, labels) -> dict:
-    """{layer: {"W": ∂ℒ/∂W, "b": ∂ℒ/∂b}} (float64) for the batch the network last ran forward on, by backprop
-    through the arrays each layer stored (its input x and pre-activation a) and the network's current forward
-    weights; `labels` are that batch's labels. Works on any graph: a layer whose output feeds several consumers
-    sums their gradients; a layer with no path to the loss gets zeros."""
+    """{layer: {key: ∂ℒ/∂param}} (float64) for the batch the network last ran forward on, by backprop through the
+    arrays each layer stored (its input and pre-activation) and the network's current forward weights, each layer's
+    part through its own `Reference` (the layer protocol); `labels` are that batch's labels. Works on any graph: a
+    layer whose output feeds several consumers sums their gradients; a layer with no path to the loss gets zeros."""
     graph, layers = net.graph, net.layers
     loss = net.spec.network.loss
-    errors, grads = {}, {}
+    to_input, grads = {}, {}  # consumer -> ∂ℒ/∂(its input)
     for name in reversed(graph.forward_order):
         if name not in layers:
             continue
@@ -43,15 +43,9 @@ def backprop_gradients(net, labels) -> dict:
         for channel in graph.outbound(name, ("activation",)):
             if channel.receiver == LOSS:
                 dh = dh + reference.loss_gradient(loss, layer.h, labels)
-            elif channel.receiver in errors:
-                W = np.asarray(layers[channel.receiver].forward_params["W"], np.float64)
-                dh = dh + errors[channel.receiver] @ W.T
-        e = dh * reference.derivative(layer.activation, layer.a)
-        errors[name] = e
-        x = np.asarray(layer.x, np.float64)
-        grads[name] = {"W": x.T @ e}
-        if "b" in layer.forward_params:
-            grads[name]["b"] = e.sum(axis=0)
+            elif channel.receiver in to_input:
+                dh = dh + to_input[channel.receiver]
+        grads[name], to_input[name] = layer.reference().vjp(dh)
     return grads
 
 
@@ -68,15 +62,13 @@ def _mean_norm(array):
     return float(np.mean(np.linalg.norm(array.reshape(len(array), -1), axis=1))) if len(array) else math.nan
 
 
-def _jfjg(layer, q):
-    """(fraction of eigenvalues of J_f J_g with positive real part, its trace), with J_f = diag(s'(a)) Wᵀ and
-    J_g = diag(s̄'(q)) Vᵀ averaged over the batch (row convention: h = s(xW + b), g(h) = s̄(hV + c))."""
-    W, b = layer.forward_params["W"], layer.forward_params.get("b")
-    a = reference.affine(layer.x, W, b)
-    jf = reference.derivative(layer.activation, a).mean(axis=0)[:, None] * np.asarray(W, np.float64).T
-    jg = (reference.derivative(layer.feedback_activation, q).mean(axis=0)[:, None]
-          * np.asarray(layer.feedback_params["V"], np.float64).T)
-    product = jf @ jg
+def _jfjg(ref):
+    """(fraction of eigenvalues of J_f J_g with positive real part, its trace), with J_f and J_g the layer's
+    Jacobians averaged over the batch; (None, None) where the family does not form them."""
+    jacobians = ref.jacobians()
+    if jacobians is None:
+        return None, None
+    product = jacobians[0] @ jacobians[1]
     if not np.isfinite(product).all():
         return None, None
     eigenvalues = np.linalg.eigvals(product)
@@ -106,25 +98,24 @@ def measure(net, labels, reconstruction=True) -> dict:
     bp = backprop_gradients(net, labels)
     out = {}
     for name, layer in net.layers.items():
-        keys = list(layer.forward_params)
+        keys = layer.forward_keys
         local = reference.flat([layer.grads[k] for k in keys]) if layer.grads else None
         exact = reference.flat([bp[name][k] for k in keys])
         h = np.asarray(layer.h, np.float64)
         target = None if layer.target is None else np.asarray(layer.target, np.float64)
         error = positive = trace = None
-        if layer.feedback_params and getattr(layer, "direct_from", None) is None:  # DDTP's Q inverts no f
-            V, c = layer.feedback_params["V"], layer.feedback_params.get("c")
-            q = reference.affine(h, V, c)
-            g = reference.activation(layer.feedback_activation, q)
-            error = float(np.sum((g - np.asarray(layer.x, np.float64)) ** 2) / len(h))
-            positive, trace = _jfjg(layer, q)
+        ref = layer.reference()
+        if ref.has_g:  # a feedback map that inverts f (not DDTP's direct Q)
+            g = ref.g(h)
+            error = float(np.sum((g - ref.x.reshape(g.shape)) ** 2) / len(h))
+            positive, trace = _jfjg(ref)
         out[name] = {
-            "angle_bp": _number(reference.angle(local, exact)) if local is not None else None,
+            "angle_bp": _number(reference.angle(local, exact)) if local is not None and keys else None,
             "distance_to_target": (_number(_mean_norm(h - target)) if target is not None and target.shape == h.shape
                                    else None),
             "target_norm": _number(_mean_norm(target)) if target is not None else None,
             "activation_norm": _number(_mean_norm(h)),
-            "reconstruction_loss": (_number(layer.reconstruction_loss) if layer.feedback_params and reconstruction
+            "reconstruction_loss": (_number(layer.reconstruction_loss) if layer.has_feedback and reconstruction
                                     else None),
             "reconstruction_error": _number(error),
             "update_norm": _number(np.linalg.norm(local)) if local is not None else None,

@@ -43,8 +43,8 @@ class LocalEngine:
         self.audit = Audit()
         # DTP-DRL's feedback training reads the feedback maps above, which their own feedback training changes:
         # those layers train their feedback maps one after another, in the serial order
-        self._feedback_reads_above = any(getattr(getattr(nodes[name], "rule", None), "feedback_loss", None)
-                                         == "round_trip" for name in graph.feedback_layers)
+        self._feedback_reads_above = any(nodes[name].feedback_service == "round_trip"
+                                         for name in graph.feedback_layers)
         if workers is None:  # two threads where feedback training is work beside the chain (threads.py)
             one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
             workers, self.blas = layout(not one and not self._feedback_reads_above
@@ -154,9 +154,10 @@ class LocalEngine:
 
     def _feedback_of(self, name):
         node = self.nodes[name]
-        if getattr(node, "direct_from", None) is not None:
+        service = node.feedback_service  # the non-local service its feedback training needs, if any
+        if service == "response":  # DDTP
             return lambda: node.train_feedback(self.response_above(name))
-        if getattr(node.rule, "feedback_loss", None) == "round_trip":  # DTP-DRL
+        if service == "round_trip":  # DTP-DRL
             return lambda: node.train_feedback(self.round_trip(name))
         return node.train_feedback
 

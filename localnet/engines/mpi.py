@@ -57,7 +57,6 @@ ERROR, LOSS_REPORT, STATE, COMMAND, CHANNEL_BASE = 1, 2, 3, 4, 100
 FORWARD, FEEDBACK, BACKWARD, UPDATE, SYNC, PUSH, STOP, STATS, COLLECT = range(1, 10)
 PHASE_NAMES = {FORWARD: "forward", FEEDBACK: "feedback", BACKWARD: "backward", UPDATE: "update", SYNC: "sync",
                PUSH: "push", STOP: "stop", STATS: "stats", COLLECT: "collect"}
-STEP_STATE = ("x", "a", "h", "target", "grads", "reconstruction_loss")  # what a layer keeps of its step (probe)
 
 
 class RankFailed(LocalnetError):
@@ -179,14 +178,14 @@ class MPIEngine(LocalEngine):
         bad = {k: r for k, r in placement.items() if not 0 <= r < self.size}
         if bad:
             raise LocalnetError(f"placement puts {bad} on ranks outside 0..{self.size - 1}")
-        direct = [n for n in graph.layers if getattr(nodes[n], "direct_from", None) is not None]
+        direct = [n for n in graph.layers if nodes[n].feedback_service == "response"]
         if direct and self.size > 1:
             raise LocalnetError(f"layers {', '.join(direct)} train direct feedback maps (DDTP) on the output's "
                                 "response, a forward pass through every layer above them; the MPI engine does "
                                 "not support that yet: run DDTP with the local engine")
         top = next(c.sender for c in graph.inbound(LOSS, ("activation",)))
         trips = [n for n in graph.feedback_layers if n != top  # the top layer's round trip is empty
-                 and getattr(nodes[n].rule, "feedback_loss", None) == "round_trip"]
+                 and nodes[n].feedback_service == "round_trip"]
         if trips and self.size > 1:
             raise LocalnetError(f"layers {', '.join(trips)} train their feedback maps on the network's round trip "
                                 "(DTP-DRL), forward and back through every layer above them; the MPI engine does "
@@ -534,7 +533,7 @@ class MPIEngine(LocalEngine):
         self._command(COLLECT)
         self._finish_sends()
         if self.rank != 0:
-            kept = {n: ({k: getattr(self.nodes[n], k) for k in STEP_STATE}, self.nodes[n].parameters())
+            kept = {n: ({k: getattr(self.nodes[n], k) for k in self.nodes[n].STEP_STATE}, self.nodes[n].parameters())
                     for n in self.graph.layers if n in self.local}
             self.comm.send(kept, 0, STATE)
             return
@@ -671,8 +670,8 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
             if spec.backend == "auto" and isinstance(backend, str):
                 spec = load_spec(spec, [f"backend={backend}"])
         holder["spec"] = spec
-        from ..data import dataset_shape
-        n_features, n_classes = dataset_shape(spec.data.name)[:2]
+        from ..data import dataset_shape, sample_shape
+        n_features, n_classes = sample_shape(spec.data.name), dataset_shape(spec.data.name)[1]
         with using(factory):
             from ..network import Network
             Network(spec, spec.seed, n_features, n_classes)
@@ -735,12 +734,12 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
     report, others None; `progress(text)` hears of each measurement as it ends."""
     from mpi4py import MPI
 
-    from ..data import dataset_shape
+    from ..data import dataset_shape, sample_shape
     from ..spec import load_spec
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     spec = load_spec(spec_path, list(overrides) + ([f"backend={backend}"] if backend else []))
-    n_features, n_classes = dataset_shape(spec.data.name)[:2]
+    n_features, n_classes = sample_shape(spec.data.name), dataset_shape(spec.data.name)[1]
     threads = threads_per_rank(comm)  # collective: every rank, once
     nets = {}
     try:
@@ -781,7 +780,7 @@ def _bench_root(spec, spec_path, nets, rank_threads, steps, warmup, repeats, pro
     comm = MPI.COMM_WORLD
     size = comm.Get_size()
     data = load_data(spec)
-    n_features, n_classes = data.n_features, data.n_classes
+    n_features, n_classes = data.sample_shape, data.n_classes
     x, y, b = data.train.x, data.train.y, spec.train.batch_size
     n = (len(x) // b) * b
     threads = max(blas_threads(), default=None)

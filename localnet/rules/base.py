@@ -17,8 +17,10 @@ class Rule:
         """Kinds a backward channel may have, out of the loss node or out of a layer."""
         raise NotImplementedError
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        """The target a layer sends down, from its own input x, output h, received target and feedback map."""
+    def target_below(self, layer, x, h, target):
+        """The target a layer sends down, from its own input x, output h and received target, through its feedback
+        map: `layer.g(z)`, and `layer.g_difference(x, h, target)` = x + g(target) − g(h) evaluated at once (the
+        layer protocol, localnet/layers/base.py; a rule never reads a layer's parameters)."""
         raise NotImplementedError
 
     def chain_backward(self, layers):

@@ -57,7 +57,7 @@ class DirectDifferenceTargetPropagation(Rule):
         the loss) to a layer under it, or from the loss to `top`; never from one hidden layer to another."""
         return sender == top or (sender == "loss" and below)
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
+    def target_below(self, layer, x, h, target):
         raise NotImplementedError("DDTP's output layer sends the displacement ĥ_L − h_L, not a target below")
 
     # -- the hidden layer's side -------------------------------------------------------------------------------

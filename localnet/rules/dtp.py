@@ -14,6 +14,6 @@ class DifferenceTargetPropagation(Rule):
     def backward_kinds(self, from_loss):
         return ("target", "gradient") if from_loss else ("target",)
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
+    def target_below(self, layer, x, h, target):
         # ĥ_{i-1} = h_{i-1} + g_i(ĥ_i) − g_i(h_i): the correction cancels g's reconstruction error
-        return k.difference_target(x, h, target, V, c, fb_act)
+        return layer.g_difference(x, h, target)

@@ -6,5 +6,5 @@ from .dtp import DifferenceTargetPropagation
 class TargetPropagation(DifferenceTargetPropagation):
     name = "tp"
 
-    def target_below(self, k, x, h, target, V, c, fb_act):
-        return k.feedback(target, V, c, fb_act)
+    def target_below(self, layer, x, h, target):
+        return layer.g(target)

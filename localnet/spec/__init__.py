@@ -118,9 +118,12 @@ def _check(spec, ctx):
     if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
         raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
                         expected="'output' for a one-layer network", found="'last_hidden'")
+    from ..layers.base import family
+    for i, layer in enumerate(layers):  # what each family cannot run under this spec, with the layer's line
+        family(layer.type).check_spec(spec, layer, ("network", "layers", i), ctx.error)
     _check_placement(spec, ctx)
     total = 0
-    sizes = [layer.size for layer in layers]
+    sizes = [layer.size for layer in layers if layer.size is not None]
     for a, b in zip(sizes, sizes[1:]):
         total += 2 * a * b
     if total > 1 << 31:

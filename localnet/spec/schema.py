@@ -1,7 +1,8 @@
 """The spec schema: what a YAML spec may say, as frozen dataclasses with defaults and bounds.
 
-Conventions fixed here and used everywhere: row vectors, `h_i = s(h_{i-1} @ W + b)` with W of shape
-(n_in, n_out), and a feedback map `g(h_i) = s̄(h_i @ V + c)` with V of shape (n_out, n_in).
+Conventions fixed here and used everywhere: batches first; a dense layer uses row vectors, `h_i = s(h_{i-1} @ W
++ b)` with W of shape (n_in, n_out), and a feedback map `g(h_i) = s̄(h_i @ V + c)` with V of shape (n_out, n_in);
+a conv2d layer is NCHW with W and V of shape (C_out, C_in, kh, kw) (DESIGN §8, localnet/layers/conv.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ MAX_UNITS = 1 << 20
 def _datasets():
     from ..data import DATASETS
     return DATASETS  # per layer; larger is a typo, and would try to allocate terabytes
+
+
+def _families():
+    from ..layers.base import family_names
+    return family_names()  # dense, conv2d, flatten and any registered with localnet.layers.register_family
 
 
 def _rules():
@@ -90,8 +96,20 @@ LAYER_NAME = (r"[A-Za-z_][A-Za-z0-9_-]{0,63}",
 
 @dataclass(frozen=True)
 class LayerSpec:
+    """One layer. `type` names its family: `dense` (`size` units), `conv2d` (a block: `channels` output channels,
+    a `kernel`×`kernel` convolution with `stride` and zero `padding`, the activation, then an optional `pool`
+    (`max` or `avg`) of `pool_size`×`pool_size` windows at stride `pool_size`), or `flatten` (C×H×W to one
+    vector; no parameters)."""
+
     name: str = option(pattern=LAYER_NAME)
-    size: int = option(ge=1, le=MAX_UNITS)
+    type: str = option("dense", choices=lambda: _families())
+    size: int | None = option(None, ge=1, le=MAX_UNITS)
+    channels: int | None = option(None, ge=1, le=1 << 14)
+    kernel: int | None = option(None, ge=1, le=64)
+    stride: int = option(1, ge=1, le=64)
+    padding: int = option(0, ge=0, le=64)
+    pool: str | None = option(None, choices=("max", "avg"))
+    pool_size: int = option(2, ge=1, le=64)
     activation: str = option("tanh", choices=names.ACTIVATIONS)
     bias: bool = True
     init: str | None = option(None, choices=names.INITS)

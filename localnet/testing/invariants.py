@@ -46,7 +46,7 @@ def clone(net, overrides=()) -> Network:
     """A new network with `net`'s spec (plus `key.path=value` overrides), seed, sizes and full state
     (parameters, optimiser states, generators; channels' state where channels keep one)."""
     spec = load_spec(net.spec, list(overrides)) if overrides else net.spec
-    other = Network(spec, net.seed, net.n_features, net.n_classes)
+    other = Network(spec, net.seed, net.input_shape, net.n_classes)
     other.load_state(net.state())
     if hasattr(net, "channel_state"):
         other.load_channel_state(net.channel_state())
@@ -67,15 +67,19 @@ def _max(*arrays):
 
 
 def _g(layer, h):
-    """The layer's feedback map g(h) = s̄(h V + c), computed here."""
-    return reference.activation(layer.feedback_activation,
-                                reference.affine(h, layer.feedback_params["V"], layer.feedback_params.get("c")))
+    """The layer's feedback map g(h), computed by its float64 reference (the layer protocol), flattened per sample."""
+    return _rows(layer.reference().g(h))
 
 
 def _f(layer, x):
-    """The layer's forward map s(x W + b), computed here (a stochastic unit gives its mean)."""
-    return reference.activation(layer.activation,
-                                reference.affine(x, layer.forward_params["W"], layer.forward_params.get("b")))
+    """The layer's forward map f(x), computed by its float64 reference (a stochastic unit gives its mean)."""
+    return _rows(layer.reference().f(x))
+
+
+def _rows(a):
+    """`a` as float64 (batch, features): layers of several families compare in one layout."""
+    a = np.asarray(a, np.float64)
+    return a.reshape(len(a), -1)
 
 
 def _sender(net, name):
@@ -96,7 +100,7 @@ def _nothing(net, what):
 def _feedback_pairs(net, records):
     """(name, layer, record) of each layer that owns g, learned from a target and sent a target down."""
     return [(name, layer, records[name]) for name, layer in net.layers.items()
-            if layer.feedback_params and records[name].received == "target" and "target" in records[name].outbox]
+            if layer.has_feedback and records[name].received == "target" and "target" in records[name].outbox]
 
 
 def _batch(x, y):
@@ -121,13 +125,14 @@ def check_no_error_no_change(net, x, y):
     for name, layer in zero.layers.items():
         r = records[name]
         magnitudes += [r.h, r.target]
-        if layer.feedback_params and getattr(layer, "direct_from", None) is None:
-            magnitudes.append(_g(layer, r.h))
-            gain *= max(1.0, float(np.abs(np.asarray(layer.feedback_params["V"], np.float64)).sum(axis=0).max()))
+        ref = layer.reference()
+        if ref.has_g:
+            magnitudes.append(ref.g(r.h))
+            gain *= ref.feedback_gain()
     tol = 64 * _eps(net) * len(zero.layers) * gain * (1.0 + _max(*magnitudes))
     failures = []
     for name, r in records.items():
-        gap = _max(np.asarray(r.target, np.float64) - np.asarray(r.h, np.float64))
+        gap = _max(np.asarray(r.target, np.float64) - np.asarray(r.h, np.float64).reshape(np.shape(r.target)))
         if not gap <= tol:
             failures.append(f"layer {name!r}: its target differs from its activation by up to {gap:.3g} "
                             f"(tolerance {tol:.2g})")
@@ -152,32 +157,26 @@ def check_exact_inverse_dtp_equals_tp(net, x, y, seed=None):
     layer gets n_classes units (so the maps can be square) and random parameters drawn from `seed` (default: the
     network's). Fails for a rule without feedback maps."""
     x, y = _batch(x, y)
-    owners = [i for i, layer in enumerate(net.layers.values()) if layer.feedback_params]
+    owners = [i for i, layer in enumerate(net.layers.values()) if layer.has_feedback]
     if not owners:
         _nothing(net, "no layer owns a feedback map")
+    lacking = sorted({layer.family for layer in net.layers.values() if not layer.has_exact_inverse})
+    if lacking:
+        _nothing(net, f"layers of type {', '.join(lacking)} have no exactly invertible variant")
     n = net.n_classes
-    overrides = [f"network.layers.{i}.size={n}" for i in range(len(net.layers))]
-    for i in owners:
-        overrides += [f"network.layers.{i}.activation=linear",
-                      f"network.layers.{i}.feedback={{activation: linear, bias: true}}"]
+    overrides = []
+    for i, layer in enumerate(net.layers.values()):
+        overrides += layer.exact_inverse_overrides(f"network.layers.{i}", n, owner=i in owners)
     spec = load_spec(net.spec, overrides)
-    variant = Network(spec, net.seed, net.n_features, net.n_classes)
+    variant = Network(spec, net.seed, net.input_shape, net.n_classes)
     rng = np.random.default_rng(net.seed if seed is None else seed)
     params = variant.parameters()
     for name, layer in variant.layers.items():
-        p = params[name]
-        if layer.feedback_params:
-            q, _ = np.linalg.qr(rng.standard_normal((n, n)))
-            W = rng.uniform(0.5, 2.0) * q
-            b = rng.standard_normal(n) if "b" in p else np.zeros(n)
-            p["W"] = W
-            if "b" in p:
-                p["b"] = b
-            p["V"] = np.linalg.inv(W)
-            p["c"] = -b @ p["V"]
+        if layer.has_feedback:
+            layer.exact_inverse_parameters(params[name], rng)
         else:
-            for k in p:
-                p[k] = 0.6 * rng.standard_normal(p[k].shape)
+            for k in params[name]:
+                params[name][k] = 0.6 * rng.standard_normal(params[name][k].shape)
     variant.load_parameters(params)
     records = record_step(variant, x, y)
     pairs = _feedback_pairs(variant, records)
@@ -188,12 +187,13 @@ def check_exact_inverse_dtp_equals_tp(net, x, y, seed=None):
         sent = np.asarray(r.outbox["target"], np.float64)
         tp = _g(layer, r.target)
         forward = _f(layer, sent)
+        sent = _rows(sent)
         tol = 64 * eps * math.sqrt(n) * len(pairs) * (1.0 + _max(sent, tp, r.target, r.h, r.x))
         gap = _max(sent - tp)
         if not gap <= tol:
             failures.append(f"layer {name!r}: the target it sends down differs from TP's g(ĥ) by up to {gap:.3g} "
                             f"(tolerance {tol:.2g})")
-        gap = _max(forward - np.asarray(r.target, np.float64))
+        gap = _max(forward - _rows(r.target))
         if not gap <= tol:
             failures.append(f"layer {name!r}: f(ĥ_below) differs from its own target ĥ by up to {gap:.3g} "
                             f"(tolerance {tol:.2g}): the inverse is not two-sided for these targets")
@@ -206,17 +206,18 @@ def check_difference_identity(net, x, y):
     it sent. (DTP's ĥ_{i-1} = h_{i-1} + g_i(ĥ_i) − g_i(h_i) rearranged; it holds for any g.) TP fails it whenever
     g does not reconstruct exactly; a rule without feedback maps fails it as vacuous."""
     x, y = _batch(x, y)
-    records = record_step(clone(net), x, y)
+    net = clone(net)  # its layers keep the recorded step's state, which their references read (e.g. pooling)
+    records = record_step(net, x, y)
     pairs = _feedback_pairs(net, records)
     if not pairs:
         _nothing(net, "no layer sends a target down through a feedback map")
     eps, failures = _eps(net), []
     for name, layer, r in pairs:
-        lower = np.asarray(r.outbox["target"], np.float64)
+        lower = _rows(r.outbox["target"])
         g_t, g_h = _g(layer, r.target), _g(layer, r.h)
-        width = layer.feedback_params["V"].shape[0]
+        width = math.prod(layer.out_shape)
         tol = 32 * eps * math.sqrt(width) * (1.0 + _max(g_t, g_h, lower, r.x))
-        gap = _max((g_t - lower) - (g_h - np.asarray(r.x, np.float64)))
+        gap = _max((g_t - lower) - (g_h - _rows(r.x)))
         if not gap <= tol:
             failures.append(f"layer {name!r}: g(ĥ) − ĥ_below and g(h) − h_below differ by up to {gap:.3g} "
                             f"(tolerance {tol:.2g})")
@@ -224,16 +225,17 @@ def check_difference_identity(net, x, y):
 
 
 def _layer_loss(layer, record):
-    """The loss a layer's update descends, as a function of its flat (W, b), with its input and message fixed:
-    ‖s(xW + b) − ĥ‖² (summed over units, averaged over the batch) for a target ĥ, or Σ⟨δ, s(xW + b)⟩ for a gradient
-    δ (ℒ to first order; its gradient is exactly backprop's)."""
+    """The loss a layer's update descends, as a function of its flat forward parameters, with its input and message
+    fixed: ‖f(x; p) − ĥ‖² (summed over units, averaged over the batch) for a target ĥ, or Σ⟨δ, f(x; p)⟩ for a
+    gradient δ (ℒ to first order; its gradient is exactly backprop's). f through the layer's float64 reference,
+    `pool(s(pre(x, p)))`, pooling fixed by the recorded step."""
+    ref = layer.reference()
     x = np.asarray(record.x, np.float64)
-    keys = list(layer.forward_params)
-    shapes = [layer.forward_params[k].shape for k in keys]
+    keys = layer.forward_keys
+    shapes = [layer.parameters()[k].shape for k in keys]
     kind = record.received
-    message = np.asarray(record.backward_inbox[kind], np.float64)
-    if kind == "target" and getattr(layer, "direct_from", None) is not None:
-        message = np.asarray(record.target, np.float64)  # DDTP: the message is ĥ_L − h_L; ĥ_i is the layer's own
+    # the target the layer descends: what it received, or, for a direct target (DDTP), the one it formed
+    message = np.asarray(record.target if kind == "target" else record.backward_inbox[kind], np.float64)
 
     def unflat(theta):
         out, at = {}, 0
@@ -244,36 +246,36 @@ def _layer_loss(layer, record):
         return out
 
     def loss(theta):
-        p = unflat(theta)
-        h = reference.activation(layer.activation, reference.affine(x, p["W"], p.get("b")))
+        h = ref.f(x, unflat(theta))
         if kind == "target":
             return float(np.sum((h - message) ** 2) / len(x))
         return float(np.sum(message * h))
 
     def scale(theta):
         """The magnitude of the terms the gradient sums (so rounding in the layer's own dtype can be bounded)."""
-        p = unflat(theta)
-        a = reference.affine(x, p["W"], p.get("b"))
-        h = reference.activation(layer.activation, a)
+        a = ref.pre(x, unflat(theta))
+        s = reference.activation(ref.activation, a)
+        h = ref.pool(s)
         if kind == "target":  # h − ĥ cancels terms of size |h| + |ĥ|
             dh, dh_terms = 2 * np.abs(h - message) / len(x), 2 * (np.abs(h) + np.abs(message)) / len(x)
         else:
             dh = dh_terms = np.abs(message)
-        # s' itself may be computed from h with cancellation (1 − h² for a saturated tanh): terms of size
-        derivative_terms = {"tanh": 1 + h * h, "sigmoid": np.abs(h) + h * h}.get(layer.activation, 0.0)
-        e = dh_terms * np.abs(reference.derivative(layer.activation, a)) + dh * derivative_terms
-        return float(np.linalg.norm(np.abs(x).T @ e) + np.linalg.norm(e.sum(axis=0)))
+        # s' itself may be computed from s with cancellation (1 − s² for a saturated tanh): terms of size
+        derivative_terms = {"tanh": 1 + s * s, "sigmoid": np.abs(s) + s * s}.get(ref.activation, 0.0)
+        e = (ref.pool_vjp(dh_terms) * np.abs(reference.derivative(ref.activation, a))
+             + ref.pool_vjp(dh) * derivative_terms)
+        return float(sum(np.linalg.norm(v) for v in ref.param_vjp(np.abs(x), e).values()))
 
     def room(theta, u, eps):
         """How far along the unit direction u the loss stays smooth: for relu units, the step at which the
         nearest pre-activation would cross 0 (a kink), counting as already crossed a pre-activation within
         rounding (`eps`) of 0 in the layer's own dtype; math.inf for smooth units."""
-        if layer.activation != "relu":
+        if ref.activation != "relu":
             return math.inf
         p, d = unflat(theta), unflat(u)
-        a = reference.affine(x, p["W"], p.get("b"))
-        rate = np.abs(x) @ np.abs(d["W"]) + (np.abs(d["b"]) if "b" in d else 0.0)
-        noise = 64 * eps * (np.abs(x) @ np.abs(p["W"]) + (np.abs(p["b"]) if "b" in p else 0.0))
+        a = ref.pre(x, p)
+        rate = ref.pre(np.abs(x), {k: np.abs(v) for k, v in d.items()})
+        noise = 64 * eps * ref.pre(np.abs(x), {k: np.abs(v) for k, v in p.items()})
         moving = rate > 0
         if not moving.any():
             return math.inf
@@ -282,7 +284,7 @@ def _layer_loss(layer, record):
         with np.errstate(over="ignore"):
             return float(np.min(np.abs(a)[moving] / rate[moving]))
 
-    return loss, scale, reference.flat([layer.forward_params[k] for k in keys]), keys, room
+    return loss, scale, reference.flat([ref.params[k] for k in keys]), keys, room
 
 
 def check_first_order_descent(net, x, y, directions=3, step=1e-5):
@@ -300,12 +302,13 @@ def check_first_order_descent(net, x, y, directions=3, step=1e-5):
     not the derivative of their loss (ValueError). A direction along which a relu unit would cross its kink within
     the difference step is checked with a smaller step, or left out where the unit sits on the kink."""
     x, y = _batch(x, y)
-    rough = {name: layer.activation for name, layer in net.layers.items()
-             if layer.activation not in reference.SMOOTH}
+    rough = {name: layer.reference().activation for name, layer in net.layers.items()
+             if layer.reference().activation not in reference.SMOOTH}
     if rough:
         raise ValueError(f"check_first_order_descent needs differentiable units; {rough} learn through a "
                          "surrogate derivative, which is not the derivative of their loss")
-    records = record_step(clone(net), x, y)
+    net = clone(net)  # its layers keep the recorded step's state, which their references read (e.g. pooling)
+    records = record_step(net, x, y)
     rng = np.random.default_rng(12345)
     rtol = max(1e-6, 256 * _eps(net))
     failures = []
@@ -399,7 +402,7 @@ def check_determinism(net, x, y, steps=3):
     with bit-identical parameters, optimiser states and generator states, and report identical metrics (a step
     that overflows must overflow the same way: NaN and Inf bits are compared like any others)."""
     x, y = _batch(x, y)
-    a, b = (Network(net.spec, net.seed, net.n_features, net.n_classes) for _ in range(2))
+    a, b = (Network(net.spec, net.seed, net.input_shape, net.n_classes) for _ in range(2))
     failures = []
     sa, sb = a.state(), b.state()
     for name in sa:

@@ -17,6 +17,6 @@ from ...blas import select as _select_blas
 _select_blas()  # MKL's products where it is installed (localnet/blas.py): before any kernel runs
 
 from ..numpy import check_supported  # noqa: F401  (nothing to refuse, as numpy)
-from . import activations, arrays, dense, loss, optim  # noqa: F401
+from . import activations, arrays, conv, dense, loss, optim  # noqa: F401
 
 NAME = "numba"

@@ -1,6 +1,6 @@
 """The numpy reference backend: the oracle every fast backend is tested against."""
 
-from . import activations, arrays, dense, loss, optim
+from . import activations, arrays, conv, dense, loss, optim
 
 NAME = "numpy"
 
