@@ -19,6 +19,8 @@ thread count. They match the reference to rounding only: sums run in a different
 import numpy as np
 from numba import njit
 
+from ..numpy.conv import _out_size  # the reference's shape check: one place for what a kernel refuses
+
 JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no division checks, so loops vectorise
 
 POOL_MODES = ("max", "avg")
@@ -210,15 +212,6 @@ def _avg_unpool(h, k, H, W, divide):
 # ---------------------------------------------------------------------------------------------------------------
 # The reference's interface
 # ---------------------------------------------------------------------------------------------------------------
-def _out_size(n, k, stride, padding):
-    """Output length of one spatial axis; refuses a kernel larger than the padded input."""
-    if stride < 1 or padding < 0:
-        raise ValueError(f"stride must be >= 1 and padding >= 0, got stride={stride}, padding={padding}")
-    if n + 2 * padding < k:
-        raise ValueError(f"kernel {k} is larger than the padded input {n} + 2*{padding}")
-    return (n + 2 * padding - k) // stride + 1
-
-
 def _bias(b, n, dtype):
     return np.zeros(n, dtype=dtype) if b is None else np.ascontiguousarray(b, dtype=dtype)
 
