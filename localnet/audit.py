@@ -197,7 +197,7 @@ def measure_backward(net, perturbation=0.5, seed=0):
         saved = dict(vars(layer))
         try:
             base = layer.backward(quiet)
-            results = {kind: {} for kind in base}
+            results = {_kind(key): {} for key in base}
             for key, param in layer.parameters().items():
                 if key not in ("W", "V"):
                     continue
@@ -208,14 +208,20 @@ def measure_backward(net, perturbation=0.5, seed=0):
                     again = layer.backward(quiet)
                 finally:
                     arrays.assign(param, original)
-                for kind in base:
-                    results[kind][key] = not np.array_equal(arrays.to_host(base[kind]), arrays.to_host(again[kind]))
+                for sent in base:  # a payload addressed to one of several inputs counts for its kind
+                    changed = not np.array_equal(arrays.to_host(base[sent]), arrays.to_host(again[sent]))
+                    results[_kind(sent)][key] = results[_kind(sent)].get(key, False) or changed
         finally:
             vars(layer).clear()
             vars(layer).update(saved)
         for kind, changed in results.items():
             out[name, kind] = changed
     return out
+
+
+def _kind(key):
+    """The kind of an outbox key: a kind, or (kind, receiver) for a payload addressed to one receiver."""
+    return key if isinstance(key, str) else key[0]
 
 
 # -- the audit ----------------------------------------------------------------------------------------------------

@@ -202,6 +202,9 @@ def show(spec_path, overrides):
         channels.add_row(escape(c.sender), escape(c.receiver), c.kind, "x".join(map(str, c.shape)) or "scalar",
                          c.dtype, c.pipeline.describe() if c.pipeline is not None else "-")
     console.print(channels)
+    console.print("[bold]graph[/] (activations, from the data up; `╾ a`: also takes a's output)")
+    for line in graph_text(net):
+        console.print(escape("  " + line))
     console.print("[bold]schedule[/]")
     console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
     if g.feedback_layers:
@@ -210,7 +213,25 @@ def show(spec_path, overrides):
                       + (f"/(1 + (epoch − 1)/{spec.rule.feedback_noise_decay:g})" if spec.rule.feedback_noise_decay
                          else "") + ")")
     console.print(escape("  backward: " + " -> ".join(n for n in g.backward_order if n != "input")))
-    console.print(escape("  update:   " + ", ".join(g.layers)))
+    console.print(escape("  update:   " + ", ".join(n for n in g.layers if net.layers[n].forward_keys)))
+
+
+def graph_text(net):
+    """The forward graph drawn as text lines (networkx's network text): each layer with its type and output."""
+    import networkx as nx
+    from .graph import INPUT, LOSS
+    drawn = nx.DiGraph()
+    shape = "x".join(map(str, net.input_shape))
+    drawn.add_node(INPUT, label=f"{INPUT} {shape}")
+    for name, layer in net.layers.items():
+        row = layer.describe()
+        drawn.add_node(name, label=f"{name}: {row['type']} {row['output']}")
+    drawn.add_node(LOSS, label=f"{LOSS} ({net.spec.network.loss})")
+    drawn.add_edges_from((c.sender, c.receiver) for c in net.graph.channels if c.kind == "activation")
+    lines = []
+    nx.write_network_text(drawn, path=lambda line: lines.append(line.rstrip("\n")), sources=[INPUT],
+                          with_labels=True)
+    return lines
 
 
 @main.command(name="eval")

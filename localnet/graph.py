@@ -25,12 +25,19 @@ INPUT, LOSS = "input", "loss"
 class NetworkGraph:
     graph: nx.MultiDiGraph
     layers: tuple  # layer names, in spec order
-    n_in: dict  # layer name (and `loss`) -> per-sample shape of its input, a tuple
+    n_in: dict  # layer name (and `loss`) -> per-sample shape of its input x (several inputs: as its family joins them)
     shapes: dict  # node -> per-sample shape of its output (`input`: the data's sample shape)
     forward_order: tuple  # nodes in the order the forward phase runs them
     backward_order: tuple  # nodes in the order the backward phase runs them
     feedback_layers: tuple  # layers that own a feedback map g
     direct_in: dict = None  # layer -> size of the output it gets direct targets from (DDTP), where one does
+    inputs: dict = None  # layer -> ((sender, per-sample shape), ...): its inputs, in order
+
+    @property
+    def is_chain(self):
+        """Whether every layer has one input and one consumer."""
+        return all(len(self.inbound(n, ("activation",))) == 1 and len(self.outbound(n, ("activation",))) == 1
+                   for n in self.layers)
 
     @property
     def channels(self):
@@ -44,10 +51,13 @@ class NetworkGraph:
 
 
 def _declared_edges(spec):
-    """(sender, receiver, kind, key path of the declaration) for each channel, from `channels` or `chain`."""
+    """(sender, receiver, kind, key path of the declaration) for each channel, from `channels`, the layers'
+    `inputs` or `chain`."""
     net = spec.network
     if net.channels is not None:
         return [(c.from_, c.to, c.kind, ("network", "channels", i)) for i, c in enumerate(net.channels)]
+    if not _is_plain_chain(net.layers):
+        return _edges_of_inputs(spec)
     chain = net.chain or (INPUT, *(layer.name for layer in net.layers), LOSS)
     where = ("network", "chain")
     if len(chain) < 3 or chain[0] != INPUT or chain[-1] != LOSS:
@@ -62,6 +72,45 @@ def _declared_edges(spec):
         return edges + [(a, b, kind, where) for a, b, kind in custom]
     edges.append((LOSS, chain[-2], top_kind, where))
     edges += [(b, a, down_kind, where) for a, b in reversed(list(zip(chain[1:-2], chain[2:-1])))]
+    return edges
+
+
+def _inputs_of(layers, i):
+    layer = layers[i]
+    return tuple(layer.inputs) if layer.inputs is not None else ((layers[i - 1].name,) if i else (INPUT,))
+
+
+def _is_plain_chain(layers):
+    """Whether the layers' `inputs` (given or implied) make the chain of the layers in spec order."""
+    return all(_inputs_of(layers, i) == ((layers[i - 1].name,) if i else (INPUT,)) for i in range(len(layers)))
+
+
+def _edges_of_inputs(spec):
+    """The channels of a graph the layers' `inputs` declare: an activation along each input edge and the last
+    layer's to the loss; backward, the rule's kinds against each of them (DESIGN §8: a layer feeding several
+    consumers gets a message from each)."""
+    rule = get_rule(spec.rule.name)
+    layers = spec.network.layers
+    if not rule.graphs:
+        i = next(i for i, layer in enumerate(layers) if layer.inputs is not None)
+        raise spec_error(spec, ("network", "layers", i, "inputs"), f"rule {rule.name!r} runs on chains of layers "
+                         "only (each layer one input, one consumer)", found=f"inputs: {list(layers[i].inputs)}")
+    top_kind, down_kind = rule.chain_kinds(spec.rule.first_target)
+    forward, fed = [], set()
+    for i, layer in enumerate(layers):
+        where = ("network", "layers", i, *(("inputs",) if layer.inputs is not None else ()))
+        for sender in _inputs_of(layers, i):
+            forward.append((sender, layer.name, "activation", where))
+            fed.add(sender)
+    last = layers[-1].name
+    for i, layer in enumerate(layers[:-1]):
+        if layer.name not in fed:
+            raise spec_error(spec, ("network", "layers", i), f"layer {layer.name!r} feeds no other layer, and only "
+                             f"the last one listed ({last!r}) feeds the loss", expected=f"{layer.name!r} among the "
+                             "inputs of a later layer, or listed last")
+    top = ("network", "layers", len(layers) - 1)
+    edges = [*forward, (last, LOSS, "activation", top), (INPUT, LOSS, "label", top), (LOSS, last, top_kind, top)]
+    edges += [(b, a, down_kind, where) for a, b, _, where in reversed(forward) if a != INPUT]
     return edges
 
 
@@ -102,11 +151,13 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
         if kind == "activation" and (receiver == INPUT or sender == LOSS):
             raise spec_error(spec, where, "activations flow from `input` or a layer into a layer or `loss`",
                              found=f"{sender} -> {receiver}")
-        if (receiver, kind) in producers:
+        if (receiver, kind) in producers and (receiver == LOSS or kind == "label"):
             raise spec_error(spec, where, f"{receiver!r} would get its {kind} from two senders",
                              expected="one producer per input port",
-                             found=f"{producers[receiver, kind]!r} and {sender!r}")
-        producers[receiver, kind] = sender
+                             found=f"{producers[receiver, kind][0]!r} and {sender!r}")
+        if sender in producers.get((receiver, kind), ()):
+            raise spec_error(spec, where, f"two {kind} channels from {sender!r} to {receiver!r}")
+        producers.setdefault((receiver, kind), []).append(sender)
     for name in order[1:]:
         for kind in ("activation", "label") if name == LOSS else ("activation",):
             if (name, kind) not in producers:
@@ -114,17 +165,23 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
                                  expected=f"a channel of kind {kind} into {name!r}")
     schedules = [_schedule(spec, g, order, rank, edges, kinds) for kinds in (FORWARD_KINDS, BACKWARD_KINDS)]
     # each layer's shapes, from its input's, in the forward schedule (a family says what it makes of an input)
-    sizes, n_in = {INPUT: input_shape}, {}
+    sizes, n_in, inputs = {INPUT: input_shape}, {}, {}
     for name in schedules[0][1:]:
-        n_in[name] = sizes[producers[name, "activation"]]
         if name == LOSS:
+            n_in[name] = sizes[producers[name, "activation"][0]]
             continue
         i, layer = layer_specs[name]
+        inputs[name] = tuple((sender, sizes[sender]) for sender in producers[name, "activation"])
+        shapes = [shape for _, shape in inputs[name]]
+        cls = family(layer.type)
         try:
-            sizes[name] = tuple(family(layer.type).output_shape(layer, n_in[name]))
+            n_in[name] = tuple(cls.input_shape(layer, shapes))
+            sizes[name] = tuple(cls.output_shape(layer, n_in[name]))
         except ValueError as exc:
-            raise spec_error(spec, ("network", "layers", i), f"layer {name!r} ({layer.type}) cannot take its "
-                             f"input of shape {'x'.join(map(str, n_in[name]))}: {exc}") from None
+            what = (f"input of shape {'x'.join(map(str, shapes[0]))}" if len(shapes) == 1 else
+                    "inputs " + ", ".join(f"{s} ({'x'.join(map(str, shape))})" for s, shape in inputs[name]))
+            raise spec_error(spec, ("network", "layers", i, *(("inputs",) if layer.inputs is not None else ())),
+                             f"layer {name!r} ({layer.type}) cannot take its {what}: {exc}") from None
     reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: the label is the input itself
     top = n_in[LOSS]
     if reconstructs and top != (n_features,):
@@ -142,8 +199,8 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
             if kind not in allowed:
                 raise spec_error(spec, where, f"rule {rule.name!r} cannot send a {kind} from {sender!r}",
                                  expected=" or ".join(allowed), found=kind)
-            below = producers.get((sender, "activation")) == receiver
-            top = producers.get((LOSS, "activation"))
+            below = receiver in producers.get((sender, "activation"), ())
+            top = producers[LOSS, "activation"][0]
             if receiver in (INPUT, LOSS) or not rule.allows_backward(sender, receiver, below, top):
                 if rule.direct:
                     raise spec_error(spec, where, f"rule {rule.name!r} sends targets directly from the output "
@@ -152,13 +209,18 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
                 raise spec_error(spec, where, f"a {kind} channel runs against an activation channel, from a "
                                  "node back to the layer it receives its activation from",
                                  found=f"{sender} -> {receiver}")
-            if receiver in backward_in:
-                raise spec_error(spec, where, f"{receiver!r} would get targets or gradients from two senders",
-                                 expected="one producer per input port",
-                                 found=f"{backward_in[receiver]!r} and {sender!r}")
-            backward_in[receiver] = sender
+            if receiver in backward_in:  # a layer with several consumers (DESIGN §8)
+                first, first_kind = backward_in[receiver][0]
+                if kind != first_kind:
+                    raise spec_error(spec, where, f"{receiver!r} would learn from a {first_kind} (from {first!r}) "
+                                     f"and a {kind} (from {sender!r})", expected="one kind from all its consumers")
+                if kind == "target" and not rule.displaced_targets:
+                    raise spec_error(spec, where, f"rule {rule.name!r} has no way to combine the targets of several "
+                                     f"consumers: layer {receiver!r} gets targets from {first!r} and {sender!r}",
+                                     expected="one consumer per layer, or a rule with difference targets (dtp, ...)")
+            backward_in.setdefault(receiver, []).append((sender, kind))
             # a direct target (DDTP) carries the output's displacement ĥ_L − h_L, in the sender's own space
-            shape = sizes[sender] if rule.direct and sender != LOSS else n_in[sender]
+            shape = sizes[sender] if rule.direct and sender != LOSS else sizes[receiver]
             if sender != LOSS and rule.direct:
                 direct_in[receiver] = math.prod(sizes[sender])
         elif kind == "label":
@@ -190,7 +252,14 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
                          and family(layer_specs[name][1].type).needs_feedback)
     for _, _, d in g.edges(data=True):
         d["channel"].bind(spec.seed)  # the network binds them again to its own seed
-    return NetworkGraph(g, tuple(order[1:-1]), n_in, sizes, schedules[0], schedules[1], feedback, direct_in)
+    graph = NetworkGraph(g, tuple(order[1:-1]), n_in, sizes, schedules[0], schedules[1], feedback, direct_in,
+                         inputs)
+    if not graph.is_chain:
+        delayed = [c.identity for c in graph.channels if any(k.type == "delay" for k in c.constraints)]
+        if delayed:
+            raise spec_error(spec, ("network",), "delayed messages need a chain of layers (one input and one "
+                             "consumer each) for now", found="delays on " + ", ".join(delayed))
+    return graph
 
 
 def _shape(shape):

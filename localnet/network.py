@@ -75,7 +75,7 @@ class Network:
                 feedback_iterations=(r.feedback_iterations if feedback is None or feedback.iterations is None
                                      else feedback.iterations), init=spec.network.init, dtype=self.dtype,
                 kernels=self.backend, seed=layer_seed, down_kinds=_down_kinds(self.graph, name),
-                direct_from=direct_from)
+                inputs=self.graph.inputs[name], direct_from=direct_from)
         self.layers = {name: nodes[name] for name in self.graph.layers}
         self.loss = nodes[LOSS]
         self.engine = new_engine(self.graph, nodes)  # LocalEngine unless inside engines.using(...)
@@ -136,6 +136,12 @@ class Network:
         down (through the feedback maps as they were before this batch), feedback training, forward update."""
         self.engine.forward(*self._batch(x, y), train=True, prepare_feedback=True)
         return self._learn(feedback=True)
+
+    def feedback_first_step(self, x, y) -> dict:
+        """Feedback training on the batch, then targets through the new feedback maps and the forward update (the
+        `feedback_first` schedule)."""
+        self.feedback_step(x, y)
+        return self.forward_step(x, y)
 
     def feedback_step(self, x, y) -> dict:
         """Forward, then feedback training only (the first pass of the `alternate_epoch` schedule)."""
@@ -199,6 +205,22 @@ class Network:
             onehot[rows, y] = 1
             loss = float(((mean - onehot) ** 2).sum(axis=1).mean())
         return loss, int((mean.argmax(axis=1) == y).sum())
+
+    def start_epoch(self, epoch):
+        """Set every layer's scheduled learning rates for `epoch` (from 1)."""
+        if hasattr(self.engine, "comm"):
+            raise LocalnetError("learning-rate schedules need the local engine: the MPI engine's ranks keep the "
+                                "spec's constant learning rates")
+        for layer in self.layers.values():
+            layer.start_epoch(epoch, self.spec.train.epochs)
+
+    @property
+    def scheduled(self):
+        """Whether any optimiser of the spec has a learning-rate schedule."""
+        s = self.spec
+        specs = [s.optimizer.forward, s.optimizer.feedback, *(layer.optimizer for layer in s.network.layers),
+                 *(f.optimizer for f in (s.network.feedback, *(layer.feedback for layer in s.network.layers)) if f)]
+        return any(o is not None and o.schedule != "constant" for o in specs)
 
     def set_feedback_noise(self, sigma):
         """Set σ of every layer's feedback training (the per-epoch schedule of `rule.feedback_noise_decay`)."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 
 from .errors import LocalnetError
@@ -12,11 +15,21 @@ class Optimizer:
         """kernels: the backend's optim module (its STEPS, state_names, and the backend's `arrays`: the state lives
         where the parameters do)."""
         self.spec = spec
+        self._base_lr = spec.lr  # the schedule's starting point; `spec.lr` is this epoch's
         self._step = kernels.STEPS[spec.type]
         self._arrays = kernels.arrays
         self.t = 0
         self.state = {name: {s: self._arrays.zeros_like(p) for s in kernels.state_names(spec)}
                       for name, p in params.items()}
+
+    def start_epoch(self, epoch, epochs):
+        """Set the learning rate of `epoch` (from 1) by the spec's schedule; `epochs`: the run's length."""
+        spec = self.spec
+        if spec.schedule == "constant":
+            return
+        period = spec.schedule_epochs or epochs
+        lr = spec.min_lr + (self._base_lr - spec.min_lr) * (1 + math.cos(math.pi * (epoch - 1) / period)) / 2
+        self.spec = dataclasses.replace(spec, lr=lr)
 
     def step(self, params: dict, grads: dict):
         """Update each parameter in place from its gradient."""

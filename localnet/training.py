@@ -191,6 +191,8 @@ def _passes(spec, net, epoch=1):
         return feedback
     if spec.rule.schedule == "alternate_epoch" and feedback:
         return [net.feedback_step, net.forward_step] + feedback * spec.train.extra_feedback_epochs
+    if spec.rule.schedule == "feedback_first" and feedback:
+        return [net.feedback_first_step] + feedback * spec.train.extra_feedback_epochs
     return [net.train_step] + feedback * spec.train.extra_feedback_epochs
 
 
@@ -354,6 +356,8 @@ def _loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, s
         began = time.perf_counter()
         if spec.rule.feedback_noise_decay:
             net.set_feedback_noise(feedback_noise(spec.rule, epoch))
+        if net.scheduled:
+            net.start_epoch(epoch)
         for p in range(first_pass, len(passes)):
             step = passes[p]
             for b in range(first_batch if p == first_pass else 0, len(starts)):
@@ -368,7 +372,7 @@ def _loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, s
                 probe = None
                 if every and (steps + 1) % every == 0:  # diagnostics: measured between backward and update
                     net.probe = probe = Probe(x[idx] if net.reconstructs else y[idx],
-                                              reconstruction=step == net.train_step)
+                                              reconstruction=step in (net.train_step, net.feedback_first_step))
                 # an auto-encoder's target is the clean input; input noise corrupts what the network sees only
                 metrics = step(noisy_inputs(spec, x[idx], epoch, p, b), x[idx] if net.reconstructs else y[idx])
                 steps += 1

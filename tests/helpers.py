@@ -50,7 +50,7 @@ def near_a_jump(act, inputs, weights, bias=None, derivative=False):
 
 
 # -- kernels against the numpy reference (test_numba_backend, test_cuda_backend) ----------------------------------
-ACTS = ("linear", "tanh", "sigmoid", "relu", "step", "stochastic_binary")
+ACTS = ("linear", "tanh", "sigmoid", "relu", "elu", "step", "stochastic_binary")
 DTYPES = (np.float32, np.float64)
 TOL = {np.float32: dict(rtol=1e-4, atol=2e-5), np.float64: dict(rtol=1e-9, atol=1e-11)}
 

@@ -425,3 +425,12 @@ def test_no_gpu_and_no_simulator_is_a_clear_error():
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode != 0
     assert "LocalnetError: backend 'cuda': no CUDA GPU is available" in done.stderr
+
+
+def test_graphs_other_than_chains_are_refused_at_build_time():
+    spec = localnet.load_spec({"name": "r", "backend": "cuda", "data": {"name": "digits"},
+                               "network": {"layers": [{"name": "h1", "size": 5}, {"name": "h2", "size": 5},
+                                                      {"name": "r", "type": "add", "inputs": ["h2", "h1"]},
+                                                      {"name": "out", "size": 3, "activation": "linear"}]}})
+    with pytest.raises(SpecError, match="backend 'cuda' runs chains of layers only"):
+        build(spec)

@@ -200,7 +200,8 @@ def test_eval_samples_is_the_mean_of_sampled_output_probabilities():
 EXPERIMENTS = sorted(p.name for p in (ROOT / "specs").glob("*.yaml")
                      if p.name.startswith(("mnist-", "cifar10-", "fashion-mnist-7x240", "fashion-mnist-3x1000",
                                            "fashion-mnist-discrete", "fashion-mnist-stochastic", "fashion-mnist-dae",
-                                           "fashion-mnist-deep-ae", "fashion-mnist-lenet")))
+                                           "fashion-mnist-deep-ae", "fashion-mnist-lenet", "fashion-mnist-skip",
+                                           "fashion-mnist-simple-vgg")))
 
 
 def test_every_experiment_of_the_brief_has_a_spec():
@@ -259,6 +260,34 @@ def test_lee_specs_carry_the_settings_of_their_code(name):
     assert spec.network.init == "orthogonal" and spec.train.batch_size == 100
 
 
+# Ernoult et al.'s simple VGG: their command line (per block c2 c3 c4 c5 fc: iterations, σ, feedback lr)
+ERNOULT = {"c2": (20, 0.4, 1e-4), "c3": (30, 0.4, 3.5e-4), "c4": (35, 0.2, 8e-3), "c5": (55, 0.2, 8e-3),
+           "fc": (20, 0.08, 0.18)}
+
+
+@pytest.mark.parametrize("name", ["cifar10-simple-vgg-ldrl.yaml", "fashion-mnist-simple-vgg-ldrl.yaml",
+                                  "cifar10-simple-vgg-bp.yaml", "fashion-mnist-simple-vgg-bp.yaml"])
+def test_the_simple_vgg_specs_carry_the_settings_of_their_code(name):
+    spec = localnet.load_spec(ROOT / "specs" / name)
+    layers = {layer.name: layer for layer in spec.network.layers}
+    assert [layers[f"c{i}"].channels for i in range(1, 6)] == [128, 128, 256, 256, 512]
+    assert all((layers[f"c{i}"].kernel, layers[f"c{i}"].pool, layers[f"c{i}"].activation) == (3, "max", "elu")
+               for i in range(1, 6))
+    f = spec.optimizer.forward
+    assert (f.type, f.momentum, f.schedule, f.schedule_epochs, spec.train.epochs, spec.train.batch_size) == \
+        ("sgd", 0.9, "cosine", 85, 90, 128)
+    if name.endswith("-bp.yaml"):
+        assert (f.lr, f.weight_decay, f.min_lr) == (3e-4, 1e-4, 1e-5)
+        return
+    # their ½‖h − ĥ‖² layer loss against localnet's ‖h − ĥ‖²: lr, weight decay and η_min halved or doubled
+    assert (f.lr, f.weight_decay, f.min_lr, spec.rule.target_step) == (0.08 / 2, 1e-4 * 2, 1e-5 / 2, 0.7 * 128)
+    assert (spec.rule.name, spec.rule.schedule) == ("ldrl", "feedback_first") and layers["c1"].feedback is None
+    for name, (iterations, noise, lr) in ERNOULT.items():
+        fb = layers[name].feedback
+        assert (fb.iterations, fb.noise, fb.optimizer.type, fb.optimizer.lr, fb.optimizer.momentum) == \
+            (iterations, noise, "sgd", lr, 0.9)
+
+
 @pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-"))])
 def test_without_their_files_mnist_and_cifar_specs_fail_with_the_data_error(name, tmp_path, monkeypatch):
     spec = localnet.load_spec(ROOT / "specs" / name)
@@ -296,8 +325,9 @@ def their_files(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-",
-                                                                          "fashion-mnist-lenet"))])
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n.startswith(("mnist-", "cifar10-", "fashion-mnist-lenet",
+                                                                          "fashion-mnist-skip"))
+                                  and "simple-vgg" not in n])
 def test_with_their_files_mnist_and_cifar_specs_run(name, their_files, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCALNET_DATA", str(their_files))
     monkeypatch.setenv("LOCALNET_NO_DOWNLOAD", "1")
@@ -307,6 +337,36 @@ def test_with_their_files_mnist_and_cifar_specs_run(name, their_files, tmp_path,
     records = [r for r in RunDir(run.path).metrics() if r.get("kind") != "diagnostics"]
     assert [r["epoch"] for r in records] == [1]
     assert np.isfinite(records[0]["train_loss"]) and np.isfinite(summary["test_loss"])
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    """$LOCALNET_DATA with a few made-up CIFAR-10 and Fashion-MNIST images in the official layouts: the simple VGG
+    (its L-DRL step is ~6 GMAC per sample) trains one batch of 8 in a few seconds."""
+    root, rng = tmp_path_factory.mktemp("tiny"), np.random.default_rng(1)
+    cifar = root / "cifar10" / "cifar-10-batches-py"
+    cifar.mkdir(parents=True)
+    for name, n in [(f"data_batch_{i}", 4) for i in range(1, 6)] + [("test_batch", 4)]:
+        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": rng.integers(0, 10, n).tolist()}
+        (cifar / name).write_bytes(pickle.dumps(batch, protocol=4))
+    fashion = root / "fashion-mnist"
+    fashion.mkdir()
+    for split, n in (("train", 20), ("t10k", 4)):
+        write_idx(fashion / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(fashion / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return root
+
+
+@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if "simple-vgg" in n])
+def test_the_simple_vgg_specs_run_end_to_end_on_made_up_files(name, tiny_files, tmp_path, monkeypatch):
+    """As shipped but for one epoch and a validation split of 12 images (the files hold 20): one batch of 8."""
+    monkeypatch.setenv("LOCALNET_DATA", str(tiny_files))
+    monkeypatch.setenv("LOCALNET_NO_DOWNLOAD", "1")
+    spec = localnet.load_spec(ROOT / "specs" / name, ["train.epochs=1", "data.validation=12"])
+    summary, run = train(spec, runs_root=tmp_path)
+    assert summary["status"] == "completed"
+    (record,) = [r for r in RunDir(run.path).metrics() if r.get("kind") != "diagnostics"]
+    assert np.isfinite(record["train_loss"]) and np.isfinite(summary["test_loss"])
 
 
 def test_diagnostics_of_an_auto_encoder_measure_against_the_clean_input(tmp_path):

@@ -107,9 +107,9 @@ def test_unknown_node():
     assert "unknown node 'h0'" in msg and "network.channels.7" in msg
 
 
-def test_two_producers_for_one_port():
-    msg = graph_error(DTP_CHANNELS + [("input", "h2", "activation")])
-    assert "from two senders" in msg and "one producer per input port" in msg
+def test_two_producers_for_the_loss():
+    msg = graph_error(DTP_CHANNELS + [("h1", "loss", "activation")])
+    assert "'loss' would get its activation from two senders" in msg and "one producer per input port" in msg
 
 
 def test_a_layer_without_a_target_would_never_learn():

@@ -133,8 +133,8 @@ def test_every_received_payload_is_read_only(overrides):
         net.train_step(*batch())
     for phase, inboxes in net.engine.inboxes.items():
         for name, inbox in inboxes.items():
-            for kind, message in inbox.messages().items():
-                assert not message.payload.flags.writeable, (phase, name, kind)
+            for message in inbox.messages():
+                assert not message.payload.flags.writeable, (phase, name, message.kind)
     assert not net.layers["h2"].x.flags.writeable
 
 

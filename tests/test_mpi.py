@@ -144,6 +144,27 @@ def test_constrained_channels_across_ranks_are_bit_identical(spec, tmp_path):
     assert_bit_identical(mpi_arrays, checkpoint_arrays(only_run(tmp_path / "local")))
 
 
+SHAPED = {  # typed channels with tuple shapes (C×H×W) across ranks; a layer with two inputs and two consumers
+    "conv": "[{name: c1, type: conv2d, channels: 3, kernel: 3, padding: 1, pool: max}, {name: fl, type: flatten}, "
+            "{name: f2, size: 12}, {name: out, size: 10, activation: linear}]",
+    "skip": "[{name: h1, size: 16}, {name: h2, size: 16}, {name: r, type: add, inputs: [h2, h1]}, "
+            "{name: cat, size: 12, inputs: [r, h1]}, {name: out, size: 10, activation: linear}]",
+}
+
+
+@needs_mpi
+@pytest.mark.parametrize("net", sorted(SHAPED))
+def test_conv_and_graph_nets_across_ranks_are_bit_identical(net, tmp_path):
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=1",
+            "--set", f"network.layers={SHAPED[net]}"]
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "mpi")), checkpoint_arrays(only_run(tmp_path / "local")))
+    assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
+
+
 # -- faults --------------------------------------------------------------------------------------------------------
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_rank_0_names_it(tmp_path):

@@ -209,6 +209,19 @@ def test_activations_and_derivatives_match_reference(act, dtype, data):
     close(nb.activations.derivative(act, a, h), ref.activations.derivative(act, a, h), dtype)
 
 
+def test_elu_is_the_textbook_elu_in_both_the_backend_and_the_reference():
+    """ELU (α = 1): a for a > 0, e^a − 1 otherwise; its derivative 1, or e^a (a central difference away from 0)."""
+    from localnet.diagnostics import reference
+    a = np.array([[-30.0, -2.0, -0.5, -1e-9, 0.0, 1e-9, 0.5, 3.0]])
+    want = np.array([[np.exp(v) - 1 if v <= 0 else v for v in a[0]]])
+    for values in (ref.activations.apply("elu", a), reference.activation("elu", a)):
+        np.testing.assert_allclose(values, want, rtol=1e-12, atol=1e-15)
+    step = 1e-6
+    numeric = (reference.activation("elu", a + step) - reference.activation("elu", a - step)) / (2 * step)
+    for slope in (ref.activations.derivative("elu", a, want), reference.derivative("elu", a)):
+        np.testing.assert_allclose(slope, numeric, rtol=1e-6, atol=1e-9)
+
+
 def test_float32_tanh_error_bound_and_special_values():
     a = np.concatenate([np.linspace(-20, 20, 400_001), [0.0, -0.0, 1e-30, -1e-30, 3e-4, 5e-4, 8.0, -8.0]])
     a = a.astype(np.float32)

@@ -84,3 +84,24 @@ def test_states_that_decay_reach_zero_not_the_subnormal_numbers(spec, dtype):
     for name, values in state.items():
         assert not values.any(), name
 
+
+
+@pytest.mark.parametrize("period, floor", [(85, 1e-5), (None, 0.0)])
+def test_cosine_schedule_is_pytorchs_cosine_annealing_stepped_per_epoch(case, period, floor):
+    """η_e = η_min + ½(η_0 − η_min)(1 + cos(π (e − 1)/T)) in epoch e from 1 (PyTorch's CosineAnnealingLR after
+    e − 1 scheduler steps; its closed form is periodic past T); the steps then use that rate."""
+    p, grads = case
+    spec = OptimizerSpec(type="sgd", lr=0.08, schedule="cosine", schedule_epochs=period, min_lr=floor)
+    params = {"W": p.copy()}
+    opt = Optimizer(spec, params, numpy_backend.optim)
+    epochs, T = 90, period or 90
+    for e in (1, 2, 43, 86, 90):
+        opt.start_epoch(e, epochs)
+        want = floor + 0.5 * (0.08 - floor) * (1 + np.cos(np.pi * (e - 1) / T))
+        assert opt.spec.lr == pytest.approx(want, rel=1e-12)
+        before = params["W"].copy()
+        opt.step(params, {"W": grads[0]})
+        np.testing.assert_allclose(params["W"], before - want * grads[0], rtol=1e-12)
+    constant = Optimizer(OptimizerSpec(type="sgd", lr=0.08), {"W": p.copy()}, numpy_backend.optim)
+    constant.start_epoch(50, 90)
+    assert constant.spec.lr == 0.08

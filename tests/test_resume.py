@@ -29,6 +29,10 @@ VARIANTS = {
     "alternate_epoch": ["rule.schedule=alternate_epoch", "network.layers.h1.activation=stochastic_binary",
                         "optimizer.feedback={type: rmsprop, lr: 0.001, centered: true, momentum: 0.5}"],
     "bp": ["rule.name=bp", "optimizer.forward={type: sgd, lr: 0.05, momentum: 0.9}"],
+    # Ernoult et al.'s order (feedback maps first, targets through the new g) and a cosine learning-rate schedule,
+    # which a resumed run takes up at its epoch
+    "feedback_first": ["rule.schedule=feedback_first", "rule.name=ldrl",
+                       "optimizer.forward={type: sgd, lr: 0.05, momentum: 0.9, schedule: cosine, min_lr: 0.001}"],
 }
 
 
@@ -80,7 +84,7 @@ def references(tmp_path_factory):
     ("dtp", 1, 1), ("dtp", 2, 17), ("dtp", 2, BATCHES), ("dtp", 3, BATCHES - 1),
     ("alternate_epoch", 1, 5), ("alternate_epoch", 2, BATCHES), ("alternate_epoch", 2, BATCHES + 7),
     ("alternate_epoch", 3, 2 * BATCHES - 1),
-    ("bp", 2, 3),
+    ("bp", 2, 3), ("feedback_first", 2, 30),
 ])
 def test_stop_anywhere_then_resume_ends_bit_identical(tmp_path, references, variant, epoch, done):
     # the checkpoint is at the next batch (after an epoch's last batch: the next epoch's first)
@@ -113,6 +117,30 @@ def test_resume_is_bit_identical_on_the_numba_backend_too(tmp_path):
         train(spec, runs_root=tmp_path / "stopped", stop=stop, **stop_at(stop, 2, BATCHES + 5))
     path = only_run(tmp_path / "stopped")
     resume(path)
+    assert_same_state(reference.path, path)
+    assert same_metrics(reference.path, path)
+
+
+# a conv net (max-pool indices are step state) and a skip net (two inputs, two consumers), on the quickstart data
+SHAPED = {
+    "conv": ["network.layers=[{name: c1, type: conv2d, channels: 3, kernel: 3, padding: 1, pool: max}, "
+             "{name: c2, type: conv2d, channels: 4, kernel: 3, pool: avg, pool_size: 1}, {name: fl, type: flatten}, "
+             "{name: out, size: 10, activation: linear}]", "rule.name=ldrl", "rule.feedback_iterations=2"],
+    "skip": ["network.layers=[{name: h1, size: 16}, {name: h2, size: 16}, {name: r, type: add, inputs: [h2, h1]}, "
+             "{name: cat, size: 12, inputs: [r, h1]}, {name: out, size: 10, activation: linear}]"],
+}
+
+
+@pytest.mark.parametrize("net", sorted(SHAPED))
+def test_conv_and_graph_nets_resume_bit_identical(tmp_path, net):
+    spec = localnet.load_spec(QUICKSTART, ["backend=numpy", "train.epochs=2", *SHAPED[net]])
+    _, reference = train(spec, runs_root=tmp_path / "reference")
+    stop = StopRequest()
+    with pytest.raises(Interrupted):
+        train(spec, runs_root=tmp_path / "stopped", stop=stop, **stop_at(stop, 1, 20))
+    path = only_run(tmp_path / "stopped")
+    summary, _ = resume(path)
+    assert summary["status"] == "completed"
     assert_same_state(reference.path, path)
     assert same_metrics(reference.path, path)
 

@@ -34,7 +34,7 @@ def backprop_gradients(net, labels) -> dict:
     layer whose output feeds several consumers sums their gradients; a layer with no path to the loss gets zeros."""
     graph, layers = net.graph, net.layers
     loss = net.spec.network.loss
-    to_input, grads = {}, {}  # consumer -> ∂ℒ/∂(its input)
+    to_input, grads = {}, {}  # consumer -> {its input: ∂ℒ/∂(that input)}
     for name in reversed(graph.forward_order):
         if name not in layers:
             continue
@@ -44,8 +44,9 @@ def backprop_gradients(net, labels) -> dict:
             if channel.receiver == LOSS:
                 dh = dh + reference.loss_gradient(loss, layer.h, labels)
             elif channel.receiver in to_input:
-                dh = dh + to_input[channel.receiver]
-        grads[name], to_input[name] = layer.reference().vjp(dh)
+                dh = dh + to_input[channel.receiver][name]
+        grads[name], dx = layer.reference().vjp(dh)
+        to_input[name] = layer.parts(dx)  # each input's part, in its shape
     return grads
 
 

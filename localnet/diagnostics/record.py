@@ -16,10 +16,12 @@ class LayerRecord:
 
     name: str
     rng_state: dict  # the layer's generator state before the step (its forward phase may sample)
-    forward_inbox: dict = field(default_factory=dict)  # kind -> array, as delivered
+    # kind -> array, as delivered (kind -> {sender: array} where several channels bring that kind)
+    forward_inbox: dict = field(default_factory=dict)
     activation: np.ndarray | None = None  # what its forward phase sent (h)
-    backward_inbox: dict = field(default_factory=dict)  # kind ("target" or "gradient") -> array
-    outbox: dict = field(default_factory=dict)  # what its backward phase sent down
+    backward_inbox: dict = field(default_factory=dict)  # kind ("target" or "gradient") -> array, as above
+    outbox: dict = field(default_factory=dict)  # what its backward phase sent down (keys as in its Outbox)
+    messages: dict = field(default_factory=dict)  # phase -> copies of the Messages it received
     x: np.ndarray | None = None  # its input, pre-activation, output and target, as stored by the layer
     a: np.ndarray | None = None
     h: np.ndarray | None = None
@@ -31,12 +33,34 @@ class LayerRecord:
         """The kind of the message it learned from: "target" or "gradient"."""
         return next(iter(self.backward_inbox), None)
 
+    def inbox(self, phase):
+        """A fresh, unaudited Inbox of what the layer received in `phase` ("forward" or "backward"), to replay it."""
+        from ..messages import Inbox
+        return Inbox(self.name, phase, [_copy_message(m) for m in self.messages.get(phase, ())])
+
 
 _MISSING = object()
 
 
 def _copy(mapping):
     return {k: np.array(v, copy=True) for k, v in mapping.items()}
+
+
+def _copy_message(m):
+    from ..messages import Message
+    return Message(m.kind, m.sender, np.array(m.payload, copy=True), m.provenance, m.lag)
+
+
+def _received(inbox):
+    """kind -> array, or kind -> {sender: array} where several messages of the kind arrived (copies)."""
+    out = {}
+    for m in inbox.messages():
+        payload = np.array(m.payload, copy=True)
+        if inbox.count(m.kind) > 1:
+            out.setdefault(m.kind, {})[m.sender] = payload
+        else:
+            out[m.kind] = payload
+    return out
 
 
 def record_step(net, x, y) -> dict:
@@ -52,13 +76,15 @@ def record_step(net, x, y) -> dict:
         rec = records[name]
 
         def recorded_forward(inbox, train):
-            rec.forward_inbox = _copy(inbox)
+            rec.forward_inbox = _received(inbox)
+            rec.messages["forward"] = [_copy_message(m) for m in inbox.messages()]
             out = forward(inbox, train)
             rec.activation = np.array(out["activation"], copy=True)
             return out
 
         def recorded_backward(inbox):
-            rec.backward_inbox = _copy(inbox)
+            rec.backward_inbox = _received(inbox)
+            rec.messages["backward"] = [_copy_message(m) for m in inbox.messages()]
             out = backward(inbox)
             rec.outbox = _copy(out)
             rec.grads = _copy(layer.grads or {})

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-SMOOTH = ("linear", "tanh", "sigmoid", "relu")  # activations whose derivative is their true derivative
+SMOOTH = ("linear", "tanh", "sigmoid", "relu", "elu")  # activations whose derivative is their true derivative
 
 
 def _sigmoid(a):
@@ -31,6 +31,8 @@ def activation(name, a):
         return _sigmoid(a)
     if name == "relu":
         return np.where(a > 0, a, 0.0)
+    if name == "elu":
+        return np.where(a > 0, a, np.expm1(np.minimum(a, 0.0)))
     if name == "step":
         return np.where(a >= 0, 1.0, -1.0)
     raise ValueError(f"unknown activation {name!r}")
@@ -49,6 +51,8 @@ def derivative(name, a):
         return s * (1.0 - s)
     if name == "relu":
         return (a > 0).astype(np.float64)
+    if name == "elu":
+        return np.where(a > 0, 1.0, np.exp(np.minimum(a, 0.0)))
     if name == "step":
         return (np.abs(a) <= 1).astype(np.float64)
     raise ValueError(f"unknown activation {name!r}")

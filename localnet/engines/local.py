@@ -66,31 +66,32 @@ class LocalEngine:
     def _run(self, phase, schedule, call, train):
         sent, audit, inboxes, nodes = self._sent[phase], self.audit, self.inboxes[phase], self.nodes
         for name, channels, declared in schedule:
-            messages = {}
+            messages = []
             for c in channels:
-                out, kind = sent[c.sender], c.kind
+                out = sent[c.sender]
                 if type(out) is not Outbox:  # a node may return a plain dict: no provenance, lag or base
                     out = _plain(out)
-                lag = out.lags.get(kind, 0) if out.lags else 0
-                reference = self._reference(c, out, lag) if c.displacement else None
-                messages[kind] = c.deliver(out[kind], out.provenance.get(kind, NO_PROVENANCE), reference, train, lag)
+                key = out.key(c.kind, c.receiver)  # addressed to this receiver, or to every one
+                lag = out.lags.get(key, 0) if out.lags else 0
+                reference = self._reference(c, out, key, lag) if c.displacement else None
+                messages.append(c.deliver(out[key], out.provenance.get(key, NO_PROVENANCE), reference, train, lag))
             inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
             try:
                 sent[name] = call(nodes[name], inbox)
             except ValueError as exc:
                 self._refuse_write(name, phase, inbox, exc)
                 raise
-            for m in messages.values():  # numpy lets a view be made writable again when its memory's owner is
+            for m in messages:  # numpy lets a view be made writable again when its memory's owner is
                 if isinstance(m.payload, np.ndarray) and m.payload.flags.writeable:  # (device arrays have no flag)
                     raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
                                         f"in the {phase} phase; what a node receives is read-only")
 
-    def _reference(self, c, out, lag):
+    def _reference(self, c, out, key, lag):
         """(the receiver's activation as the sender saw it, the receiver's own activation of the same step): a
         target crosses a displacement channel as ĥ minus the first and arrives as the second plus that."""
-        seen = out.bases.get(c.kind)
+        seen = out.bases.get(key)
         if seen is None:
-            seen = self.inboxes["forward"][c.sender].messages()["activation"].payload
+            seen = self.inboxes["forward"][c.sender].messages(c.receiver)[0].payload
         own = self._sent["forward"][c.receiver]["activation"] if not lag else self.nodes[c.receiver].output_of(lag)
         return seen, own
 
@@ -100,7 +101,7 @@ class LocalEngine:
         it had received; any other ValueError passes."""
         if "read-only" not in str(exc):
             return
-        got = (", ".join(f"{m.kind} from {m.sender!r}" for m in inbox.messages().values())
+        got = (", ".join(f"{m.kind} from {m.sender!r}" for m in inbox.messages())
                if inbox is not None else "its kept input")
         raise LocalityError(f"layer {name!r} tried to write into a read-only array in the {phase} phase "
                             f"({exc}); what a node receives ({got or 'nothing'}) is read-only") from None

@@ -335,17 +335,18 @@ class MPIEngine(LocalEngine):
         return buffer, _provenance(int(header[0])), int(header[1])
 
     def _send(self, c, out):
-        payload = out[c.kind]
+        key = out.key(c.kind, c.receiver)
+        payload = out[key]
         if payload.shape[1:] != c.shape or payload.dtype != c.dtype:
             raise GraphError(f"channel {c} was handed {payload.dtype} of shape {payload.shape[1:]} per sample")
-        lag = out.lags.get(c.kind, 0) if out.lags else 0
+        lag = out.lags.get(key, 0) if out.lags else 0
         if c.displacement:  # a target crosses as ĥ minus the receiver's activation as this sender saw it
-            seen = out.bases.get(c.kind)
+            seen = out.bases.get(key)
             if seen is None:
-                seen = self.inboxes["forward"][c.sender].messages()["activation"].payload
+                seen = self.inboxes["forward"][c.sender].messages(c.receiver)[0].payload
             payload = payload - seen
         payload = np.ascontiguousarray(payload)
-        header = np.array([_mask(out.provenance.get(c.kind, NO_PROVENANCE)), lag], np.int64)
+        header = np.array([_mask(out.provenance.get(key, NO_PROVENANCE)), lag], np.int64)
         dest, tag = self.placement[c.receiver], self.tags[c.identity]
         what = f"rank {dest} to take the {c.kind} for {c.receiver!r} on channel {c.identity}"
         sends = self._pending
@@ -366,29 +367,30 @@ class MPIEngine(LocalEngine):
         for name, channels, declared in schedule:
             if name not in local:
                 continue
-            messages = {}
+            messages = []
             for c in channels:
                 if c.sender in local:
                     out = sent[c.sender]
                     if type(out) is not Outbox:
                         out = _plain(out)
-                    payload, provenance = out[c.kind], out.provenance.get(c.kind, NO_PROVENANCE)
-                    lag = out.lags.get(c.kind, 0) if out.lags else 0
-                    reference = self._reference(c, out, lag) if c.displacement else None
+                    key = out.key(c.kind, c.receiver)
+                    payload, provenance = out[key], out.provenance.get(key, NO_PROVENANCE)
+                    lag = out.lags.get(key, 0) if out.lags else 0
+                    reference = self._reference(c, out, key, lag) if c.displacement else None
                 elif c.identity in self.late:
-                    messages[c.kind] = self._late(c, train)
+                    messages.append(self._late(c, train))
                     continue
                 else:  # on a displacement channel what arrived is the change; the receiver adds its activation
                     payload, provenance, lag = self._receive(c)
                     reference = self._remote_reference(c, lag, 0)
-                messages[c.kind] = c.deliver(payload, provenance, reference, train, lag)
+                messages.append(c.deliver(payload, provenance, reference, train, lag))
             inboxes[name] = inbox = Inbox(name, phase, messages, audit, declared)
             try:
                 out = sent[name] = call(nodes[name], inbox)
             except ValueError as exc:
                 self._refuse_write(name, phase, inbox, exc)
                 raise
-            for m in messages.values():
+            for m in messages:
                 if m.payload.flags.writeable:
                     raise LocalityError(f"layer {name!r} made the {m.kind} it received from {m.sender!r} writable "
                                         f"in the {phase} phase; what a node receives is read-only")

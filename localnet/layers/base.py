@@ -49,6 +49,9 @@ class Layer(Node):
     PHASES = ("forward activation", "feedback parameters", "target", "forward parameters", "optimiser state")
 
     name: str
+    #: ((sender, per-sample shape), ...): the layer's inputs in the order the spec lists them. Its input x (of
+    #: `in_shape`) is what `join` makes of them: the one input as it comes, or the family's join of several
+    inputs: tuple = ()
     in_shape: tuple
     out_shape: tuple
     #: what a layer keeps of its step for the probe (the MPI engine brings it to rank 0 before a probe step)
@@ -65,14 +68,43 @@ class Layer(Node):
     needs_feedback = True
 
     @classmethod
+    def input_shape(cls, layer_spec, shapes):
+        """The per-sample shape of the layer's input x, from its inputs' shapes (a list, in order); ValueError if
+        the family cannot take them. Default: one input, as it comes."""
+        if len(shapes) != 1:
+            raise ValueError(f"a {cls.family} layer takes one input (merge several with an `add` layer)")
+        return tuple(shapes[0])
+
+    @classmethod
     def output_shape(cls, layer_spec, in_shape):
         """The per-sample shape of the output for an input of `in_shape` (a tuple); ValueError if it cannot take it."""
         raise NotImplementedError
 
     # -- the phases ------------------------------------------------------------------------------------------------
     def forward(self, inbox, train):
-        """Compute h = f(x) from `inbox["activation"]` and send it on."""
+        """Compute h = f(x) from x = `join(inbox.each("activation"))` and send it on."""
         raise NotImplementedError
+
+    def join(self, parts):
+        """x from {sender: array}, one per input in the inputs' shapes (this step's activations, or what was sent
+        down to them): the one input as it comes (a family that takes several joins them; `parts` undoes it)."""
+        (value,) = parts.values()
+        return value
+
+    def parts(self, value):
+        """{sender: part}: an array of x's shape (a gradient or target for x, or x itself) as the part each input
+        sends and receives, in that input's shape."""
+        (sender, shape), = self.inputs
+        return {sender: value if value.shape[1:] == shape else value.reshape(len(value), *shape)}
+
+    def send_down(self, out, kind, value, *uses, lag=0, base=None):
+        """Send `value` (of x's shape) down as `kind`: to the one input, or each input its part; `base`: for a
+        target, x itself (what each part is a displacement from)."""
+        parts = self.parts(value)
+        bases = self.parts(base) if base is not None else {}
+        several = len(parts) > 1
+        for sender, part in parts.items():
+            out.send(kind, part, *uses, lag=lag, base=bases.get(sender), to=sender if several else None)
 
     def backward(self, inbox):
         """From the target or gradient received, form this step's update (not applied) and what goes down."""
@@ -89,6 +121,9 @@ class Layer(Node):
 
     def prepare_feedback(self):
         """Take the first feedback gradient of the step early (see LocalEngine); only where `prepares_feedback`."""
+
+    def start_epoch(self, epoch, epochs):
+        """Set what changes per epoch (scheduled learning rates) for `epoch` (from 1) of `epochs`."""
 
     def prepare_update(self):
         """Take the forward gradients now (off the path of the message down); changes no parameter."""
@@ -163,7 +198,9 @@ class Layer(Node):
 
     def describe(self) -> dict:
         """One row of `localnet show`: {type, input, output, activation, feedback, optimisers}."""
-        return {"type": self.family, "input": shape_text(self.in_shape), "output": shape_text(self.out_shape),
+        given = (" + ".join(shape_text(shape) for _, shape in self.inputs) if len(self.inputs) > 1
+                 else shape_text(self.in_shape))
+        return {"type": self.family, "input": given, "output": shape_text(self.out_shape),
                 "activation": "", "feedback": "", "forward optimiser": "", "feedback optimiser": ""}
 
     def products(self, batch):
@@ -226,6 +263,18 @@ class Reference:
         """(J_f, J_g) averaged over the batch, as dense matrices in the row convention, or None where they are
         too large to form (the FW-DTP eigenvalue diagnostics are then null)."""
         return None
+
+
+def combined(inbox, kind, h):
+    """The one target or gradient a layer learns from, of what its consumers sent (DESIGN §8): a single message as
+    it came; from several, gradients sum (backprop's chain rule) and targets sum their displacements from the
+    layer's own activation h, ĥ = h + Σ_k (ĥ_k − h)."""
+    if inbox.count(kind) == 1:
+        return inbox[kind]
+    parts = list(inbox.each(kind).values())
+    if kind == "gradient":
+        return sum(parts[1:], parts[0])
+    return h + sum((p - h for p in parts[1:]), parts[0] - h)
 
 
 def shape_text(shape):

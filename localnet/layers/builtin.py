@@ -1,3 +1,3 @@
 """The built-in layer families; importing this module registers them (`localnet.layers.base.family`)."""
 
-from . import conv, dense, flatten  # noqa: F401
+from . import add, conv, dense, flatten  # noqa: F401

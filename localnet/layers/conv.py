@@ -30,7 +30,7 @@ from .parametric import ParametricLayer
 
 #: rules whose phases a conv block supports: its targets need only g, its feedback losses only its own f and g
 RULES = ("bp", "dtp", "tp", "ldrl")
-ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu")  # deterministic units (no sampling inside a block)
+ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "elu")  # deterministic units (no sampling inside a block)
 
 
 def conv_output_hw(hw, kernel, stride, padding):
@@ -90,7 +90,8 @@ class Conv2dLayer(ParametricLayer):
         return (layer_spec.channels, *hw)
 
     def __init__(self, name, in_shape, spec, *, feedback, forward_optimizer, feedback_optimizer, rule, target_step,
-                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds, direct_from=None):
+                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds, inputs,
+                 direct_from=None):
         c_in, c_out, k = in_shape[0], spec.channels, spec.kernel
         self.activation, self.feedback_activation = spec.activation, None
         self.stride, self.padding = spec.stride, spec.padding
@@ -117,7 +118,8 @@ class Conv2dLayer(ParametricLayer):
                     feedback_params=feedback_params, feedback=feedback, fixed=fixed is not None,
                     forward_optimizer=forward_optimizer, feedback_optimizer=feedback_optimizer, rule=rule,
                     target_step=target_step, feedback_noise=feedback_noise, feedback_iterations=feedback_iterations,
-                    dtype=dtype, kernels=kernels, rng=rng, down_kinds=down_kinds, a_shape=(c_out, *pre_hw))
+                    dtype=dtype, kernels=kernels, rng=rng, down_kinds=down_kinds, inputs=inputs,
+                    a_shape=(c_out, *pre_hw))
         self.s = self.idx = None  # this step's activation before pooling and the max-pool's choices
 
     # -- the block ------------------------------------------------------------------------------------------------

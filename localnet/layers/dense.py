@@ -2,7 +2,12 @@
 it one, the feedback map g(h) = s̄(h V + c) with V of shape (n_out, n_in). It owns W, b, V, c, their optimisers,
 its random generator and its local rule, and sees only its own state and its inbox. An input of more than one
 dimension per sample (a conv layer's C×H×W) is flattened in C order, and what it sends down has that shape again
-(DESIGN §8)."""
+(DESIGN §8).
+
+Several inputs x_1..x_m (`inputs:` in the spec): a = Σ_j x_j W_j + b, each edge with its own W_j and, under a rule
+with feedback maps, its own g_j(h) = s̄(h V_j + c_j) back to input j. The layer keeps them stacked, x = [x_1 … x_m]
+(each flattened), W = [W_1; …; W_m], V = [V_1 … V_m], c = [c_1 … c_m]: the same sums, one product, and each input
+gets its own block of what goes down."""
 
 from __future__ import annotations
 
@@ -21,6 +26,11 @@ class DenseLayer(ParametricLayer):
     family = "dense"
 
     @classmethod
+    def input_shape(cls, layer_spec, shapes):
+        """One input as it comes (flattened when used); several stacked side by side, each flattened."""
+        return tuple(shapes[0]) if len(shapes) == 1 else (sum(flat_size(shape) for shape in shapes),)
+
+    @classmethod
     def output_shape(cls, layer_spec, in_shape):
         return (layer_spec.size,)
 
@@ -31,7 +41,8 @@ class DenseLayer(ParametricLayer):
                         expected="size: <units>")
 
     def __init__(self, name, in_shape, spec, *, feedback, forward_optimizer, feedback_optimizer, rule, target_step,
-                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds, direct_from=None):
+                 feedback_noise, feedback_iterations, init, dtype, kernels, seed, down_kinds, inputs,
+                 direct_from=None):
         n_in = flat_size(in_shape)
         self.n_in, self.size = n_in, spec.size
         self.activation = spec.activation
@@ -68,7 +79,9 @@ class DenseLayer(ParametricLayer):
                     feedback_params=self.feedback_params, feedback=feedback, fixed=fixed is not None,
                     forward_optimizer=forward_optimizer, feedback_optimizer=feedback_optimizer, rule=rule,
                     target_step=target_step, feedback_noise=feedback_noise, feedback_iterations=feedback_iterations,
-                    dtype=dtype, kernels=kernels, rng=rng, down_kinds=down_kinds, x_shape=(n_in,))
+                    dtype=dtype, kernels=kernels, rng=rng, down_kinds=down_kinds, inputs=inputs, x_shape=(n_in,))
+        ends = np.cumsum([flat_size(shape) for _, shape in self.inputs])  # where each input's block of x ends
+        self._blocks = tuple((int(e) - flat_size(shape), int(e)) for e, (_, shape) in zip(ends, self.inputs))
 
     @property
     def feedback_service(self):
@@ -77,8 +90,19 @@ class DenseLayer(ParametricLayer):
         return super().feedback_service
 
     # -- the maps --------------------------------------------------------------------------------------------
-    def _input(self, x):
-        return x if x.ndim == 2 else x.reshape(len(x), self.n_in)  # C-order flatten of a C×H×W input: a view
+    def join(self, parts):
+        """x: the input flattened in C order (a view), or several inputs' stacked side by side."""
+        if len(self.inputs) == 1:
+            (x,) = parts.values()
+            return x if x.ndim == 2 else x.reshape(len(x), self.n_in)
+        return np.concatenate([parts[sender].reshape(len(parts[sender]), -1) for sender, _ in self.inputs], axis=1)
+
+    def parts(self, value):
+        """Each input's block of an array of x's shape, in that input's shape."""
+        if len(self.inputs) == 1:
+            return super().parts(value)
+        return {sender: value[:, start:end].reshape(len(value), *shape)
+                for (sender, shape), (start, end) in zip(self.inputs, self._blocks)}
 
     def _forward(self, x, train):
         return self.k.dense.forward(x, self.forward_params["W"], self.forward_params.get("b"), self.activation,
@@ -157,10 +181,6 @@ class DenseLayer(ParametricLayer):
         return self.k.dense.difference_target(x, h, target, self.feedback_params["V"],
                                               self.feedback_params.get("c"), self.feedback_activation)
 
-    def _down(self, value):
-        """A message for the layer below, in the shape it sent its activation (this layer flattened it)."""
-        return value if len(self.in_shape) == 1 else value.reshape(len(value), *self.in_shape)
-
     # -- for the probe, the testing module, the CLI and bench -------------------------------------------------
     def reference(self):
         return DenseReference(self)
@@ -177,7 +197,9 @@ class DenseLayer(ParametricLayer):
             row["feedback optimiser"] = f"{bo.spec.type} {bo.spec.lr:.3g}"
         return row
 
-    has_exact_inverse = True
+    @property
+    def has_exact_inverse(self):
+        return len(self.inputs) == 1  # a square W needs one input
 
     def exact_inverse_overrides(self, path, n, owner):
         out = [f"{path}.size={n}"]

@@ -8,59 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import LocalnetError
-from ..messages import Outbox
-from .base import Layer, Reference, flat_size, register_family
+from .base import Reference, flat_size, register_family
+from .parameterless import ParameterlessLayer
 
 
 @register_family
-class FlattenLayer(Layer):
+class FlattenLayer(ParameterlessLayer):
     family = "flatten"
-    needs_feedback = False
 
     @classmethod
     def output_shape(cls, layer_spec, in_shape):
         return (flat_size(in_shape),)
 
-    def __init__(self, name, in_shape, spec, *, target_step, kernels, seed, down_kinds, **_):
-        self.name, self.in_shape, self.out_shape = name, tuple(in_shape), (flat_size(in_shape),)
-        self.k, self.target_step, self.down_kinds = kernels, target_step, frozenset(down_kinds)
-        self.rng = np.random.Generator(np.random.PCG64(seed))  # never drawn from; the step-recording code reads it
-        self.x = self.a = self.h = self.target = None
-        self.grads, self.reconstruction_loss = {}, None
+    def _map(self, x):
+        return x.reshape(len(x), *self.out_shape)
 
-    def forward(self, inbox, train):
-        x = inbox["activation"]
-        self.x = x
-        self.a = self.h = x.reshape(len(x), *self.out_shape)
-        out = Outbox()
-        out.send("activation", self.h)
-        return out
-
-    def backward(self, inbox):
-        received = "target" if "target" in inbox else "gradient"
-        message = inbox[received]
-        lag = inbox.lag(received) if hasattr(inbox, "lag") else 0
-        self.target = message if received == "target" else self.k.arrays.descend(self.h, message, self.target_step)
-        out = Outbox()
-        down = message.reshape(len(message), *self.in_shape)
-        if received in self.down_kinds:
-            out.send(received, down, received, lag=lag, **({"base": self.x} if received == "target" else {}))
-        elif "target" in self.down_kinds:  # the first target, one step down ℒ's gradient
-            out.send("target", self.k.arrays.descend(self.x, down, self.target_step), "gradient", lag=lag,
-                     base=self.x)
-        return out
-
-    def state(self):
-        return {}
-
-    def load_state(self, state):
-        if state:
-            raise LocalnetError(f"layer {self.name!r} (flatten) keeps no state; got {', '.join(sorted(state))}")
-
-    def nonfinite(self, phase):
-        arrays = {"forward activation": [self.h], "target": [self.target]}.get(phase, [])
-        return any(a is not None and not np.isfinite(self.k.arrays.to_host(a)).all() for a in arrays)
+    def _down(self, kind, message):
+        return message.reshape(len(message), *self.in_shape)
 
     def reference(self):
         return FlattenReference(self)

@@ -1,7 +1,8 @@
 """The machinery every layer family with parameters shares: parameters and their optimisers, the step state,
 checkpoints, the divergence guard, delayed messages, the feedback-training loop and the backward phase's
 template. A family (dense.py, conv.py) draws its parameters and supplies the maps: `_forward`, `_local_delta`,
-`_pre_error`, `_input_grad`, `_weight_grads`, `_feedback_gradient`, `respond`, `g`, `g_difference`, `_down`."""
+`_pre_error`, `_input_grad`, `_weight_grads`, `_feedback_gradient`, `respond`, `g`, `g_difference`, and, for a
+family that takes several inputs, `join` and `parts`."""
 
 from __future__ import annotations
 
@@ -14,17 +15,18 @@ import numpy as np
 from ..errors import LocalnetError
 from ..messages import Outbox
 from ..optim import Optimizer
-from .base import Layer
+from .base import Layer, combined
 
 
 class ParametricLayer(Layer):
     def _setup(self, name, in_shape, out_shape, *, forward_params, feedback_params, feedback, fixed,
                forward_optimizer, feedback_optimizer, rule, target_step, feedback_noise, feedback_iterations,
-               dtype, kernels, rng, down_kinds, x_shape=None, a_shape=None):
+               dtype, kernels, rng, down_kinds, inputs, x_shape=None, a_shape=None):
         """The state every family keeps: its parameters (drawn on the host by the family, moved to the backend's
         device here), optimisers, step state. `x_shape`, `a_shape`: the per-sample shapes of the input and
         pre-activation as the layer stores them (its input's and its output's unless said)."""
         self.name, self.in_shape, self.out_shape = name, tuple(in_shape), tuple(out_shape)
+        self.inputs = tuple((sender, tuple(shape)) for sender, shape in inputs)
         self._x_shape = tuple(x_shape or in_shape)
         self._a_shape = tuple(a_shape or out_shape)
         self.dtype = np.dtype(dtype)
@@ -151,6 +153,10 @@ class ParametricLayer(Layer):
         if self.history is not None:
             self.history = deque(history, maxlen=self.history.maxlen)
 
+    def start_epoch(self, epoch, epochs):
+        for _, opt in self._optimizers():
+            opt.start_epoch(epoch, epochs)
+
     def _optimizers(self):
         yield "forward_optimizer", self.forward_optimizer
         if self.feedback_optimizer is not None:
@@ -182,15 +188,11 @@ class ParametricLayer(Layer):
         return any(a is not None and not np.isfinite(self.k.arrays.to_host(a)).all() for a in arrays)
 
     def forward(self, inbox, train):
-        self.x = self._input(inbox["activation"])
+        self.x = self.join(inbox.each("activation"))
         self.a, self.h = self._forward(self.x, train)
         out = Outbox()
         out.send("activation", self.h, *self.forward_keys)
         return out
-
-    def _input(self, x):
-        """The received activation as this layer stores it (dense: flattened)."""
-        return x
 
     def train_feedback(self, respond=None):
         """Fit g to invert this layer's own f around the input it just received (DESIGN §2 step 4), with the
@@ -247,26 +249,26 @@ class ParametricLayer(Layer):
             self.history.append((np.array(x), a, h))
             x, a, h = self.history[max(len(self.history) - 1 - lag, 0)]
         if received == "target":
-            self.target = self._received_target(h, inbox["target"])
+            self.target = self._received_target(h, combined(inbox, "target", h))
             delta = self._local_delta(h, self.target)  # local loss ‖h − ĥ‖²
-        else:
-            delta = inbox["gradient"]  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
+        else:  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
+            delta = combined(inbox, "gradient", h)
             self._target, self._descent = None, (h, delta)
         e = self._pre_error(a, h, delta)
         self._grads, self._error = None, (x, e)
         # each message declares what it was computed from (its provenance, read by the locality audit)
         out = Outbox()
         if "gradient" in self.down_kinds:  # backprop: the receiver gets this layer's Wᵀ and s' (weight transport)
-            out.send("gradient", self._down(self._input_grad(e)), "Wᵀ", "s'", received, lag=lag)
+            self.send_down(out, "gradient", self._input_grad(e), "Wᵀ", "s'", received, lag=lag)
         if "target" in self.down_kinds:
             if received == "target" and self.rule.direct:  # DDTP: the displacement ĥ_L − h_L, to every layer
                 out.send("target", self.rule.displacement(h, self.target), "target", lag=lag)
             elif received == "target":  # the rule's target, from g's parameters alone (W is not passed)
-                out.send("target", self._down(self.rule.target_below(self, x, h, self.target)),
-                         "target", *self.feedback_keys, lag=lag, base=self._down(x))
+                self.send_down(out, "target", self.rule.target_below(self, x, h, self.target),
+                               "target", *self.feedback_keys, lag=lag, base=x)
             else:  # the first target, one step down ℒ's gradient with respect to this layer's input
-                out.send("target", self._down(self.k.arrays.descend(x, self._input_grad(e), self.target_step)),
-                         "Wᵀ", "s'", "gradient", lag=lag, base=self._down(x))
+                self.send_down(out, "target", self.k.arrays.descend(x, self._input_grad(e), self.target_step),
+                               "Wᵀ", "s'", "gradient", lag=lag, base=x)
         return out
 
     def prepare_update(self):
@@ -317,8 +319,3 @@ class ParametricLayer(Layer):
     def _feedback_gradient(self, respond=None):
         """(gradients of g's parameters, loss) of one feedback-training iteration, from g as it is now."""
         raise NotImplementedError
-
-    def _down(self, value):
-        """A message for the layer below, in the shape it sent its activation."""
-        return value
-

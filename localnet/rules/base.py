@@ -8,6 +8,11 @@ class Rule:
     # how layers with a layer-to-layer feedback map train it: `reconstruction` (DTP, ‖g(f(x̃)) − x̃‖²), `ldrl`
     # (Ernoult et al.'s layer-wise loss) or `round_trip` (Meulemans et al.'s DRL, from the engine's round trip)
     feedback_loss = "reconstruction"
+    # whether the targets a layer sends down are displacements of the receiver's activation, x + g(ĥ) − g(h): then
+    # those of several consumers combine by summing their displacements (DESIGN §8); plain TP's g(ĥ) is not
+    displaced_targets = True
+    # whether the rule runs on any DAG of layers (several inputs, several consumers), or on chains only
+    graphs = True
 
     def chain_kinds(self, first_target):
         """Kinds of the backward channels that `chain` implies: (loss -> top layer, layer -> layer below)."""

@@ -37,6 +37,7 @@ from .base import Rule
 
 class DirectDifferenceTargetPropagation(Rule):
     name = "ddtp_linear"
+    graphs = False  # direct targets from the output to every layer: a chain
     uses_feedback = True
     direct = True  # targets go from the output layer straight to every hidden layer
 

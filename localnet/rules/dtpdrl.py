@@ -31,6 +31,7 @@ from .dtp import DifferenceTargetPropagation
 
 class DTPDifferenceReconstruction(DifferenceTargetPropagation):
     name = "dtp_drl"
+    graphs = False  # its round trip runs up and down one path: a chain
     feedback_loss = "round_trip"  # the engine hands each layer the network's round trip of its perturbed input
 
     @staticmethod

@@ -5,6 +5,7 @@ from .dtp import DifferenceTargetPropagation
 
 class TargetPropagation(DifferenceTargetPropagation):
     name = "tp"
+    displaced_targets = False
 
     def target_below(self, layer, x, h, target):
         return layer.g(target)

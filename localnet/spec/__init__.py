@@ -113,6 +113,7 @@ def _check(spec, ctx):
         seen[layer.name.casefold()] = i
     if spec.network.chain is not None and spec.network.channels is not None:
         raise ctx.error(("network", "channels"), "give either `chain` or `channels`, not both")
+    _check_inputs(spec, ctx)
     from ..constraints import check_constraints
     check_constraints(spec, ctx)
     if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
@@ -129,6 +130,30 @@ def _check(spec, ctx):
     if total > 1 << 31:
         raise ctx.error(("network", "layers"), "network is too large to allocate",
                         expected="at most 2**31 weights", found=f"{total} weights")
+
+
+def _check_inputs(spec, ctx):
+    """`inputs`: each names the data (`input`) or a layer listed earlier (so the graph is acyclic), once; not
+    beside `chain` or `channels`, which declare the graph themselves."""
+    earlier = ["input"]
+    for i, layer in enumerate(spec.network.layers):
+        if layer.inputs is not None:
+            path = ("network", "layers", i, "inputs")
+            other = "chain" if spec.network.chain is not None else "channels" if spec.network.channels else None
+            if other:
+                raise ctx.error(path, f"layer {layer.name!r}: give its inputs or the network's `{other}`, not both")
+            if not layer.inputs:
+                raise ctx.error(path, f"layer {layer.name!r} takes no input", expected="at least one name")
+            for j, name in enumerate(layer.inputs):
+                if name not in earlier:
+                    later = any(other.name == name for other in spec.network.layers)
+                    raise ctx.error((*path, j), "an input is the data or a layer listed earlier" +
+                                    (f" ({name!r} comes later: the graph must be acyclic)" if later else ""),
+                                    expected="one of " + ", ".join(earlier), found=short_repr(name))
+                if name in layer.inputs[:j]:
+                    raise ctx.error((*path, j), f"layer {layer.name!r} takes {name!r} twice",
+                                    expected="each input once", found=short_repr(name))
+        earlier.append(layer.name)
 
 
 def _check_placement(spec, ctx):

@@ -32,7 +32,11 @@ def _rules():
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """One optimiser. RMSprop adds eps inside the square root (Graves 2013, Lee et al.'s code); Adam outside."""
+    """One optimiser. RMSprop adds eps inside the square root (Graves 2013, Lee et al.'s code); Adam outside.
+
+    schedule: `constant`, or `cosine`: in epoch e (from 1) the learning rate is
+    min_lr + (lr − min_lr)(1 + cos(π (e − 1)/T))/2 with T = schedule_epochs (default: train.epochs), PyTorch's
+    CosineAnnealingLR stepped once per epoch (periodic past T, as PyTorch's is)."""
 
     type: str = option("adam", choices=("sgd", "rmsprop", "adam"))
     lr: float = option(1e-3, gt=0.0)
@@ -42,6 +46,9 @@ class OptimizerSpec:
     eps: float = option(1e-8, gt=0.0)
     centered: bool = False
     weight_decay: float = option(0.0, ge=0.0)
+    schedule: str = option("constant", choices=("constant", "cosine"))
+    schedule_epochs: int | None = option(None, ge=1, le=1_000_000)
+    min_lr: float = option(0.0, ge=0.0)
 
 
 @dataclass(frozen=True)
@@ -98,11 +105,16 @@ LAYER_NAME = (r"[A-Za-z_][A-Za-z0-9_-]{0,63}",
 class LayerSpec:
     """One layer. `type` names its family: `dense` (`size` units), `conv2d` (a block: `channels` output channels,
     a `kernel`×`kernel` convolution with `stride` and zero `padding`, the activation, then an optional `pool`
-    (`max` or `avg`) of `pool_size`×`pool_size` windows at stride `pool_size`), or `flatten` (C×H×W to one
-    vector; no parameters)."""
+    (`max` or `avg`) of `pool_size`×`pool_size` windows at stride `pool_size`), `flatten` (C×H×W to one
+    vector; no parameters) or `add` (the sum of its inputs: an identity skip; no parameters).
+
+    `inputs`: the nodes whose activations the layer takes (`input` or earlier layers), in order; by default the
+    layer listed before it (the data, for the first). A dense layer with several inputs owns one weight block per
+    input; the last layer listed feeds the loss."""
 
     name: str = option(pattern=LAYER_NAME)
     type: str = option("dense", choices=lambda: _families())
+    inputs: tuple[str, ...] | None = None
     size: int | None = option(None, ge=1, le=MAX_UNITS)
     channels: int | None = option(None, ge=1, le=1 << 14)
     kernel: int | None = option(None, ge=1, le=64)
@@ -147,7 +159,9 @@ class RuleSpec:
     `last_hidden` (Lee et al. 2015) trains the output layer on ℒ and sets the first target on h_{L-1}.
     schedule: `alternate_batch` trains feedback and forward weights on each batch (targets through g as it was,
     then feedback training, then the forward update: Lee et al.'s Algorithm 1); `alternate_epoch` (Lee et al.'s
-    code) makes one full pass of feedback training, then one of forward training, per epoch.
+    code) makes one full pass of feedback training, then one of forward training, per epoch; `feedback_first`
+    trains the feedback maps on each batch first and then sends the targets through the new g (Ernoult et al.'s
+    code: two forward passes per batch, the second with the same forward weights).
     feedback_noise_decay: τ > 0 makes σ decay with the epoch e (from 1) as σ / (1 + (e − 1)/τ), Lee et al.'s
     schedule for their discrete and stochastic nets (0.5/(1+epoch/50), their epoch counting from 0); 0: constant.
     """
@@ -157,7 +171,7 @@ class RuleSpec:
     first_target: str = option("output", choices=("output", "last_hidden"))
     feedback_noise: float = option(0.1, ge=0.0)
     feedback_iterations: int = option(1, ge=0, le=10_000)
-    schedule: str = option("alternate_batch", choices=("alternate_batch", "alternate_epoch"))
+    schedule: str = option("alternate_batch", choices=("alternate_batch", "alternate_epoch", "feedback_first"))
     feedback_noise_decay: float = option(0.0, ge=0.0)
 
 

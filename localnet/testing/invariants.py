@@ -32,6 +32,7 @@ import numpy as np
 from ..diagnostics import reference
 from ..diagnostics.record import record_step
 from ..graph import LOSS
+from ..layers.base import combined
 from ..messages import BACKWARD_KINDS
 from ..network import Network
 from ..spec import load_spec
@@ -100,7 +101,16 @@ def _nothing(net, what):
 def _feedback_pairs(net, records):
     """(name, layer, record) of each layer that owns g, learned from a target and sent a target down."""
     return [(name, layer, records[name]) for name, layer in net.layers.items()
-            if layer.has_feedback and records[name].received == "target" and "target" in records[name].outbox]
+            if layer.has_feedback and records[name].received == "target" and _sent(layer, records[name]) is not None]
+
+
+def _sent(layer, record, kind="target"):
+    """What the layer sent down as `kind`, joined into its input x's shape (each input its part), or None."""
+    outbox = record.outbox
+    parts = {sender: outbox.get((kind, sender), outbox.get(kind)) for sender, _ in layer.inputs}
+    if any(part is None for part in parts.values()):
+        return None
+    return layer.join(parts)
 
 
 def _batch(x, y):
@@ -160,9 +170,9 @@ def check_exact_inverse_dtp_equals_tp(net, x, y, seed=None):
     owners = [i for i, layer in enumerate(net.layers.values()) if layer.has_feedback]
     if not owners:
         _nothing(net, "no layer owns a feedback map")
-    lacking = sorted({layer.family for layer in net.layers.values() if not layer.has_exact_inverse})
+    lacking = [f"{name} ({layer.family})" for name, layer in net.layers.items() if not layer.has_exact_inverse]
     if lacking:
-        _nothing(net, f"layers of type {', '.join(lacking)} have no exactly invertible variant")
+        _nothing(net, f"layers {', '.join(lacking)} have no exactly invertible variant")
     n = net.n_classes
     overrides = []
     for i, layer in enumerate(net.layers.values()):
@@ -184,7 +194,7 @@ def check_exact_inverse_dtp_equals_tp(net, x, y, seed=None):
         _nothing(net, "no layer that owns g sends a target down")
     eps, failures = _eps(net), []
     for name, layer, r in pairs:
-        sent = np.asarray(r.outbox["target"], np.float64)
+        sent = np.asarray(_sent(layer, r), np.float64)
         tp = _g(layer, r.target)
         forward = _f(layer, sent)
         sent = _rows(sent)
@@ -213,7 +223,7 @@ def check_difference_identity(net, x, y):
         _nothing(net, "no layer sends a target down through a feedback map")
     eps, failures = _eps(net), []
     for name, layer, r in pairs:
-        lower = _rows(r.outbox["target"])
+        lower = _rows(_sent(layer, r))
         g_t, g_h = _g(layer, r.target), _g(layer, r.h)
         width = math.prod(layer.out_shape)
         tol = 32 * eps * math.sqrt(width) * (1.0 + _max(g_t, g_h, lower, r.x))
@@ -235,7 +245,8 @@ def _layer_loss(layer, record):
     shapes = [layer.parameters()[k].shape for k in keys]
     kind = record.received
     # the target the layer descends: what it received, or, for a direct target (DDTP), the one it formed
-    message = np.asarray(record.target if kind == "target" else record.backward_inbox[kind], np.float64)
+    message = np.asarray(record.target if kind == "target" else combined(record.inbox("backward"), kind, record.h),
+                         np.float64)
 
     def unflat(theta):
         out, at = {}, 0
@@ -340,15 +351,6 @@ def check_first_order_descent(net, x, y, directions=3, step=1e-5):
     _fail(f"rule {_rule(net)!r}: updates are not the gradients of the losses the layers are trained on", failures)
 
 
-def _read_only(mapping):
-    out = {}
-    for k, v in mapping.items():
-        v = np.array(v, copy=True)
-        v.flags.writeable = False
-        out[k] = v
-    return out
-
-
 def _differences(a, b):
     """Keys whose arrays differ in dtype, shape or any bit between two {key: array} dicts."""
     keys = sorted(set(a) | set(b))
@@ -380,8 +382,8 @@ def check_locality(net, x, y, seed=0):
                     layer.rng.random(17)
             layer = other.layers[name]
             layer.rng.bit_generator.state = r.rng_state
-            sent_up = layer.forward(_read_only(r.forward_inbox), True)
-            sent_down = layer.backward(_read_only(r.backward_inbox))
+            sent_up = layer.forward(r.inbox("forward"), True)
+            sent_down = layer.backward(r.inbox("backward"))
             grads = {k: np.array(v, copy=True) for k, v in (layer.grads or {}).items()}
             layer.apply_update()
             results.append(({k: np.array(v) for k, v in sent_up.items()},

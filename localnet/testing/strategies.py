@@ -20,11 +20,12 @@ from hypothesis.extra import numpy as hnp
 from hypothesis.strategies import SearchStrategy
 
 from ..diagnostics.reference import SMOOTH
+from ..layers.conv import ACTIVATIONS as CONV_ACTIVATIONS
 from ..network import Network
 from ..rules import RULES
 from ..spec import load_spec
 
-__all__ = ["specs", "networks", "parameter_sets", "batches", "cases", "Case", "SMOOTH"]
+__all__ = ["specs", "networks", "parameter_sets", "batches", "cases", "Case", "SMOOTH", "ARCHITECTURES"]
 
 
 def _option(value):
@@ -42,39 +43,108 @@ def _option(value):
     return st.just(value)
 
 
-def specs(rule="dtp", *, depth=(2, 4), width=(1, 6), n_classes=(2, 5), activations=SMOOTH,
+#: what `specs(architecture=...)` draws: a chain of dense layers; a DAG of dense layers (several inputs, several
+#: consumers, identity skips through `add` layers); conv2d blocks on the 1×8×8 digits, then flatten and dense
+ARCHITECTURES = ("chain", "graph", "conv")
+CONV_INPUT = (1, 8, 8)  # the sample shape conv specs are drawn for (the digits data set's)
+
+
+def specs(rule="dtp", *, architecture="chain", depth=(2, 4), width=(1, 6), n_classes=(2, 5), activations=SMOOTH,
           output_activation="linear", first_target=("output", "last_hidden"),
           feedback_activations=("tanh", "linear", "sigmoid"), feedback_bias=(True, False), bias=(True, False),
           target_step=(0.01, 2.0), loss=("softmax_cross_entropy", "mse"), optimizer=("sgd", "adam", "rmsprop"),
           feedback_noise=(0.0, 0.3), dtype="float64", backend="numpy", seed=(0, 2**32 - 1)):
-    """A spec (a dict for `localnet.load_spec`) of a chain of dense layers for `rule`: drawn depth, widths,
-    hidden activations (the output layer's is `output_activation`, its width the number of classes), first-target
-    placement, feedback maps, η̂, loss, optimiser, noise and seed. For a rule with feedback maps, `last_hidden`
-    networks get at least three layers, so that some layer owns a feedback map."""
+    """A spec (a dict for `localnet.load_spec`) for `rule`: drawn depth, widths, hidden activations (the output
+    layer's is `output_activation`, its width the number of classes), first-target placement, feedback maps, η̂,
+    loss, optimiser, noise and seed. `architecture` (one of ARCHITECTURES, or several to draw from): a chain of
+    dense layers; a graph, in which each layer takes the one before it and a drawn subset of the earlier ones, and
+    `add` layers join equal-width layers (identity skips); or conv2d blocks (drawn kernels, strides, paddings, max,
+    avg or no pooling) on a CONV_INPUT image, then flatten and dense layers. For a rule with feedback maps,
+    `last_hidden` networks get at least three layers, so that some layer owns a feedback map."""
     if rule not in RULES:
         raise ValueError(f"unknown rule {rule!r}; registered rules: {', '.join(RULES)}")
-    return _specs(rule, depth, width, n_classes, activations, output_activation, first_target, feedback_activations,
-                  feedback_bias, bias, target_step, loss, optimizer, feedback_noise, dtype, backend, seed)
+    kinds = [architecture] if isinstance(architecture, str) else list(architecture)
+    for kind in kinds:
+        if kind not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {kind!r}; one of {', '.join(ARCHITECTURES)}")
+        if kind == "graph" and not (RULES[rule].graphs and RULES[rule].displaced_targets):
+            raise ValueError(f"rule {rule!r} does not run on graphs whose layers have several consumers")
+    return _specs(rule, architecture, depth, width, n_classes, activations, output_activation, first_target,
+                  feedback_activations, feedback_bias, bias, target_step, loss, optimizer, feedback_noise, dtype,
+                  backend, seed)
+
+
+def _dense(draw, name, width, activations, bias, **extra):
+    return {"name": name, "size": draw(_option(width)), "activation": draw(_option(activations)),
+            "bias": draw(_option(bias)), **extra}
+
+
+def _graph(draw, layers):
+    """Rewire dense `layers` (the last the output) into a DAG: each takes the one before it and a drawn subset of
+    the earlier ones (and perhaps the data); an `add` layer may join a layer with an earlier one of its width."""
+    out, widths = [], {}
+    for i, layer in enumerate(layers):
+        earlier = [x["name"] for x in out]
+        if earlier:
+            extra = draw(st.lists(st.sampled_from(["input", *earlier[:-1]]), unique=True, max_size=2))
+            layer = {**layer, "inputs": [earlier[-1], *extra]}
+        out.append(layer)
+        widths[layer["name"]] = layer["size"]
+        same = [n for n in earlier if widths[n] == layer["size"]]
+        if i < len(layers) - 1 and same and draw(st.booleans()):
+            out.append({"name": f"add{i + 1}", "type": "add", "inputs": [layer["name"], draw(st.sampled_from(same))]})
+            widths[out[-1]["name"]] = layer["size"]
+    return out
+
+
+def _conv(draw, activations):
+    """One or two conv2d blocks with drawn geometry that fits CONV_INPUT, then flatten."""
+    layers, size = [], CONV_INPUT[1:]
+    for i in range(draw(st.integers(1, 2))):
+        k = draw(st.integers(1, min(3, *size)))
+        stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 1))
+        conv = [(n + 2 * pad - k) // stride + 1 for n in size]
+        pool = draw(st.sampled_from([None, "max", "avg"])) if min(conv) >= 2 else None
+        layers.append({"name": f"c{i + 1}", "type": "conv2d", "channels": draw(st.integers(1, 3)), "kernel": k,
+                       "stride": stride, "padding": pad, "pool": pool, "pool_size": 2,
+                       "activation": draw(_option(_conv_activations(activations)))})
+        size = [n // 2 for n in conv] if pool else conv
+    return [*layers, {"name": "flat", "type": "flatten"}]
+
+
+def _conv_activations(option):
+    """Those of `option` (a name or a sequence) a conv block supports; a strategy is taken as it is."""
+    if isinstance(option, SearchStrategy):
+        return option
+    names = [option] if isinstance(option, str) else list(option)
+    return [a for a in names if a in CONV_ACTIVATIONS] or ["tanh"]
 
 
 @st.composite
-def _specs(draw, rule, depth, width, n_classes, activations, output_activation, first_target, feedback_activations,
-           feedback_bias, bias, target_step, loss, optimizer, feedback_noise, dtype, backend, seed):
+def _specs(draw, rule, architecture, depth, width, n_classes, activations, output_activation, first_target,
+           feedback_activations, feedback_bias, bias, target_step, loss, optimizer, feedback_noise, dtype, backend,
+           seed):
+    kind = draw(_option(architecture))
     placement = draw(_option(first_target))
     n_layers = draw(_option(depth))
     if RULES[rule].uses_feedback and placement == "last_hidden":
         n_layers = max(n_layers, 3)
     classes = draw(_option(n_classes))
-    layers = [{"name": f"l{i + 1}", "size": draw(_option(width)), "activation": draw(_option(activations)),
-               "bias": draw(_option(bias))} for i in range(n_layers - 1)]
+    layers = [_dense(draw, f"l{i + 1}", width, activations, bias) for i in range(n_layers - 1)]
     layers.append({"name": "out", "size": classes, "activation": draw(_option(output_activation)),
                    "bias": draw(_option(bias))})
+    if kind == "graph":
+        layers = _graph(draw, layers)
+    elif kind == "conv":
+        layers = [*_conv(draw, activations), *layers[-2:]]
+    # a conv block's feedback map has deterministic activations only
+    fb_activations = _conv_activations(feedback_activations) if kind == "conv" else feedback_activations
     opt = draw(_option(optimizer))
     return {
         "name": f"hypothesis-{rule}", "seed": draw(_option(seed)), "dtype": draw(_option(dtype)),
         "backend": draw(_option(backend)), "data": {"name": "digits"},
         "network": {"layers": layers, "loss": draw(_option(loss)),
-                    "feedback": {"activation": draw(_option(feedback_activations)),
+                    "feedback": {"activation": draw(_option(fb_activations)),
                                  "bias": draw(_option(feedback_bias))}},
         "rule": {"name": rule, "target_step": draw(_option(target_step)), "first_target": placement,
                  "feedback_noise": draw(_option(feedback_noise)), "feedback_iterations": 1},
@@ -121,7 +191,8 @@ class Case:
 
     def __repr__(self):
         s = self.net.spec
-        layers = ", ".join(f"{layer.size} {layer.activation}" for layer in s.network.layers)
+        layers = ", ".join(f"{layer.name}: {layer.type} {layer.size or layer.channels or ''} {layer.activation}"
+                           + (f" <- {'+'.join(layer.inputs)}" if layer.inputs else "") for layer in s.network.layers)
         fb = s.network.feedback
         return (f"Case(rule={s.rule.name}, first_target={s.rule.first_target}, target_step={s.rule.target_step!r}, "
                 f"layers=[{layers}], feedback={fb.activation} bias={fb.bias}, loss={s.network.loss}, "
@@ -132,7 +203,8 @@ class Case:
 @st.composite
 def _network(draw, rule, n_features, scale, spec_options):
     spec = draw(specs(rule, **spec_options))
-    features = draw(_option(n_features))
+    conv = any(layer.get("type") == "conv2d" for layer in spec["network"]["layers"])
+    features = CONV_INPUT if conv else draw(_option(n_features))
     net = Network(load_spec(spec), spec["seed"], features, spec["network"]["layers"][-1]["size"])
     net.load_parameters(draw(parameter_sets(net, scale)))
     return net, spec

@@ -26,7 +26,8 @@ RULES = ("dtp", "tp", "bp")  # rules whose every step runs on these kernels (DDT
 def check_supported(spec, engine):
     """SpecError or LocalnetError, at build time, for what does not run on the device: rules other than RULES,
     message and weight constraints (they transform arrays with numpy; fixed_feedback only stops training and is
-    fine), diagnostics (the probe reads activations with numpy), and any engine but the in-process one."""
+    fine), graphs other than chains (joining inputs and summing messages is numpy work), diagnostics (the probe
+    reads activations with numpy), and any engine but the in-process one."""
     from ...engines.local import LocalEngine
     from ...graph import spec_error
     if spec.rule.name not in RULES:
@@ -47,3 +48,6 @@ def check_supported(spec, engine):
     if type(engine) is not LocalEngine:
         raise LocalnetError(f"backend 'cuda' runs in one process only (the local engine), not under "
                             f"{type(engine).__name__}; use backend numpy or numba with --engine mpi")
+    if not engine.graph.is_chain:
+        raise spec_error(spec, ("network", "layers"), "backend 'cuda' runs chains of layers only (each one input "
+                         "and one consumer)", expected="a chain, or backend numpy or numba")

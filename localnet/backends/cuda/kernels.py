@@ -37,8 +37,8 @@ TILE = 4 if SIMULATED else 16  # matmul tile edge (threads per block: TILE²)
 THREADS = 8 if SIMULATED else 256  # threads per block of element-wise kernels and reductions
 PARTIALS = 4 if SIMULATED else 256  # blocks of the first reduction stage
 
-CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5}
-LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC = range(6)
+CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5, "elu": 6}
+LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC, ELU = range(7)
 
 
 def code(name):
@@ -167,6 +167,8 @@ def _act(c, a, one):
         return half * (math.tanh(half * a) + one)
     if c == RELU:
         return zero if a < zero else a  # NaN stays NaN
+    if c == ELU:
+        return math.expm1(a) if a <= zero else a
     if c == STEP:
         return one if a >= zero else -one
     return a
@@ -185,6 +187,8 @@ def _deriv(c, a, h, one):
         return p * (one - p)
     if c == RELU:
         return one if a > zero else zero
+    if c == ELU:
+        return one if a > zero else h + one
     if c == STEP:
         return one if abs(a) <= one else zero
     return one

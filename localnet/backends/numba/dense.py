@@ -55,8 +55,8 @@ ALWAYS = dict(inline="always", error_model="numpy")  # bigger ones called in loo
 OVERLOAD = dict(error_model="numpy")  # the same, for the small type-dispatching overloads
 SPLIT = dict(JIT, parallel=True)  # element-wise passes split across a job's cores (see Cores above)
 
-CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5}
-LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC = range(6)
+CODES = {"linear": 0, "tanh": 1, "sigmoid": 2, "relu": 3, "step": 4, "stochastic_binary": 5, "elu": 6}
+LINEAR, TANH, SIGMOID, RELU, STEP, STOCHASTIC, ELU = range(7)
 
 
 def code(name):
@@ -300,6 +300,8 @@ def _act(c, a):
         return half * (_tanh(half * a) + one)
     if c == RELU:
         return zero if a < zero else a  # NaN stays NaN, as with np.maximum
+    if c == ELU:
+        return math.expm1(a) if a <= zero else a
     if c == STEP:
         return one if a >= zero else -one
     return a
@@ -318,6 +320,8 @@ def _deriv(c, a, h):
         return p * (one - p)
     if c == RELU:
         return one if a > zero else zero
+    if c == ELU:
+        return one if a > zero else h + one
     if c == STEP:
         return one if abs(a) <= one else zero
     return one

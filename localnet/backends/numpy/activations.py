@@ -22,6 +22,8 @@ def apply(name, a, rng=None, sample=False):
         return sigmoid(a)
     if name == "relu":
         return np.maximum(a, 0)
+    if name == "elu":  # α = 1: a, or e^a − 1 below zero
+        return np.where(a > 0, a, np.expm1(np.minimum(a, 0)))
     if name == "step":
         return np.where(a >= 0, 1, -1).astype(a.dtype)
     if name == "stochastic_binary":
@@ -42,6 +44,8 @@ def derivative(name, a, h):
         return h * (1 - h)
     if name == "relu":
         return (a > 0).astype(a.dtype)
+    if name == "elu":  # e^a = h + 1 below zero
+        return np.where(a > 0, 1, h + 1).astype(a.dtype)
     if name == "step":
         return (np.abs(a) <= 1).astype(a.dtype)
     if name == "stochastic_binary":
