@@ -55,6 +55,22 @@ def _load(source, backend, overrides=()):
     return load_spec(source, [*overrides, f"backend={backend}", "data.download=false"])
 
 
+def _bp_twin(spec_path):
+    """Backprop on the same net: `<name>-bp.yaml` beside `<name>-<rule>.yaml` where it exists, else the default."""
+    stem, _, _ = Path(spec_path).stem.rpartition("-")
+    twin = Path(spec_path).with_name(f"{stem}-bp.yaml") if stem else None
+    return twin if twin is not None and twin.is_file() else _spec_path(DEFAULT_BP_SPEC)
+
+
+def _layer_text(layer):
+    """A layer in a few characters: its width, `<channels>c<kernel>` for a conv block, or its type."""
+    if layer.size is not None:
+        return str(layer.size)
+    if layer.type == "conv2d":
+        return f"{layer.channels}c{layer.kernel}" + ({"max": "m", "avg": "a"}.get(layer.pool, ""))
+    return layer.type
+
+
 def _as_data(spec):
     from .spec import to_data
     return copy.deepcopy(to_data(spec))
@@ -346,7 +362,7 @@ class TorchNet:
     pathway (the sum of independent local losses has the same gradients as each loss alone).
     """
 
-    ACTS = ("linear", "tanh", "sigmoid", "relu")
+    ACTS = ("linear", "tanh", "sigmoid", "relu", "elu")
 
     def __init__(self, spec, n_features, n_classes, device="cpu"):
         import torch
@@ -357,7 +373,8 @@ class TorchNet:
         for layer in layers:
             if layer.activation not in self.ACTS:
                 raise ValueError(f"activation {layer.activation} has no PyTorch comparison")
-        if spec.network.chain is not None or spec.network.channels is not None:
+        if spec.network.chain is not None or spec.network.channels is not None or \
+                any(layer.inputs is not None for layer in layers):
             raise ValueError("only plain chains have a PyTorch comparison")
         r = spec.rule
         if r.name not in ("dtp", "bp") or (r.name == "dtp" and (r.first_target != "output"
@@ -382,7 +399,8 @@ class TorchNet:
 
     def _act(self, name):
         torch = self.torch
-        return {"linear": lambda a: a, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu}[name]
+        return {"linear": lambda a: a, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
+                "elu": torch.nn.functional.elu}[name]
 
     def _adam(self, params, o):
         if o.type != "adam":
@@ -439,12 +457,74 @@ class TorchNet:
         return float(loss.detach())
 
 
+class TorchConvBP:
+    """Backprop on the spec's chain of conv2d, flatten and dense layers in PyTorch, as one would write it: an
+    nn.Sequential of Conv2d, the activation, MaxPool2d/AvgPool2d, Flatten and Linear, xavier_normal weights, zero
+    biases, Adam, mean cross-entropy."""
+
+    def __init__(self, spec, n_features, n_classes, device="cpu"):
+        import torch
+        from torch import nn
+
+        from .data import sample_shape
+        self.torch, self.device = torch, device
+        if spec.dtype != "float32" or spec.rule.name != "bp":
+            raise ValueError("the PyTorch comparison of conv nets is float32 backprop only")
+        if any(layer.inputs is not None for layer in spec.network.layers):
+            raise ValueError("only plain chains have a PyTorch comparison")
+        acts = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU}
+        self.shape = sample_shape(spec.data.name)
+        torch.manual_seed(spec.seed)
+        modules, shape = [], self.shape
+        for layer in spec.network.layers:
+            if layer.activation not in acts:
+                raise ValueError(f"activation {layer.activation} has no PyTorch comparison")
+            if layer.type == "conv2d":
+                conv = nn.Conv2d(shape[0], layer.channels, layer.kernel, layer.stride, layer.padding, bias=layer.bias)
+                modules += [conv, acts[layer.activation]()]
+                if layer.pool and layer.pool_size > 1:
+                    pool = nn.MaxPool2d if layer.pool == "max" else nn.AvgPool2d
+                    modules.append(pool(layer.pool_size))
+            elif layer.type == "flatten":
+                modules.append(nn.Flatten())
+            elif layer.type == "dense":
+                if len(shape) > 1:
+                    modules.append(nn.Flatten())
+                modules += [nn.Linear(int(np.prod(shape)), layer.size, bias=layer.bias), acts[layer.activation]()]
+            else:
+                raise ValueError(f"{layer.type} layers have no PyTorch comparison")
+            with torch.no_grad():
+                shape = tuple(nn.Sequential(*modules)(torch.zeros(1, *self.shape)).shape[1:])
+        for m in modules:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_normal_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        self.net = nn.Sequential(*modules).to(device)
+        o = spec.optimizer.forward
+        if o.type != "adam":
+            raise ValueError("the PyTorch comparison uses Adam")
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                    weight_decay=o.weight_decay)
+
+    def step(self, x, y):
+        torch = self.torch
+        x = torch.from_numpy(np.ascontiguousarray(x, np.float32)).reshape(len(x), *self.shape).to(self.device)
+        y = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
+        loss = torch.nn.functional.cross_entropy(self.net(x), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return float(loss.detach())
+
+
 def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, device="cpu"):
     import torch
 
     from .threads import cores
     torch.set_num_threads(cores())  # every core, whatever OMP_NUM_THREADS says (localnet/blas.py may have set it)
-    net = TorchNet(spec, x.shape[1], n_classes, device)
+    dense = all(layer.type == "dense" for layer in spec.network.layers)
+    net = (TorchNet if dense else TorchConvBP)(spec, x.shape[1], n_classes, device)
     torch.manual_seed(spec.seed)
     size, n = spec.train.batch_size, len(x)
     starts = list(range(0, n, size))
@@ -656,7 +736,7 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
     spec_path = Path(spec_path) if spec_path else _spec_path(DEFAULT_SPEC)
     if spec_path is None:
         raise click.UsageError(f"no spec given and specs/{DEFAULT_SPEC} not found")
-    bp_spec_path = Path(bp_spec_path) if bp_spec_path else _spec_path(DEFAULT_BP_SPEC)
+    bp_spec_path = Path(bp_spec_path) if bp_spec_path else _bp_twin(spec_path)
     available = _backends()
     names = [b for b in (backends or available) if b in available]
     missing = [b for b in (backends or []) if b not in available]
@@ -687,11 +767,13 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
         probe = build(s, n_features=x.shape[1], n_classes=n_classes)
         gemms = step_gemms(probe, s.train.batch_size)
         n_steps = -(-len(x) // s.train.batch_size)
-        per_sample = flops(gemms) / s.train.batch_size
+        report["net"][rule] = {"spec": str(path), "layers": [_layer_text(layer) for layer in s.network.layers],
+                               "batch_size": s.train.batch_size, "dtype": s.dtype, "steps_per_epoch": n_steps,
+                               "mflop_per_sample": None if gemms is None else flops(gemms) / s.train.batch_size / 1e6}
+        if gemms is None:  # conv blocks: their work is not a list of matrix products
+            report["skipped"][f"floor {rule}"] = "the net has layers whose work is not matrix products (conv2d)"
+            continue
         layouts, which = measure_gemms_at_shapes(gemms, np.dtype(s.dtype), names, 1.0 if batches is None else 0.2)
-        report["net"][rule] = {"spec": str(path), "layers": [layer.size for layer in s.network.layers],
-                               "batch_size": s.train.batch_size, "dtype": s.dtype, "mflop_per_sample": per_sample / 1e6,
-                               "steps_per_epoch": n_steps}
         report["floor"][rule] = {"peak_s": flops(gemms) * n_steps / (peak * 1e9),
                                  "gemm_at_shapes_s": min(layouts.values()) * n_steps, "gemm_at_shapes_blas": which,
                                  "layouts_s": {k: v * n_steps for k, v in layouts.items()}}
@@ -755,19 +837,25 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             report["results"].append(dict(backend="pytorch", rule=rule, **timed))
             time.sleep(QUIET_S)
     torch_s = {r["rule"]: r["seconds"] for r in report["results"] if r["backend"] == "pytorch"}
+    bp_s = {r["backend"]: r["seconds"] for r in report["results"] if r["rule"] == "bp"}
     for r in report["results"]:
-        fl = report["floor"][r["rule"]]
-        r["vs_peak_floor"] = r["seconds"] / fl["peak_s"]
-        r["vs_gemm_at_shapes"] = r["seconds"] / fl["gemm_at_shapes_s"]
+        fl = report["floor"].get(r["rule"])
+        if fl is not None:
+            r["vs_peak_floor"] = r["seconds"] / fl["peak_s"]
+            r["vs_gemm_at_shapes"] = r["seconds"] / fl["gemm_at_shapes_s"]
         if r["rule"] in torch_s:
             r["vs_pytorch"] = r["seconds"] / torch_s[r["rule"]]
+        if r["backend"] in bp_s:  # what the rule costs against backprop on the same net and backend
+            r["vs_bp"] = r["seconds"] / bp_s[r["backend"]]
 
     if "cuda" in names:
         say("the GPU: kernel FLOP rate and the wide net")
         report["cuda"] = time_cuda(rules, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches,
                                    torch=torch)
 
-    if sweep and names:
+    if sweep and names and any(layer.type != "dense" for layer in spec.network.layers):
+        report["skipped"]["sweep"] = "the size sweep varies dense widths and depth; this net has other layers"
+    elif sweep and names:
         fastest = min((r for r in report["results"] if r["backend"] in names and r["rule"] == spec.rule.name),
                       key=lambda r: r["seconds"])["backend"]
         report["sweep"] = {"backend": fastest, "rule": spec.rule.name, "rows": []}
@@ -807,17 +895,24 @@ def render(report, console):
         floor.add_row(rule, f"{'-'.join(map(str, n['layers']))} ×{n['batch_size']} {n['dtype']}",
                       f"{n['mflop_per_sample']:.2f}", f"{f['peak_s']:.2f}",
                       f"{lay['blas_all']:.2f} | {lay['blas_1']:.2f} | {lay['two_workers']:.2f}", f["gemm_at_shapes_blas"])
-    console.print(floor)
+    if report["floor"]:
+        console.print(floor)
+    for rule, n in report["net"].items():
+        if rule not in report["floor"]:
+            console.print(f"net ({rule}): {'-'.join(map(str, n['layers']))} ×{n['batch_size']} {n['dtype']}")
     console.print(f"cores used: {report['machine']['threads']} (`localnet --threads N`); the results' `job "
                   "threads` column: the local engine's layout (localnet/threads.py)")
     res = Table(title="seconds per training epoch (median)")
-    for col in ("backend", "rule", "job threads", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch",
+    for col in ("backend", "rule", "job threads", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "× bp",
                 "peak RSS MiB", "first step s", "other load", "epochs"):
         res.add_column(col)
+
+    def ratio(r, key):
+        return f"{r[key]:.2f}" if key in r else "-"
     for r in report["results"]:
         res.add_row(r["backend"], r["rule"], str(r.get("job_threads", "-")), f"{r['seconds']:.2f}",
-                    f"{r['vs_peak_floor']:.2f}",
-                    f"{r['vs_gemm_at_shapes']:.2f}", f"{r['vs_pytorch']:.2f}" if "vs_pytorch" in r else "-",
+                    ratio(r, "vs_peak_floor"), ratio(r, "vs_gemm_at_shapes"), ratio(r, "vs_pytorch"),
+                    ratio(r, "vs_bp") if r["rule"] != "bp" else "-",
                     f"{r['peak_rss_mib']:.0f}", f"{r['first_step']:.2f}" if r.get("first_step") else "-",
                     f"{100 * r['other_load']:.0f}%" if r.get("other_load") is not None else "-",
                     " ".join(f"{s:.2f}" for s in r["epochs"]))
