@@ -329,10 +329,10 @@ def report(run_dirs, table=False, html_out=None, plot_out=None):
 
 
 def _compare(run_dirs, html_out, plot_out):
-    from pathlib import Path
-
     from . import report as comparison
-    from .runs import write_text
+    from .runs import output_file, write_text
+    html_out = output_file(html_out) if html_out else None  # refused before anything is read or written
+    plot_out = output_file(plot_out) if plot_out else None
     if plot_out:
         from .plot import _matplotlib
         _matplotlib()  # fail before reading anything
@@ -342,9 +342,8 @@ def _compare(run_dirs, html_out, plot_out):
             _warn(r.warning)
     click.echo(comparison.markdown(rows), nl=False)
     if html_out:
-        Path(html_out).parent.mkdir(parents=True, exist_ok=True)
-        write_text(Path(html_out), comparison.html_page(rows))
-        err.print(f"wrote {escape(html_out)}", soft_wrap=True)
+        write_text(html_out, comparison.html_page(rows))
+        err.print(f"wrote {escape(str(html_out))}", soft_wrap=True)
     if plot_out:
         from .plot import RunCurves, draw
         err.print(f"wrote {escape(str(draw([RunCurves(p) for p in run_dirs], plot_out)))}", soft_wrap=True)

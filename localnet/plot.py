@@ -138,8 +138,8 @@ def draw(runs, out, metric="angle_bp"):
     names = [run.name for run in runs]  # the spec's name and overrides; the run's id only where two runs share them
     labels = [f"{run.name} ({run.id})" if names.count(run.name) > 1 else run.name for run in runs]
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 4), fontsize=9, frameon=False)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from .runs import output_file
+    out = output_file(out)
     fig.savefig(out, dpi=100)
     return out
 
@@ -181,6 +181,9 @@ def plot(run_dirs, out, metric):
     each layer's angle with backprop's gradient, for one or more runs overlaid, to a PNG (needs matplotlib:
     pip install 'localnet[plot]')."""
     _matplotlib()  # fail before reading anything
+    if out is not None:
+        from .runs import output_file
+        output_file(out)
     runs = [RunCurves(path) for path in run_dirs]
     for run in runs:
         if run.warning:
@@ -188,7 +191,8 @@ def plot(run_dirs, out, metric):
     if not any(run.epochs or run.diagnostics for run in runs):
         raise LocalnetError("nothing to plot: no run has logged an epoch or a diagnostics record yet")
     if out is None:
-        out = Path(run_dirs[0]) / "curves.png" if len(run_dirs) == 1 else Path("curves.png")
+        from .runs import own
+        out = own(Path(run_dirs[0]) / "curves.png") if len(run_dirs) == 1 else Path("curves.png")
     path = draw(runs, out, metric)
     missing = [run.label for run in runs if not run.diagnostics]
     if missing and len(missing) < len(runs):

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import blas
 from ..threads import cores
-from ..errors import RunError
+from ..errors import LocalnetError, RunError
 from ..spec import dump_spec, load_spec
 
 try:
@@ -88,9 +88,38 @@ def write_json(path: Path, data):
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def own(path: Path) -> Path:
+    """`path`, an entry of a run directory, if it is not a symbolic link and, where it exists, a regular file or a
+    directory: a run directory is untrusted input, and nothing is read, written or deleted through a link out of
+    it (a symlinked `checkpoints/` once had resume delete the folders it pointed at), nor read from a device or a
+    FIFO (which would hang)."""
+    if path.is_symlink():
+        raise RunError(f"{path} is a symbolic link: a run directory's files and folders must be its own")
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise RunError(f"{path} is not a regular file or folder")
+    return path
+
+
+def output_file(path) -> Path:
+    """A path a command may write a report or a plot to: a regular file or nothing yet, in a folder (made if
+    missing). Anything else (a device such as /dev/full, a FIFO, a folder, a path under a file) is one clear error,
+    before anything is written."""
+    path = Path(path)
+    if path.exists() and not path.is_file():
+        raise LocalnetError(f"{path} exists and is not a regular file; give a file name to write to")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalnetError(f"cannot make the folder {path.parent} for {path.name}: "
+                            f"{exc.strerror or exc}") from None
+    if not path.parent.is_dir():
+        raise LocalnetError(f"{path.parent} is not a folder, so {path} cannot be written")
+    return path
+
+
 def _read_json(path: Path, what: str):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(own(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RunError(f"{what} {path} is missing") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -105,7 +134,7 @@ def read_npz(path: Path, what="checkpoint", sha256=None) -> dict:
     """Every array of an .npz file, read eagerly (so a truncated or corrupt member fails here, naming the file)
     and never with pickle; with `sha256`, a file whose bytes changed in any way is refused before parsing."""
     try:
-        raw = path.read_bytes()
+        raw = own(path).read_bytes()
         if sha256 is not None and _sha256(raw) != sha256:
             raise RunError(f"{what} file {path} is corrupt: its SHA-256 is not the one recorded when it was written")
         data = np.load(io.BytesIO(raw), allow_pickle=False)
@@ -141,7 +170,12 @@ class RunDir:
         """A new, uniquely named run directory, locked by this process; mkdir without exist_ok makes two runs
         started in the same second (in threads or processes) distinct."""
         root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunError(f"cannot use {root} as the runs folder: {exc.strerror or exc}") from None
+        if not root.is_dir():
+            raise RunError(f"cannot use {root} as the runs folder: it is not a folder")
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)[:60] or "run"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         while True:
@@ -188,7 +222,7 @@ class RunDir:
         SIGKILL included); a run directory another live process holds is refused."""
         if fcntl is None or self._lock_fd is not None:
             return
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(own(self.path / ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -205,7 +239,7 @@ class RunDir:
         """Whether some other process holds this run's lock right now (a live run)."""
         if fcntl is None or self._lock_fd is not None or not (self.path / ".lock").exists():
             return False
-        fd = os.open(self.path / ".lock", os.O_RDWR)
+        fd = os.open(own(self.path / ".lock"), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -216,7 +250,7 @@ class RunDir:
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def log(self, record: dict):
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        with open(own(self.path / "metrics.jsonl"), "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
@@ -224,7 +258,7 @@ class RunDir:
     def read_metrics(self) -> tuple[list, list]:
         """(records, skipped): the logged records, and the 1-based numbers of lines that are not a JSON record
         (a line torn by a crash mid-write), which are left out."""
-        path = self.path / "metrics.jsonl"
+        path = own(self.path / "metrics.jsonl")
         try:
             text = path.read_bytes().decode("utf-8", errors="replace")
         except FileNotFoundError:
@@ -272,7 +306,7 @@ class RunDir:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _checkpoints(self) -> Path:
-        return self.path / CHECKPOINTS
+        return own(self.path / CHECKPOINTS)
 
     def new_checkpoint(self) -> Path:
         """A fresh, empty checkpoint directory, numbered after every one that exists (complete or not)."""
@@ -303,8 +337,8 @@ class RunDir:
         write_json(self._checkpoints() / LATEST, {
             "checkpoint": checkpoint.name, "epoch": trainer.get("epoch"), "pass": trainer.get("pass"),
             "batch": trainer.get("batch"), "sha256": _sha256(text.encode("utf-8"))})
-        for other in self._checkpoints().iterdir():
-            if other.is_dir() and other != checkpoint:
+        for other in self._checkpoints().iterdir():  # only the numbered folders this code makes, never a link
+            if _SEQUENCE.match(other.name) and other.is_dir() and not other.is_symlink() and other != checkpoint:
                 shutil.rmtree(other, ignore_errors=True)
 
     def save_checkpoint(self, states: dict, trainer: dict, channels: dict | None = None,
