@@ -7,6 +7,7 @@ and a dtype. Every check failure names the spec line that declared the offending
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import networkx as nx
@@ -254,12 +255,38 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
         d["channel"].bind(spec.seed)  # the network binds them again to its own seed
     graph = NetworkGraph(g, tuple(order[1:-1]), n_in, sizes, schedules[0], schedules[1], feedback, direct_in,
                          inputs)
+    _check_memory(spec, graph, layer_specs)
     if not graph.is_chain:
         delayed = [c.identity for c in graph.channels if any(k.type == "delay" for k in c.constraints)]
         if delayed:
             raise spec_error(spec, ("network",), "delayed messages need a chain of layers (one input and one "
                              "consumer each) for now", found="delays on " + ", ".join(delayed))
     return graph
+
+
+def _physical_memory():
+    """The machine's memory in bytes, or None where the platform does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(spec, graph, layer_specs):
+    """Refuse, before anything is allocated, a network whose parameters (with their gradients and optimiser
+    moments) and a batch's per-layer arrays would not fit in 80 % of the machine's memory."""
+    from .layers.base import family
+    itemsize = 8 if spec.dtype == "float64" else 4
+    params = sum(family(layer.type).parameter_count(layer, graph.n_in[name], graph.shapes[name],
+                                                    name in graph.feedback_layers)
+                 for name, (_, layer) in layer_specs.items())
+    units = sum(math.prod(graph.n_in[name]) + math.prod(graph.shapes[name]) for name in layer_specs)
+    need = itemsize * (4 * params + 6 * max(spec.train.batch_size, spec.train.eval_batch_size) * units)
+    have = _physical_memory()
+    if have and need > 0.8 * have:
+        raise spec_error(spec, ("network", "layers"), f"the network needs about {need / 2**30:.1f} GiB ({params:,} "
+                         "parameters with their gradients and optimiser state, and a batch's arrays), more than "
+                         f"80 % of this machine's {have / 2**30:.1f} GiB", expected="smaller layers or batches")
 
 
 def _shape(shape):

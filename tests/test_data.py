@@ -518,3 +518,43 @@ def test_real_fashion_mnist_from_system_dir():
         assert split.y.min() == 0 and split.y.max() == 9
         assert split.x.min() == 0 and split.x.max() == 1
     assert np.bincount(ds.train.y).tolist() == [6000] * 10
+
+
+# ---------------------------------------------------------------- hostile files: one line naming the file
+def _mnist(tmp_path, **replace):
+    """Made-up MNIST files in `tmp_path`, with some replaced: name -> (array, IDX dtype) or raw bytes."""
+    for name in fetch.REGISTRY["mnist"].files:
+        value = replace.get(name.removesuffix(".gz"))
+        path = tmp_path / name.removesuffix(".gz")
+        if isinstance(value, bytes):
+            path.write_bytes(value)
+        elif value is not None:
+            write_idx(path, value[0], value[1])
+        else:
+            write_idx(path, np.zeros((4, 28, 28) if "images" in name else 4))
+    return tmp_path
+
+
+@pytest.mark.parametrize("replace, message", [
+    ({"train-images-idx3-ubyte": b""}, "not an IDX file"),
+    ({"train-images-idx3-ubyte": bytes([0, 0, 8, 2]) + np.array([65536, 4], ">u4").tobytes()}, "file truncated"),
+    ({"train-images-idx3-ubyte": bytes([0, 0, 8, 4]) + np.array([65536] * 4, ">u4").tobytes()}, "file truncated"),
+    ({"train-images-idx3-ubyte": (np.zeros((0, 28, 28)), "u1"), "train-labels-idx1-ubyte": (np.zeros(0), "u1")},
+     "no images"),
+    ({"train-labels-idx1-ubyte": (np.array([1, 2, np.nan, 3]), ">f4")}, "labels must be integers, found float32"),
+    ({"t10k-labels-idx1-ubyte": (np.array([1, 2, 3.5, 3]), ">f8")}, "labels must be integers, found float64"),
+    ({"train-images-idx3-ubyte": (np.full((4, 28, 28), np.nan), ">f4")}, "NaN or infinite"),
+])
+def test_hostile_idx_files_are_one_data_error_naming_the_file(tmp_path, replace, message):
+    _mnist(tmp_path, **replace)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset("mnist", path=tmp_path)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_digits_with_string_labels_or_nan_pixels_is_a_data_error(tmp_path):
+    x, y = raw_digits()
+    for images, labels in ((x[:50], y[:50].astype(str)), (np.full((50, 64), np.nan), y[:50])):
+        np.savez(tmp_path / "digits.npz", images=images, labels=labels)
+        with pytest.raises(DataError, match="integer labels and finite numeric images"):
+            load_dataset("digits", path=tmp_path, test=10)

@@ -1,5 +1,6 @@
 """Loading a named data set into fixed train / validation / test splits."""
 
+import math
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -72,16 +73,27 @@ def _load_digits(path):
         raise DataError(f"{file}: cannot read digits data: {type(e).__name__}: {e}") from e
     if x.ndim != 2 or y.shape != (len(x),):
         raise DataError(f"{file}: expected images (N, 64) and labels (N,), found {x.shape} and {y.shape}")
+    if y.dtype.kind not in "iu" or x.dtype.kind not in "iuf" or (x.dtype.kind == "f" and not np.isfinite(x).all()):
+        raise DataError(f"{file}: expected integer labels and finite numeric images, found labels of "
+                        f"{y.dtype.name} and images of {x.dtype.name}" + (" holding NaN or infinite values"
+                                                                         if x.dtype.kind == "f" else ""))
     return x, y, None, None, 16
 
 
 def _load_idx(name, path, download):
     files = fetch.locate(name, path, download=download)
     train_x, train_y, test_x, test_y = (read_idx(f) for f in files)
-    for file, x, y in ((files[0], train_x, train_y), (files[2], test_x, test_y)):
+    for (images, labels), x, y in (((files[0], files[1]), train_x, train_y), ((files[2], files[3]), test_x, test_y)):
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{file}: images {x.shape} do not match labels {y.shape} of the same split")
-    return train_x.reshape(len(train_x), -1), train_y, test_x.reshape(len(test_x), -1), test_y, 255
+            raise DataError(f"{images}: images {x.shape} do not match labels {y.shape} of the same split")
+        if not len(x):
+            raise DataError(f"{images}: no images")
+        if y.dtype.kind not in "iu":  # a float label would be cast: 3.5 to 3, NaN to a huge negative index
+            raise DataError(f"{labels}: labels must be integers, found {y.dtype.name}")
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            raise DataError(f"{images}: images hold NaN or infinite values")
+    flat = [x.reshape(len(x), math.prod(x.shape[1:])) for x in (train_x, test_x)]
+    return flat[0], train_y, flat[1], test_y, 255
 
 
 def _load_cifar10(name, path, download):

@@ -1,6 +1,7 @@
 """Reader for the IDX format that MNIST, Fashion-MNIST and KMNIST are published in."""
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def read_idx(path) -> np.ndarray:
         raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header} for {ndim} dimensions)")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = _DTYPES[code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python ints: a hostile header cannot overflow the check
     if len(raw) - header != expected:
         raise DataError(
             f"{path}: IDX payload is {len(raw) - header} bytes, header {shape} of {dtype.name} needs {expected}"

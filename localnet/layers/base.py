@@ -76,6 +76,12 @@ class Layer(Node):
         return tuple(shapes[0])
 
     @classmethod
+    def parameter_count(cls, layer_spec, in_shape, out_shape, feedback):
+        """How many parameter values a layer of these shapes owns (`feedback`: whether it owns g), for the memory
+        check at build time. Default: none."""
+        return 0
+
+    @classmethod
     def output_shape(cls, layer_spec, in_shape):
         """The per-sample shape of the output for an input of `in_shape` (a tuple); ValueError if it cannot take it."""
         raise NotImplementedError

@@ -75,6 +75,11 @@ class Conv2dLayer(ParametricLayer):
             raise error(("network",), f"delayed messages are not supported with conv2d layers yet (layer {name!r})")
 
     @classmethod
+    def parameter_count(cls, layer_spec, in_shape, out_shape, feedback):
+        c_in, c_out, k = in_shape[0], layer_spec.channels, layer_spec.kernel
+        return (c_out * c_in * k * k + c_out) + ((c_out * c_in * k * k + c_in) if feedback else 0)
+
+    @classmethod
     def output_shape(cls, layer_spec, in_shape):
         if len(in_shape) != 3:
             raise ValueError("a conv2d layer takes C×H×W inputs (a data set's images, or another conv2d layer)")

@@ -35,6 +35,11 @@ class DenseLayer(ParametricLayer):
         return (layer_spec.size,)
 
     @classmethod
+    def parameter_count(cls, layer_spec, in_shape, out_shape, feedback):
+        n_in, n = flat_size(in_shape), layer_spec.size
+        return (n_in + 1) * n + (n * n_in + n_in if feedback else 0)
+
+    @classmethod
     def check_spec(cls, spec, layer_spec, where, error):
         if layer_spec.size is None:
             raise error((*where, "size"), f"missing required key 'size' (dense layer {layer_spec.name!r})",

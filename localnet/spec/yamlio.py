@@ -133,9 +133,17 @@ def _one_line(text):
 
 
 def read_yaml(path):
+    """A spec file's data and line map. Only a regular file is read (a FIFO would block forever, /dev/zero never
+    end), and at most MAX_SPEC_BYTES + 1 of it, so a huge file is refused by the size check, not by memory."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.exists() and not path.is_file():
+            raise SpecError("a spec is a regular file", file=path, found="a FIFO, device or other special file")
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+        if len(raw) > MAX_SPEC_BYTES:
+            raise SpecError("spec file is too large", file=path, expected=f"at most {MAX_SPEC_BYTES} bytes")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SpecError("spec file not found", file=path) from None
     except (OSError, UnicodeDecodeError) as exc:
