@@ -164,3 +164,16 @@ def test_delivered_messages_are_read_only():
                 assert not received.flags.writeable
                 with pytest.raises(ValueError):
                     received[...] = 0
+
+
+def test_a_network_too_large_for_the_machine_is_refused_before_anything_is_allocated(tmp_path):
+    """784-1048576-... passes every per-key bound; its parameters alone would take more memory than the machine has:
+    the build refuses it, naming the layers' line, and no run directory is made."""
+    from pathlib import Path
+
+    from localnet.training import train
+    quickstart = Path(__file__).resolve().parents[1] / "specs" / "quickstart.yaml"
+    spec = localnet.load_spec(quickstart, ["network.layers.h1.size=1048576"])
+    with pytest.raises(SpecError, match=r"network\.layers: the network needs about .* GiB .* more than 80 % of this"):
+        train(spec, runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()
