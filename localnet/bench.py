@@ -733,6 +733,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
               torch=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None):
     """Everything `localnet bench` measures, as a JSON-ready dict."""
     say = progress or (lambda msg: None)
+    if batches is not None:  # a quick bench is quick everywhere
+        breakdown_batches = min(breakdown_batches, batches)
     spec_path = Path(spec_path) if spec_path else _spec_path(DEFAULT_SPEC)
     if spec_path is None:
         raise click.UsageError(f"no spec given and specs/{DEFAULT_SPEC} not found")

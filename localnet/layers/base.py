@@ -283,6 +283,14 @@ def combined(inbox, kind, h):
     return h + sum((p - h for p in parts[1:]), parts[0] - h)
 
 
+def optimizer_text(spec):
+    """An optimiser spec for `localnet show`: type, learning rate and schedule."""
+    text = f"{spec.type} {spec.lr:.3g}"
+    if spec.schedule != "constant":
+        text += f" {spec.schedule}" + (f"/{spec.schedule_epochs}" if spec.schedule_epochs else "")
+    return text
+
+
 def shape_text(shape):
     return "x".join(str(d) for d in shape)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..constraints import layer_constraint
 from ..diagnostics import reference as ref
-from .base import Reference, register_family, shape_text
+from .base import Reference, optimizer_text, register_family, shape_text
 from .init import initialize_kernel
 from .parametric import ParametricLayer
 
@@ -218,11 +218,11 @@ class Conv2dLayer(ParametricLayer):
         k = self.forward_params["W"].shape[2]
         block = f"{self.activation}, conv {k}x{k}/{self.stride} pad {self.padding}" + (
             f", {self.pool} pool {self.pool_size}" if self.pool else "")
-        row.update(activation=block, **{"forward optimiser": f"{fo.type} {fo.lr:.3g}"})
+        row.update(activation=block, **{"forward optimiser": optimizer_text(fo)})
         if self.has_feedback:
             row["feedback"] = (f"{self.feedback_activation} convT {shape_text(self.out_shape)}->"
                                f"{shape_text(self.in_shape)}" + (" (fixed)" if self.feedback_fixed else ""))
-            row["feedback optimiser"] = f"{bo.spec.type} {bo.spec.lr:.3g}"
+            row["feedback optimiser"] = optimizer_text(bo.spec)
         return row
 
 

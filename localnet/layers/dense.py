@@ -16,7 +16,7 @@ import numpy as np
 from ..constraints import layer_constraint
 from ..diagnostics import reference as ref
 from ..errors import LocalnetError
-from .base import Reference, flat_size, register_family, shape_text
+from .base import Reference, flat_size, optimizer_text, register_family, shape_text
 from .init import initialize
 from .parametric import ParametricLayer
 
@@ -193,13 +193,13 @@ class DenseLayer(ParametricLayer):
     def describe(self):
         fo, bo = self.forward_optimizer.spec, self.feedback_optimizer
         row = super().describe()
-        row.update(activation=self.activation, **{"forward optimiser": f"{fo.type} {fo.lr:.3g}"})
+        row.update(activation=self.activation, **{"forward optimiser": optimizer_text(fo)})
         if self.has_feedback:
             g_in = self.direct_from if self.direct_from is not None else self.size
             g_out = self.size if self.direct_from is not None else shape_text(self.in_shape)
             row["feedback"] = (f"{self.feedback_activation} {g_in}->{g_out}"
                                + (" (fixed)" if self.feedback_fixed else ""))
-            row["feedback optimiser"] = f"{bo.spec.type} {bo.spec.lr:.3g}"
+            row["feedback optimiser"] = optimizer_text(bo.spec)
         return row
 
     @property
