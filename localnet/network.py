@@ -80,6 +80,9 @@ class Network:
         self.loss = nodes[LOSS]
         self.engine = new_engine(self.graph, nodes)  # LocalEngine unless inside engines.using(...)
         self.backend.check_supported(spec, self.engine)  # what a backend cannot run is refused before any step
+        if self.scheduled and hasattr(self.engine, "comm"):
+            raise LocalnetError("learning-rate schedules need the local engine: the MPI engine's ranks keep the "
+                                "spec's constant learning rates")
         check_layer_constraints(spec, self.graph)
         self.engine.bind_channels(seed)  # constraints' generators: the network's seed and each channel's identity
         self.engine.check_isolation()  # LocalityError if a node holds another or another's memory
@@ -208,9 +211,6 @@ class Network:
 
     def start_epoch(self, epoch):
         """Set every layer's scheduled learning rates for `epoch` (from 1)."""
-        if hasattr(self.engine, "comm"):
-            raise LocalnetError("learning-rate schedules need the local engine: the MPI engine's ranks keep the "
-                                "spec's constant learning rates")
         for layer in self.layers.values():
             layer.start_epoch(epoch, self.spec.train.epochs)
 

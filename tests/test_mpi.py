@@ -345,3 +345,12 @@ def test_diagnostics_under_mpi_log_what_the_local_engine_logs(tmp_path):
                 if value is not None:
                     assert value == pytest.approx(expected_value, rel=1e-9, abs=1e-12), (name, key)
     assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "mpi")), checkpoint_arrays(only_run(tmp_path / "local")))
+
+
+@needs_mpi
+def test_a_learning_rate_schedule_is_refused_under_mpi_before_a_run_starts(tmp_path):
+    done = mpirun(2, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--runs-dir", str(tmp_path),
+                  "--set", "optimizer.forward={type: sgd, lr: 0.1, schedule: cosine}")
+    assert done.returncode != 0
+    assert "learning-rate schedules need the local engine" in done.stdout + done.stderr
+    assert not list(tmp_path.iterdir())  # no run directory was made
