@@ -62,6 +62,15 @@ def _bp_twin(spec_path):
     return twin if twin is not None and twin.is_file() else _spec_path(DEFAULT_BP_SPEC)
 
 
+def _sample_shape(spec, x):
+    """The per-sample shape the spec's data set has (a conv net needs C×H×W), for x kept flat as (N, features)."""
+    import math
+
+    from .data import sample_shape
+    shape = sample_shape(spec.data.name)
+    return shape if math.prod(shape) == x.shape[1] else x.shape[1]
+
+
 def _layer_text(layer):
     """A layer in a few characters: its width, `<channels>c<kernel>` for a conv block, or its type."""
     if layer.size is not None:
@@ -260,13 +269,8 @@ def _peak_rss_mib():
 
 
 def _state_mib(net):
-    total = 0
-    for layer in net.layers.values():
-        total += sum(p.nbytes for p in layer.parameters().values())
-        for opt in (layer.forward_optimizer, layer.feedback_optimizer):
-            if opt is not None:
-                total += sum(a.nbytes for d in opt.state.values() for a in d.values())
-    return total / 2**20
+    """MiB of every layer's parameters and optimiser state (what the layer protocol calls its owned arrays)."""
+    return sum(a.nbytes for layer in net.layers.values() for a in layer.owned_arrays().values()) / 2**20
 
 
 # -------------------------------------------------------------------------------------------------------------
@@ -288,7 +292,7 @@ def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=
     from .network import build
     from .training import DATA_ORDER_STREAM, _passes
     t0 = time.perf_counter()
-    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    net = build(spec, n_features=_sample_shape(spec, x), n_classes=n_classes)
     passes = _passes(spec, net)
     size = spec.train.batch_size
     n = len(x)
@@ -320,7 +324,7 @@ def time_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, workers=
 def phase_breakdown(spec, x, y, n_classes, batches=150):
     """Seconds per epoch in each phase of `train_step`, timed phase by phase on `batches` batches."""
     from .network import build
-    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    net = build(spec, n_features=_sample_shape(spec, x), n_classes=n_classes)
     eng = net.engine
     size = spec.train.batch_size
     n_batches = -(-len(x) // size)
@@ -632,7 +636,7 @@ def time_cuda(rules, x, y, n_classes, *, epochs, warmup, batches, torch):
         wide = [f"network.layers.{layer.name}.size={WIDE}" for layer in base.network.layers[:-1]]
         s = _load(path, "cuda", [*wide, f"train.batch_size={WIDE_BATCH}"])
         timed, _ = time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup, batches=batches)
-        gemm_s = flops(step_gemms(build(s, n_features=x.shape[1], n_classes=n_classes), WIDE_BATCH)) * \
+        gemm_s = flops(step_gemms(build(s, n_features=_sample_shape(s, x), n_classes=n_classes), WIDE_BATCH)) * \
             -(-len(x) // WIDE_BATCH) / (out["gemm_gflops"] * 1e9)
         row = dict(rule=rule, layers=[layer.size for layer in s.network.layers], batch_size=WIDE_BATCH,
                    seconds=timed["seconds"], vs_gemm_floor=timed["seconds"] / gemm_s)
@@ -677,7 +681,7 @@ def sweep_specs(spec):
 def time_samples(spec, x, y, n_classes, samples=8192, warmup=5):
     """Microseconds per training sample of the spec's step, and its matrix-product FLOPs per sample."""
     from .network import build
-    net = build(spec, n_features=x.shape[1], n_classes=n_classes)
+    net = build(spec, n_features=_sample_shape(spec, x), n_classes=n_classes)
     size = spec.train.batch_size
     steps = max(10, samples // size)
     n_batches = len(x) // size
@@ -766,7 +770,7 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
     time.sleep(QUIET_S)
     for rule, path in rules.items():
         s = _load(path, names[0] if names else "numpy")
-        probe = build(s, n_features=x.shape[1], n_classes=n_classes)
+        probe = build(s, n_features=_sample_shape(s, x), n_classes=n_classes)
         gemms = step_gemms(probe, s.train.batch_size)
         n_steps = -(-len(x) // s.train.batch_size)
         report["net"][rule] = {"spec": str(path), "layers": [_layer_text(layer) for layer in s.network.layers],

@@ -130,3 +130,45 @@ def test_pytorch_is_timed_in_a_process_of_its_own(tmp_path):
     out = time_torch_in_own_process(tiny_spec(tmp_path), epochs=1, warmup=1, batches=2)
     assert out["seconds"] > 0 and len(out["epochs"]) == 1 and out["threads"] >= 1
     assert out["localnet_openmp_loaded"] is False and out["peak_rss_mib"] > 0
+
+
+def test_a_conv_net_is_benched_against_its_backprop_twin_without_a_gemm_floor():
+    """A conv block's work is not a list of matrix products: no floor row, said so; the backprop spec beside the
+    rule's (`-bp.yaml`) is found by itself; each rule is reported against backprop on the same backend."""
+    from localnet.bench import run_bench
+    report = run_bench(SPECS / "fashion-mnist-lenet-dtp.yaml", backends=["numpy"], epochs=1, warmup=1, batches=1,
+                       torch=False, startup=False)
+    assert report["net"]["bp"]["spec"].endswith("fashion-mnist-lenet-bp.yaml")
+    assert report["net"]["dtp"]["layers"] == ["6c5m", "16c5m", "flatten", "120", "84", "10"]
+    assert report["floor"] == {} and "floor dtp" in report["skipped"] and "sweep" in report["skipped"]
+    (dtp,) = [r for r in report["results"] if r["rule"] == "dtp"]
+    (bp,) = [r for r in report["results"] if r["rule"] == "bp"]
+    assert dtp["vs_bp"] == pytest.approx(dtp["seconds"] / bp["seconds"]) and "vs_peak_floor" not in dtp
+
+
+def test_pytorch_conv_backprop_takes_localnets_step_on_the_same_weights():
+    """The peer bench times is the same computation: with localnet's initial weights copied in, one Adam step of
+    PyTorch's LeNet gives localnet's loss and its parameters after the step (float32)."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from localnet.bench import TorchConvBP
+    spec = localnet.load_spec(SPECS / "fashion-mnist-lenet-bp.yaml", ["backend=numpy"])
+    net = localnet.build(spec)
+    peer = TorchConvBP(spec, 784, 10)
+    modules = [m for m in peer.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    params = net.parameters()
+    with torch.no_grad():
+        for module, name in zip(modules, ["c1", "c2", "f3", "f4", "out"]):
+            W = params[name]["W"]
+            module.weight.copy_(torch.from_numpy(W if W.ndim == 4 else W.T.copy()))
+            module.bias.copy_(torch.from_numpy(params[name]["b"]))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((32, 784), dtype=np.float32), rng.integers(0, 10, 32)
+    ours = net.train_step(x, y)["loss"]
+    assert peer.step(x, y) == pytest.approx(ours, rel=1e-5)
+    after = net.parameters()
+    for module, name in zip(modules, ["c1", "c2", "f3", "f4", "out"]):
+        W = after[name]["W"]
+        # Adam's first step is lr·g/(|g| + ε) per weight: where |g| is near ε its size follows g's rounding, so
+        # the tolerance is 5 % of one step (lr 1e-3)
+        np.testing.assert_allclose(module.weight.detach().numpy(), W if W.ndim == 4 else W.T, rtol=1e-4, atol=5e-5)
