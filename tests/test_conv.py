@@ -16,6 +16,7 @@ from localnet.network import Network
 from localnet.spec import load_spec
 from localnet.testing import (check_determinism, check_difference_identity, check_first_order_descent,
                               check_locality, check_no_error_no_change)
+from localnet.testing.strategies import conv_layers
 
 
 # -- an independent transcription of the block (DESIGN §8), loops and float64 --------------------------------------
@@ -158,17 +159,7 @@ def test_transposed_linear_feedback_makes_dtp_targets_backprops():
 def conv_cases(draw, rule="dtp"):
     """A drawn conv chain (conv2d blocks, flatten, dense read-out) with a drawn geometry, and a batch."""
     c, hgt, wid = draw(st.integers(1, 2)), draw(st.integers(4, 8)), draw(st.integers(4, 8))
-    layers, size = [], (hgt, wid)
-    for i in range(draw(st.integers(1, 2))):
-        k = draw(st.integers(1, min(3, *size)))
-        stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 1))
-        conv = [(n + 2 * pad - k) // stride + 1 for n in size]
-        pool = draw(st.sampled_from([None, "max", "avg"])) if min(conv) >= 2 else None
-        layers.append({"name": f"c{i}", "type": "conv2d", "channels": draw(st.integers(1, 3)), "kernel": k,
-                       "stride": stride, "padding": pad, "pool": pool, "pool_size": 2,
-                       "activation": draw(st.sampled_from(["tanh", "linear", "sigmoid"]))})
-        size = [n // 2 for n in conv] if pool else conv
-    layers += [{"name": "fl", "type": "flatten"}, {"name": "out", "size": 3, "activation": "linear"}]
+    layers = [*draw(conv_layers((c, hgt, wid))), {"name": "out", "size": 3, "activation": "linear"}]
     net = Network(load_spec(conv_spec(rule, layers, seed=draw(st.integers(0, 1000)))), 0, (c, hgt, wid), 3)
     x, y = batch((c, hgt, wid), draw(st.integers(1, 4)), 3, draw(st.integers(0, 1000)))
     return net, x, y

@@ -25,7 +25,7 @@ from ..network import Network
 from ..rules import RULES
 from ..spec import load_spec
 
-__all__ = ["specs", "networks", "parameter_sets", "batches", "cases", "Case", "SMOOTH", "ARCHITECTURES"]
+__all__ = ["specs", "conv_layers", "networks", "parameter_sets", "batches", "cases", "Case", "SMOOTH", "ARCHITECTURES"]
 
 
 def _option(value):
@@ -97,9 +97,11 @@ def _graph(draw, layers):
     return out
 
 
-def _conv(draw, activations):
-    """One or two conv2d blocks with drawn geometry that fits CONV_INPUT, then flatten."""
-    layers, size = [], CONV_INPUT[1:]
+@st.composite
+def conv_layers(draw, image=CONV_INPUT, activations=("tanh", "linear", "sigmoid")):
+    """Layer dicts for a spec: one or two conv2d blocks whose drawn kernels, strides, paddings and pooling (max,
+    avg or none) fit a C×H×W `image`, then a flatten layer."""
+    layers, size = [], tuple(image[1:])
     for i in range(draw(st.integers(1, 2))):
         k = draw(st.integers(1, min(3, *size)))
         stride, pad = draw(st.integers(1, 2)), draw(st.integers(0, 1))
@@ -136,7 +138,7 @@ def _specs(draw, rule, architecture, depth, width, n_classes, activations, outpu
     if kind == "graph":
         layers = _graph(draw, layers)
     elif kind == "conv":
-        layers = [*_conv(draw, activations), *layers[-2:]]
+        layers = [*draw(conv_layers(CONV_INPUT, activations)), *layers[-2:]]
     # a conv block's feedback map has deterministic activations only
     fb_activations = _conv_activations(feedback_activations) if kind == "conv" else feedback_activations
     opt = draw(_option(optimizer))
