@@ -19,11 +19,11 @@ thread count. They match the reference to rounding only: sums run in a different
 import numpy as np
 from numba import njit
 
-from ..numpy.conv import _out_size  # the reference's shape check: one place for what a kernel refuses
+from ..numpy.conv import _check_pool, _check_shape, _out_size  # the reference's checks: one place for what a
+# kernel refuses
 
 JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no division checks, so loops vectorise
 
-POOL_MODES = ("max", "avg")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -252,21 +252,6 @@ def conv_weight_grads(x, e, kernel, stride, padding):
         raise ValueError(f"e has shape {e.shape}, expected (N, C_out, {ho}, {wo})")
     dW, db = _conv_weight_grads(x, e, int(kh), int(kw), int(stride), int(padding))
     return dW.reshape(e.shape[1], x.shape[1], kh, kw), db
-
-
-def _check_pool(mode, size):
-    if mode is not None and mode not in POOL_MODES:
-        raise ValueError(f"unknown pool mode {mode!r}")
-    if int(size) != size or size < 1:
-        raise ValueError(f"pool size must be a positive integer, got {size!r}")
-    return mode is None or size == 1
-
-
-def _check_shape(h, size, shape):
-    shape = tuple(int(d) for d in shape)
-    if len(shape) != 4 or h.shape != (shape[0], shape[1], shape[2] // size, shape[3] // size):
-        raise ValueError(f"{h.shape} is not the pooled shape of {shape} with size {size}")
-    return shape
 
 
 def pool(s, mode, size):

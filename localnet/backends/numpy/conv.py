@@ -110,7 +110,7 @@ def _scatter(blocks, k, shape):
 
 
 def _check_shape(h, size, shape):
-    shape = tuple(shape)
+    shape = tuple(int(d) for d in shape)
     if len(shape) != 4 or h.shape != (shape[0], shape[1], shape[2] // size, shape[3] // size):
         raise ValueError(f"{h.shape} is not the pooled shape of {shape} with size {size}")
     return shape
