@@ -570,3 +570,21 @@ def test_float32_dtp_matches_oracle_within_float32_tolerance():
             assert after[name][k].dtype == np.float32
             got_grad = (params[name][k].astype(np.float64) - after[name][k]) / LR
             np.testing.assert_allclose(got_grad, want[i][k], rtol=1e-3, atol=2e-6)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The built-in rules' numbers do not move (recorded before they were re-expressed on the open rule API)
+# --------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(__import__("rule_numbers").CASES))
+def test_builtin_rules_keep_their_recorded_numbers(case):
+    import rule_numbers
+    with np.load(rule_numbers.FILE) as recorded:
+        same_machine = str(recorded["machine"]) == rule_numbers.machine()
+        want = {k.split("/", 1)[1]: recorded[k] for k in recorded.files if k.startswith(case + "/")}
+    got = rule_numbers.numbers(case)
+    assert set(got) == set(want)
+    for key, value in got.items():
+        if same_machine:  # the same sums in the same order: bit for bit
+            assert np.array_equal(value, want[key]), f"{case} {key} moved (max {np.abs(value - want[key]).max():.3g})"
+        else:  # another CPU or BLAS may sum in another order
+            np.testing.assert_allclose(value, want[key], rtol=1e-12, atol=1e-13, err_msg=f"{case} {key}")
