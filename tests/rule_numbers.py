@@ -54,7 +54,7 @@ CASES = {
                                  "dtp"), (N_IN,)),
     "dtp-delay": (_spec(DENSE, "dtp", network__constraints=[{"kind": "target", "type": "delay", "steps": 1}]),
                   (N_IN,)),
-    "dtp-feedback-first": (_spec(DENSE, "ldrl", rule__schedule="feedback_first"), (N_IN,)),
+    "ldrl-feedback-first": (_spec(DENSE, "ldrl", rule__schedule="feedback_first"), (N_IN,)),
     "conv-dtp": (_spec(CONV, "dtp"), IMAGE),
     "conv-tp": (_spec(CONV, "tp"), IMAGE),
     "conv-bp": (_spec(CONV, "bp"), IMAGE),
