@@ -62,8 +62,7 @@ class Network:
                 raise LocalnetError(f"rule {rule.name!r}: layer {name!r}'s direct feedback map must be linear "
                                     f"(feedback activation: linear), not {feedback.activation!r}")
             noise = r.feedback_noise if feedback is None or feedback.noise is None else feedback.noise
-            if (direct_from is not None or getattr(rule, "feedback_loss", None) == "round_trip") and feedback \
-                    and noise == 0:
+            if rule.feedback_service is not None and feedback and noise == 0:
                 raise LocalnetError(f"rule {rule.name!r} trains its feedback maps with noise: rule.feedback_noise "
                                     "must be > 0 (the difference reconstruction loss divides by σ²)")
             fb_opt = (feedback.optimizer if feedback and feedback.optimizer else spec.optimizer.feedback)

@@ -182,7 +182,7 @@ class LocalEngine:
 
         def respond(h):
             for layer in path:
-                h = layer.respond(h)
+                h = layer.f(h)
             if self.audit.enabled:
                 self.audit.record(name, "feedback", Message("activation", path[-1].name if path else name, h,
                                                             frozenset(("W", "b"))))
@@ -199,7 +199,7 @@ class LocalEngine:
 
         def trip(h):
             for layer in path:
-                h = layer.respond(h)
+                h = layer.f(h)
             for layer in reversed(path):
                 h = layer.relay_down(h)
             if self.audit.enabled and path:  # the top layer's trip is empty: its own f and g only

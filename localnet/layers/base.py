@@ -66,6 +66,10 @@ class Layer(Node):
     #: whether a layer of this family that passes targets down needs a feedback map g (False where f is exactly
     #: invertible, as a reshape)
     needs_feedback = True
+    #: what the family offers rules beyond the protocol (`Rule.needs`): "direct_feedback" (a g from the output's
+    #: space, for direct channels), "round_trip" (DTP-DRL's relay through the layers above); None for a family
+    #: that only passes messages on (flatten, add)
+    offers = None
 
     @classmethod
     def input_shape(cls, layer_spec, shapes):
@@ -137,7 +141,7 @@ class Layer(Node):
     def apply_update(self):
         """Apply this step's forward update."""
 
-    def respond(self, x):
+    def f(self, x):
         """f(x) on an input of someone else's perturbation: deterministic, no state change (DDTP, DTP-DRL)."""
         raise NotImplementedError
 

@@ -28,8 +28,6 @@ from .base import Reference, optimizer_text, register_family, shape_text
 from .init import initialize_kernel
 from .parametric import ParametricLayer
 
-#: rules whose phases a conv block supports: its targets need only g, its feedback losses only its own f and g
-RULES = ("bp", "dtp", "tp", "ldrl")
 ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "elu")  # deterministic units (no sampling inside a block)
 
 
@@ -40,6 +38,7 @@ def conv_output_hw(hw, kernel, stride, padding):
 @register_family
 class Conv2dLayer(ParametricLayer):
     family = "conv2d"
+    offers = frozenset()
     STEP_STATE = (*ParametricLayer.STEP_STATE, "s", "idx")
 
     @classmethod
@@ -52,9 +51,6 @@ class Conv2dLayer(ParametricLayer):
         if layer_spec.size is not None:
             raise error((*where, "size"), f"a conv2d layer has `channels`, not `size` (layer {name!r})",
                         expected="channels: <integer>", found=f"size: {layer_spec.size}")
-        if spec.rule.name not in RULES:
-            raise error(("rule", "name"), f"rule {spec.rule.name!r} does not support conv2d layers "
-                        f"(layer {name!r})", expected="one of " + ", ".join(RULES), found=repr(spec.rule.name))
         if layer_spec.activation not in ACTIVATIONS:
             raise error((*where, "activation"), f"conv2d layer {name!r}: activation {layer_spec.activation!r} is not "
                         "supported in a conv block", expected="one of " + ", ".join(ACTIVATIONS),
@@ -140,7 +136,7 @@ class Conv2dLayer(ParametricLayer):
         a, self.s, h, self.idx = self._block(x)
         return a, h
 
-    def respond(self, x):
+    def f(self, x):
         return self._block(x)[2]
 
     def _unpool(self, h, idx):
@@ -162,51 +158,66 @@ class Conv2dLayer(ParametricLayer):
         return x + (r[:len(h)] - r[len(h):])
 
     # -- learning -------------------------------------------------------------------------------------------------
-    def _local_delta(self, h, target):
+    def local_delta(self, h, target):
         return self.k.dense.local_delta(_rows(h), _rows(target)).reshape(h.shape)
 
     def _pre_error(self, a, h, delta):
         ds = self.k.conv.pool_grad(delta, self.idx, self.pool, self.pool_size, a.shape)
         return self.k.dense.pre_activation_error(_rows(a), _rows(self.s), _rows(ds), self.activation).reshape(a.shape)
 
-    def _input_grad(self, e):
-        return self.k.conv.conv_transpose(e, self.forward_params["W"], None, self.stride, self.padding,
-                                          self.in_shape[1:])
+    def vjp(self, e, through="forward"):
+        W = {"forward": lambda: self.forward_params["W"], "signs": lambda: np.sign(self.forward_params["W"]),
+             "feedback": lambda: self.feedback_params["V"]}[through]()  # V has W's shape: convT with it is B's
+        return self.k.conv.conv_transpose(e, W, None, self.stride, self.padding, self.in_shape[1:])
 
     def _weight_grads(self, x, e):
         dW, db = self.k.conv.conv_weight_grads(x, e, self.forward_params["W"].shape[2:], self.stride, self.padding)
         return {"W": dW, "b": db} if "b" in self.forward_params else {"W": dW}
 
-    def _feedback_gradient(self, respond=None):
-        """One iteration of DTP's reconstruction loss ‖g(f(x̃)) − x̃‖² or L-DRL's layer-wise loss (rules/ldrl.py),
-        x̃ = x + noise on the block's input; g unpools with the indices of the forward pass it inverts."""
+    def reconstruction_gradient(self):
+        """DTP's ‖g(f(x̃)) − x̃‖², x̃ = x + noise on the block's input; g unpools with the indices of the forward
+        pass it inverts."""
+        x, sigma = self.x, self.feedback_noise
+        x_noisy = x + sigma * self.rng.standard_normal(x.shape, dtype=x.dtype)
+        _, _, h_noisy, idx_noisy = self._block(x_noisy)
+        u = self._unpool(h_noisy, idx_noisy)
+        q = self._transpose(u, self.feedback_params)
+        r = self.k.activations.apply(self.feedback_activation, q)
+        diff = r - x_noisy
+        return self._g_grads(u, q, r, (2 / len(x)) * diff), float(np.vdot(diff, diff) / len(x))
+
+    def ldrl_gradient(self):
+        """L-DRL's layer-wise loss (rules/ldrl.py) with the noise dx on the block's input and dy on its output."""
         x, h, sigma, rng = self.x, self.h, self.feedback_noise, self.rng
         rows = len(x)
-        if self.rule.feedback_loss == "ldrl":
-            dx = sigma * rng.standard_normal(x.shape, dtype=x.dtype)
-            dy = sigma * rng.standard_normal(h.shape, dtype=h.dtype)
-            _, _, y_noisy, idx_noisy = self._block(x + dx)
-            u = np.concatenate([self._unpool(y_noisy, idx_noisy), self._unpool(h + dy, self.idx),
-                                self._unpool(h, self.idx)])
-            q = self._transpose(u, self.feedback_params)
-            r = self.k.activations.apply(self.feedback_activation, q)
-            r_x, r_y, r_h = r[:rows], r[rows:2 * rows], r[2 * rows:]
-            d_y = r_y - r_h
-            loss = float((-2 * np.vdot(dx, r_x - r_h) + np.vdot(d_y, d_y)) / rows)
-            upstream = (2 / rows) * np.concatenate([-dx, d_y, dx - d_y])
-        else:
-            x_noisy = x + sigma * rng.standard_normal(x.shape, dtype=x.dtype)
-            _, _, h_noisy, idx_noisy = self._block(x_noisy)
-            u = self._unpool(h_noisy, idx_noisy)
-            q = self._transpose(u, self.feedback_params)
-            r = self.k.activations.apply(self.feedback_activation, q)
-            diff = r - x_noisy
-            loss = float(np.vdot(diff, diff) / rows)
-            upstream = (2 / rows) * diff
-        e = (upstream * self.k.activations.derivative(self.feedback_activation, q, r)).astype(x.dtype, copy=False)
+        dx = sigma * rng.standard_normal(x.shape, dtype=x.dtype)
+        dy = sigma * rng.standard_normal(h.shape, dtype=h.dtype)
+        _, _, y_noisy, idx_noisy = self._block(x + dx)
+        u = np.concatenate([self._unpool(y_noisy, idx_noisy), self._unpool(h + dy, self.idx),
+                            self._unpool(h, self.idx)])
+        q = self._transpose(u, self.feedback_params)
+        r = self.k.activations.apply(self.feedback_activation, q)
+        r_x, r_y, r_h = r[:rows], r[rows:2 * rows], r[2 * rows:]
+        d_y = r_y - r_h
+        loss = float((-2 * np.vdot(dx, r_x - r_h) + np.vdot(d_y, d_y)) / rows)
+        return self._g_grads(u, q, r, (2 / rows) * np.concatenate([-dx, d_y, dx - d_y])), loss
+
+    def g_pullback(self, z):
+        u = self._unpool(z, self.idx)
+        q = self._transpose(u, self.feedback_params)
+        r = self.k.activations.apply(self.feedback_activation, q)
+
+        def pullback(upstream, scale=1.0):
+            grads = self._g_grads(u, q, r, upstream)
+            return {k: scale * v for k, v in grads.items()} if scale != 1.0 else grads
+        return r, pullback
+
+    def _g_grads(self, u, q, r, upstream):
+        """{V, c} gradients of ⟨upstream, s̄(convT(u, V) + c)⟩ at q = convT(u, V) + c, r = s̄(q)."""
+        e = (upstream * self.k.activations.derivative(self.feedback_activation, q, r)).astype(u.dtype, copy=False)
         # convT's weight gradient is conv's with the roles of input and error swapped (backends/numpy/conv.py)
         dV, _ = self.k.conv.conv_weight_grads(e, u, self.feedback_params["V"].shape[2:], self.stride, self.padding)
-        return ({"V": dV, "c": e.sum(axis=(0, 2, 3))} if "c" in self.feedback_params else {"V": dV}), loss
+        return {"V": dV, "c": e.sum(axis=(0, 2, 3))} if "c" in self.feedback_params else {"V": dV}
 
     # -- for the probe, the testing module, the CLI ------------------------------------------------------------
     def reference(self):

@@ -15,7 +15,6 @@ import numpy as np
 
 from ..constraints import layer_constraint
 from ..diagnostics import reference as ref
-from ..errors import LocalnetError
 from .base import Reference, flat_size, optimizer_text, register_family, shape_text
 from .init import initialize
 from .parametric import ParametricLayer
@@ -24,6 +23,7 @@ from .parametric import ParametricLayer
 @register_family
 class DenseLayer(ParametricLayer):
     family = "dense"
+    offers = frozenset({"direct_feedback", "round_trip"})
 
     @classmethod
     def input_shape(cls, layer_spec, shapes):
@@ -89,10 +89,8 @@ class DenseLayer(ParametricLayer):
         self._blocks = tuple((int(e) - flat_size(shape), int(e)) for e, (_, shape) in zip(ends, self.inputs))
 
     @property
-    def feedback_service(self):
-        if self.direct_from is not None and self.feedback_params:
-            return "response"  # DDTP: Q is trained on the output's response to noise injected here
-        return super().feedback_service
+    def direct_feedback(self):
+        return self.direct_from is not None
 
     # -- the maps --------------------------------------------------------------------------------------------
     def join(self, parts):
@@ -113,19 +111,20 @@ class DenseLayer(ParametricLayer):
         return self.k.dense.forward(x, self.forward_params["W"], self.forward_params.get("b"), self.activation,
                                     self.rng, sample=train)
 
-    def _received_target(self, h, message):
-        if self.direct_from is not None:  # DDTP: ĥ_i = h_i + (ĥ_L − h_L) Q_i
-            return self.rule.direct_target(h, message, self.feedback_params["V"])
-        return message
-
-    def _local_delta(self, h, target):
+    def local_delta(self, h, target):
         return self.k.dense.local_delta(h, target)
 
     def _pre_error(self, a, h, delta):
         return self.k.dense.pre_activation_error(a, h, delta, self.activation)
 
-    def _input_grad(self, e):
-        return self.k.dense.input_grad(e, self.forward_params["W"])
+    def vjp(self, e, through="forward"):
+        if through == "forward":
+            return self.k.dense.input_grad(e, self.forward_params["W"])
+        if through == "signs":
+            return self.k.dense.input_grad(e, np.sign(self.forward_params["W"]))
+        if through == "feedback":  # V of shape (n_out, n_in): e V
+            return self.k.dense.feedback(e, self.feedback_params["V"], None, "linear")
+        raise ValueError(through)
 
     def _weight_grads(self, x, e):
         dW, db = self.k.dense.weight_grads(x, e)
@@ -137,42 +136,32 @@ class DenseLayer(ParametricLayer):
             W = self.forward_params["W"]
             W[W * self.weight_signs < 0] = 0
 
-    def train_feedback(self, respond=None):
-        """Fit g (DESIGN §2 step 4). With direct targets (DDTP) fit Q with the difference reconstruction loss
-        instead: `respond(h)` is the output's response to this layer's activation h, which the engine computes by a
-        forward pass through the layers above (localnet/rules/ddtp.py says why and what the audit makes of it)."""
-        if self.direct_from is None or self.feedback_fixed:
-            return super().train_feedback(respond)
-        if respond is None:
-            raise LocalnetError(f"layer {self.name!r}: direct feedback training needs the output's response to "
-                                "a perturbation, which only the local engine provides")
-        Q, h = self.feedback_params["V"], self.h
-        base = respond(h)
-        for _ in range(self.feedback_iterations):
-            eps = self.feedback_noise * self.rng.standard_normal(h.shape, dtype=h.dtype)
-            dQ, self.reconstruction_loss = self.rule.drl_grads(respond(h + eps) - base, eps, Q, self.feedback_noise)
-            self.feedback_optimizer.step(self.feedback_params, {"V": dQ})
-
-    def _feedback_gradient(self, respond=None):
-        """({V, c} gradients, reconstruction loss) of one feedback-training iteration, from g as it is now."""
+    def reconstruction_gradient(self):
         W, b = self.forward_params["W"], self.forward_params.get("b")
         V, c = self.feedback_params["V"], self.feedback_params.get("c")
-        loss = self.rule.feedback_loss
-        if loss == "round_trip":  # DTP-DRL: noise at the input, up to the output and back down (rules/dtpdrl.py)
-            eps = self.feedback_noise * self.rng.standard_normal(self.x.shape, dtype=self.x.dtype)
-            dV, dc, value = self.rule.drl_grads(self.k.dense, self.h, respond(self.respond(self.x + eps)), eps, V, c,
-                                                self.feedback_activation, self.feedback_noise)
-        elif loss == "ldrl":  # L-DRL: this layer's own f and g only (rules/ldrl.py)
-            dV, dc, value = self.k.dense.ldrl_grads(self.x, self.h, W, b, self.activation, V, c,
-                                                    self.feedback_activation, self.feedback_noise, self.rng)
-        else:
-            dV, dc, value = self.k.dense.feedback_grads(self.x, W, b, self.activation, V, c, self.feedback_activation,
-                                                        self.feedback_noise, self.rng)
+        dV, dc, value = self.k.dense.feedback_grads(self.x, W, b, self.activation, V, c, self.feedback_activation,
+                                                    self.feedback_noise, self.rng)
         return ({"V": dV, "c": dc} if c is not None else {"V": dV}), value
 
-    def respond(self, x):
-        """This layer's f on an input of someone else's perturbation (DDTP's feedback training): no state changes,
-        deterministic (stochastic units give their mean)."""
+    def ldrl_gradient(self):
+        W, b = self.forward_params["W"], self.forward_params.get("b")
+        V, c = self.feedback_params["V"], self.feedback_params.get("c")
+        dV, dc, value = self.k.dense.ldrl_grads(self.x, self.h, W, b, self.activation, V, c,
+                                                self.feedback_activation, self.feedback_noise, self.rng)
+        return ({"V": dV, "c": dc} if c is not None else {"V": dV}), value
+
+    def g_pullback(self, z):
+        V, c, act, k = self.feedback_params["V"], self.feedback_params.get("c"), self.feedback_activation, self.k.dense
+        q, g = k.forward(z, V, c, act)
+
+        def pullback(upstream, scale=1.0):
+            dV, dc = k.weight_grads(z, k.pre_activation_error(q, g, upstream, act))
+            if scale != 1.0:
+                dV, dc = scale * dV, scale * dc
+            return {"V": dV, "c": dc} if c is not None else {"V": dV}
+        return g, pullback
+
+    def f(self, x):
         return self.k.dense.forward(x, self.forward_params["W"], self.forward_params.get("b"), self.activation)[1]
 
     # -- g as the rules see it -----------------------------------------------------------------------------------
@@ -228,13 +217,13 @@ class DenseLayer(ParametricLayer):
         """The matrix products (m, k, n) of one training step of this layer, as the kernels do them."""
         n_in, n_out, rule = self.n_in, self.size, self.rule
         out = [(batch, n_in, n_out)]  # forward
-        if self.has_feedback and rule.name != "bp":  # feedback training: f(x̃), g(f(x̃)), dV
+        if self.has_feedback and not self.feedback_fixed:  # feedback training: f(x̃), g(f(x̃)), dV
             out += [(batch, n_in, n_out), (batch, n_out, n_in), (n_out, batch, n_in)] * self.feedback_iterations
         out.append((n_in, batch, n_out))  # dW = xᵀ e
         if "gradient" in self.down_kinds:
             out.append((batch, n_out, n_in))  # e Wᵀ
         if "target" in self.down_kinds:
-            if self.has_feedback and rule.name == "dtp":
+            if self.has_feedback and rule.displaced_targets:
                 out.append((2 * batch, n_out, n_in))  # g([ĥ; h]) in one product
             else:
                 out.append((batch, n_out, n_in))  # TP's g(ĥ), or the first target from ℒ's gradient: e Wᵀ

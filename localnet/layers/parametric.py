@@ -1,8 +1,9 @@
 """The machinery every layer family with parameters shares: parameters and their optimisers, the step state,
 checkpoints, the divergence guard, delayed messages, the feedback-training loop and the backward phase's
-template. A family (dense.py, conv.py) draws its parameters and supplies the maps: `_forward`, `_local_delta`,
-`_pre_error`, `_input_grad`, `_weight_grads`, `_feedback_gradient`, `respond`, `g`, `g_difference`, and, for a
-family that takes several inputs, `join` and `parts`."""
+template, which asks the rule what a message means and what goes down. A family (dense.py, conv.py) draws its
+parameters and supplies the maps a rule may ask for (`f`, `g`, `g_difference`, `g_pullback`, `vjp`,
+`local_delta`, the fused feedback objectives) and `_forward`, `_pre_error`, `_weight_grads`, and, for a family
+that takes several inputs, `join` and `parts`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from collections import deque
 import numpy as np
 
 from ..errors import LocalnetError
-from ..messages import Outbox
+from ..messages import BACKWARD_KINDS, Outbox
 from ..optim import Optimizer
+from ..rules.base import Step
 from .base import Layer, combined
 
 
@@ -34,7 +36,7 @@ class ParametricLayer(Layer):
         self.target_step = target_step
         self.feedback_noise, self.feedback_iterations = feedback_noise, feedback_iterations
         self.down_kinds = frozenset(down_kinds)
-        self.feedback_fixed = fixed  # g is never trained
+        self._fixed = fixed  # fixed_feedback: g is never trained
         # parameters live where the backend computes (the device, for cuda); the family drew them on the host
         self.forward_params = {k: kernels.arrays.to_device(v) for k, v in forward_params.items()}
         self.feedback_params = {k: kernels.arrays.to_device(v) for k, v in feedback_params.items()}
@@ -71,9 +73,12 @@ class ParametricLayer(Layer):
 
     @property
     def feedback_service(self):
-        if not self.feedback_params:
-            return None
-        return "round_trip" if self.rule.feedback_loss == "round_trip" else None
+        return self.rule.feedback_service if self.feedback_params else None
+
+    @property
+    def feedback_fixed(self):
+        """Whether g exists but never learns: the `fixed_feedback` constraint, or a rule whose feedback is fixed."""
+        return self._fixed or (bool(self.feedback_params) and self.rule.feedback == "fixed")
 
     def parameters(self):
         return {**self.forward_params, **self.feedback_params}
@@ -195,21 +200,16 @@ class ParametricLayer(Layer):
         return out
 
     def train_feedback(self, respond=None):
-        """Fit g to invert this layer's own f around the input it just received (DESIGN §2 step 4), with the
-        rule's feedback loss (`_feedback_gradient`). Under DTP-DRL `respond(h)` is the network's round trip of h:
-        up to the output and back down to this layer as DTP targets."""
+        """Fit g for this step with the rule's feedback objective (`rule.feedback_gradient`), for the layer's
+        feedback iterations. `respond` is the engine's service the rule names (`rule.feedback_service`)."""
         if self.feedback_fixed:
-            return  # fixed_feedback: g keeps its random initial weights
-        loss = self.rule.feedback_loss
-        if loss == "round_trip" and respond is None:
-            raise LocalnetError(f"layer {self.name!r}: rule {self.rule.name!r} trains g on the network's round trip "
-                                "of noise injected at this layer, which only the local engine provides")
+            return  # g keeps its initial weights
         prepared, self._prepared_feedback = self._prepared_feedback, None
         for i in range(self.feedback_iterations):
             if i == 0 and prepared is not None and prepared[0] is self.x:
                 grads, self.reconstruction_loss = prepared[1]
             else:
-                grads, self.reconstruction_loss = self._feedback_gradient(respond)
+                grads, self.reconstruction_loss = self.rule.feedback_gradient(self, respond)
             self.feedback_optimizer.step(self.feedback_params, grads)
 
     @property
@@ -224,7 +224,7 @@ class ParametricLayer(Layer):
         input, f and g) stays as it is until `train_feedback` (the targets read g but do not change it), so it
         equals what `train_feedback` would take, with the same random draws in the same order; an engine may take
         it beside the chain of messages, and `train_feedback` uses it."""
-        self._prepared_feedback = (self.x, self._feedback_gradient())
+        self._prepared_feedback = (self.x, self.rule.feedback_gradient(self))
 
     def relay_down(self, r):
         """The target this layer would send down had it received `r` (DTP-DRL's round trip): its own g and this
@@ -241,34 +241,25 @@ class ParametricLayer(Layer):
         return read_only(self.history[-lag][2])
 
     def backward(self, inbox):
-        """Compute this layer's update from what it received, and what it sends to the layer below."""
-        received = "target" if "target" in inbox else "gradient"
+        """Compute this layer's update from what it received, and what it sends to the layer below: the rule says
+        what δ = dℒ_local/dh the message means and what goes down (localnet/rules/base.py); the update is the
+        family's, through its own derivative."""
+        kind = next(k for k in BACKWARD_KINDS if k in inbox)
         x, a, h = self.x, self.a, self.h
-        lag = inbox.lag(received) if self.history is not None and hasattr(inbox, "lag") else 0
+        lag = inbox.lag(kind) if self.history is not None and hasattr(inbox, "lag") else 0
         if self.history is not None:  # below a delayed channel: learn against the state of the message's step
             self.history.append((np.array(x), a, h))
             x, a, h = self.history[max(len(self.history) - 1 - lag, 0)]
-        if received == "target":
-            self.target = self._received_target(h, combined(inbox, "target", h))
-            delta = self._local_delta(h, self.target)  # local loss ‖h − ĥ‖²
-        else:  # trained on ℒ itself: the baseline, or the output layer in Lee's setting
-            delta = combined(inbox, "gradient", h)
+        step = Step(x, a, h, kind, combined(inbox, kind, h), lag)
+        delta, step.target = self.rule.error(self, step)
+        if step.target is None:  # trained on ℒ itself: its target h − η̂ δ is formed only if someone reads it
             self._target, self._descent = None, (h, delta)
-        e = self._pre_error(a, h, delta)
-        self._grads, self._error = None, (x, e)
-        # each message declares what it was computed from (its provenance, read by the locality audit)
-        out = Outbox()
-        if "gradient" in self.down_kinds:  # backprop: the receiver gets this layer's Wᵀ and s' (weight transport)
-            self.send_down(out, "gradient", self._input_grad(e), "Wᵀ", "s'", received, lag=lag)
-        if "target" in self.down_kinds:
-            if received == "target" and self.rule.direct:  # DDTP: the displacement ĥ_L − h_L, to every layer
-                out.send("target", self.rule.displacement(h, self.target), "target", lag=lag)
-            elif received == "target":  # the rule's target, from g's parameters alone (W is not passed)
-                self.send_down(out, "target", self.rule.target_below(self, x, h, self.target),
-                               "target", *self.feedback_keys, lag=lag, base=x)
-            else:  # the first target, one step down ℒ's gradient with respect to this layer's input
-                self.send_down(out, "target", self.k.arrays.descend(x, self._input_grad(e), self.target_step),
-                               "Wᵀ", "s'", "gradient", lag=lag, base=x)
+        else:
+            self.target = step.target
+        step.e = self._pre_error(a, h, delta)
+        self._grads, self._error = None, (x, step.e)
+        out = Outbox()  # each message declares what it was computed from (its provenance, read by the audit)
+        self.rule.send(self, step, self.down_kinds, out)
         return out
 
     def prepare_update(self):
@@ -291,31 +282,56 @@ class ParametricLayer(Layer):
         self.forward_optimizer.step(self.forward_params, self.grads)
         self.grads = None
 
-    # -- what a family supplies ---------------------------------------------------------------------------------
-    def _forward(self, x, train):
-        """(pre-activation, output) of f on x; `train`: stochastic units sample."""
+    # -- what a rule may ask of a layer (localnet/rules/base.py) -------------------------------------------------
+    @property
+    def direct_feedback(self):
+        """Whether g maps the output's space to this layer's (direct channels: DDTP's Q, DFA's B)."""
+        return False
+
+    def descend(self, x, delta):
+        """x − η̂ δ."""
+        return self.k.arrays.descend(x, delta, self.target_step)
+
+    def noise(self, shape):
+        """σ · N(0, 1) of `shape` from this layer's generator, σ its feedback noise."""
+        return self.feedback_noise * self.rng.standard_normal(shape, dtype=self.dtype)
+
+    def local_delta(self, h, target):
+        """d/dh of the local loss ‖h − ĥ‖² (summed over units, averaged over the batch)."""
         raise NotImplementedError
 
-    def _received_target(self, h, message):
-        """The target this layer descends toward, from the target message it received."""
-        return message
+    def vjp(self, e, through="forward"):
+        """e = dℒ/da back to the input through f's linear part: with the forward weights (Wᵀ: weight transport),
+        their signs (`"signs"`: sign symmetry) or the feedback weights in their place (`"feedback"`, of W's shape
+        transposed: feedback alignment's B)."""
+        raise NotImplementedError
 
-    def _local_delta(self, h, target):
-        """d/dh of the local loss ‖h − ĥ‖² (summed over units, averaged over the batch)."""
+    def f(self, x):
+        """This layer's f on an input of someone else's making (a perturbation): no state change, deterministic
+        (stochastic units give their mean)."""
+        raise NotImplementedError
+
+    def g_pullback(self, z):
+        """(g(z), pullback) with pullback(u, scale=1.0) = {parameter of g: scale · ∂⟨u, g(z)⟩/∂parameter}."""
+        raise NotImplementedError
+
+    def reconstruction_gradient(self):
+        """(gradients of g, loss) of DTP's ‖g(f(x̃)) − x̃‖², x̃ = x + ε at this step's input, one noise draw."""
+        raise NotImplementedError
+
+    def ldrl_gradient(self):
+        """(gradients of g, loss) of L-DRL's layer-wise loss (localnet/rules/ldrl.py), one noise draw."""
+        raise NotImplementedError
+
+    # -- what a family supplies besides ---------------------------------------------------------------------------
+    def _forward(self, x, train):
+        """(pre-activation, output) of f on x; `train`: stochastic units sample."""
         raise NotImplementedError
 
     def _pre_error(self, a, h, delta):
         """e = dℒ/da from dℒ/dh = delta, through this layer's own non-linearity (and pooling) only."""
         raise NotImplementedError
 
-    def _input_grad(self, e):
-        """dℒ/dx from e: what backprop sends down (weight transport)."""
-        raise NotImplementedError
-
     def _weight_grads(self, x, e):
         """{key: gradient} of the forward parameters from the input x and the pre-activation error e."""
-        raise NotImplementedError
-
-    def _feedback_gradient(self, respond=None):
-        """(gradients of g's parameters, loss) of one feedback-training iteration, from g as it is now."""
         raise NotImplementedError

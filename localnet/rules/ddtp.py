@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import LocalnetError
 from .base import Rule
 
 
@@ -40,6 +41,10 @@ class DirectDifferenceTargetPropagation(Rule):
     graphs = False  # direct targets from the output to every layer: a chain
     uses_feedback = True
     direct = True  # targets go from the output layer straight to every hidden layer
+    needs = frozenset({"direct_feedback"})
+    feedback_service = "response"  # Q_i is trained on the output's response to noise injected at layer i
+    invariants = frozenset({"no_error_no_change", "difference_identity", "first_order_descent", "locality",
+                            "determinism"})
 
     def chain_kinds(self, first_target):
         return ("target" if first_target == "output" else "gradient"), "target"
@@ -58,25 +63,29 @@ class DirectDifferenceTargetPropagation(Rule):
         the loss) to a layer under it, or from the loss to `top`; never from one hidden layer to another."""
         return sender == top or (sender == "loss" and below)
 
-    def target_below(self, layer, x, h, target):
-        raise NotImplementedError("DDTP's output layer sends the displacement ĥ_L − h_L, not a target below")
+    def error(self, layer, step):
+        if step.kind == "target" and layer.direct_feedback:  # ĥ_i = h_i + g_i(ĥ_L − h_L) = h_i + (ĥ_L − h_L) Q_i
+            target = step.h + layer.g(step.message)
+            return layer.local_delta(step.h, target), target
+        return super().error(layer, step)
 
-    # -- the hidden layer's side -------------------------------------------------------------------------------
-    @staticmethod
-    def displacement(h, target):
-        """What the output layer sends down every direct channel: ĥ_L − h_L."""
-        return target - h
+    def send(self, layer, step, kinds, out):
+        """The output layer sends the displacement ĥ_L − h_L down every direct channel (the same payload to all)."""
+        if "target" in kinds and step.kind == "target":
+            out.send("target", step.target - step.h, "target", lag=step.lag)
+        else:
+            super().send(layer, step, kinds, out)
 
-    @staticmethod
-    def direct_target(h, displacement, Q):
-        """ĥ_i = h_i + (ĥ_L − h_L) Q_i."""
-        return h + displacement @ Q
-
-    @staticmethod
-    def drl_grads(response, eps, Q, sigma):
-        """Gradient over Q_i and value of the DRL (1/σ²)‖(r_L − h_L) Q_i − ε‖² (summed over units, averaged over
-        the batch), from the output's response r_L − h_L to the noise ε injected at layer i."""
-        diff = response @ Q - eps
+    def feedback_gradient(self, layer, respond=None):
+        """The DRL (1/σ²)‖g(r_L − h_L) − ε‖² over Q (summed over units, averaged over the batch), from the output's
+        response r_L to the noise ε injected at this layer."""
+        if respond is None:
+            raise LocalnetError(f"layer {layer.name!r}: direct feedback training needs the output's response to "
+                                "a perturbation, which only the local engine provides")
+        h, sigma = layer.h, layer.feedback_noise
+        base = respond(h)
+        eps = layer.noise(h.shape)
+        g, pullback = layer.g_pullback(respond(h + eps) - base)
+        diff = g - eps
         scale = 1.0 / (sigma * sigma * len(eps))
-        loss = float(np.einsum("ij,ij->", diff, diff) * scale)
-        return (2 * scale) * (response.T @ diff), loss
+        return pullback(diff, scale=2 * scale), float(np.einsum("ij,ij->", diff, diff) * scale)

@@ -26,23 +26,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import LocalnetError
 from .dtp import DifferenceTargetPropagation
 
 
 class DTPDifferenceReconstruction(DifferenceTargetPropagation):
     name = "dtp_drl"
     graphs = False  # its round trip runs up and down one path: a chain
-    feedback_loss = "round_trip"  # the engine hands each layer the network's round trip of its perturbed input
+    needs = frozenset({"round_trip"})
+    feedback_service = "round_trip"  # the engine hands each layer the network's round trip of its perturbed input
 
-    @staticmethod
-    def drl_grads(k, h, r, eps, V, c, fb_act, sigma):
-        """Gradients over V, c and value of (1/σ²)‖g(r) − g(h) − ε‖² (summed over units, averaged over the batch),
-        g(z) = s̄(z V + c): h this layer's output, r the round trip's return to it, ε the noise at its input."""
-        stacked = np.concatenate([r, h])  # g(r) and g(h) from one product, their gradients from one more
-        q, g = k.forward(stacked, V, c, fb_act)
-        rows = len(h)
+    def feedback_gradient(self, layer, respond=None):
+        """(1/σ²)‖g(r) − g(h) − ε‖² over g (summed over units, averaged over the batch): ε the noise at the layer's
+        input, r = respond(f(x + ε)) its round trip, h this step's output."""
+        if respond is None:
+            raise LocalnetError(f"layer {layer.name!r}: rule {self.name!r} trains g on the network's round trip of "
+                                "noise injected at this layer, which only the local engine provides")
+        eps = layer.noise(layer.x.shape)
+        r = respond(layer.f(layer.x + eps))
+        g, pullback = layer.g_pullback(np.concatenate([r, layer.h]))  # g(r) and g(h) from one product
+        rows = len(layer.h)
         diff = g[:rows] - g[rows:] - eps
-        scale = 1.0 / (sigma * sigma * rows)
-        dV, dc = k.weight_grads(stacked, k.pre_activation_error(q, g, (2 * scale) * np.concatenate([diff, -diff]),
-                                                                 fb_act))
-        return dV, dc, float(np.einsum("ij,ij->", diff, diff) * scale)
+        scale = 1.0 / (layer.feedback_noise ** 2 * rows)
+        return pullback((2 * scale) * np.concatenate([diff, -diff])), float(np.einsum("ij,ij->", diff, diff) * scale)

@@ -19,4 +19,6 @@ from .dtp import DifferenceTargetPropagation
 
 class LayerwiseDifferenceReconstruction(DifferenceTargetPropagation):
     name = "ldrl"
-    feedback_loss = "ldrl"  # the backend's `ldrl_grads` kernel
+
+    def feedback_gradient(self, layer, respond=None):
+        return layer.ldrl_gradient()  # the family's fused kernel of the loss above

@@ -120,8 +120,16 @@ def _check(spec, ctx):
         raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
                         expected="'output' for a one-layer network", found="'last_hidden'")
     from ..layers.base import family
+    from ..rules import get_rule
+    rule = get_rule(spec.rule.name)
     for i, layer in enumerate(layers):  # what each family cannot run under this spec, with the layer's line
-        family(layer.type).check_spec(spec, layer, ("network", "layers", i), ctx.error)
+        cls = family(layer.type)
+        missing = sorted(rule.needs - cls.offers) if cls.offers is not None else ()
+        if missing:
+            raise ctx.error(("rule", "name"), f"rule {rule.name!r} does not support {layer.type} layers (layer "
+                            f"{layer.name!r}): it needs {', '.join(missing)}, which they do not offer",
+                            expected="a rule whose needs the families offer", found=repr(rule.name))
+        cls.check_spec(spec, layer, ("network", "layers", i), ctx.error)
     _check_placement(spec, ctx)
     total = 0
     sizes = [layer.size for layer in layers if layer.size is not None]
