@@ -106,7 +106,7 @@ def _above(graph, receiver, sender):
 def classify(graph, receiver, kind, sender, provenance, transports=None, phase="backward"):
     """(categories, first) of one read. `transports`: whether the message changes with its sender's W (measured);
     None falls back to the sender's declaration (Wᵀ in the provenance)."""
-    transports = ("Wᵀ" in provenance) if transports is None else transports
+    transports = bool({"Wᵀ", "sign(Wᵀ)"} & provenance) if transports is None else transports
     if kind == "activation" and phase == "feedback":  # DDTP's DRL: the output's response to a perturbation
         return (RESPONSE,), False
     if kind == "target" and phase == "feedback":  # DTP-DRL: the perturbation's round trip through the layers above
@@ -143,9 +143,11 @@ def layer_verdict(uses):
         return NON_LOCAL, ("its feedback map is trained on the round trip of noise injected at its input: forward "
                            f"through the layers from {trip[0].sender} up to the output, and back down through "
                            "their feedback maps (Meulemans et al.'s DRL for DTP)")
-    wrong = [u for u in uses if not u.first and (WEIGHTS in u.categories or GRADIENT_ABOVE in u.categories)]
+    wrong = [u for u in uses if not u.first and WEIGHTS in u.categories]
     if wrong:
-        return NON_LOCAL, "; ".join(f"{u.kind} from {u.sender} computed with {u.sender}'s Wᵀ and s'" for u in wrong)
+        return NON_LOCAL, "; ".join(f"{u.kind} from {u.sender} computed with " + (
+            f"the signs of {u.sender}'s W (weight transport of signs)" if "sign(Wᵀ)" in u.provenance else
+            f"{u.sender}'s Wᵀ and s'") for u in wrong)
     firsts = [u for u in uses if u.first]
     if firsts:
         parts = []
@@ -154,9 +156,15 @@ def layer_verdict(uses):
                 parts.append(f"first target from {u.sender}, ∂ℒ carried through {u.sender}'s Wᵀ and s'")
             elif u.kind == "target":
                 parts.append(f"first target from {u.sender}: ĥ = h − η̂ ∂ℒ/∂h")
+            elif u.sender != LOSS:
+                parts.append(f"the output's error ∂ℒ/∂a, broadcast from {u.sender} (direct)")
             else:
                 parts.append(f"the loss gradient ∂ℒ/∂h from {u.sender}")
         return FIRST_TARGET, "; ".join(parts)
+    fed_back = [u for u in uses if GRADIENT_ABOVE in u.categories]
+    if fed_back:  # feedback alignment: an error through the sender's own fixed B, not its W
+        return LOCAL, "errors from " + ", ".join(u.sender for u in fed_back) + " through their own feedback " \
+            "weights (no weight transport)"
     direct = [u for u in uses if TARGET_OUTPUT in u.categories]
     if direct:
         return LOCAL, "targets from " + ", ".join(u.sender for u in direct) + " (direct feedback)"
@@ -256,7 +264,8 @@ def audit_network(net, x, y, *, measure=True) -> AuditReport:
     for (sender, kind), m in sorted(measured.items(), key=lambda kv: order[kv[0][0]]):
         receivers = [c.receiver for c in graph.outbound(sender, (kind,))]
         declared = next((u.provenance for u in uses if u.sender == sender and u.kind == kind), frozenset())
-        ok = all(m[p] == (p == "W" and "Wᵀ" in declared or p == "V" and "V" in declared) for p in m)
+        ok = all(m[p] == (p == "W" and bool({"Wᵀ", "sign(Wᵀ)"} & declared) or p == "V" and "V" in declared)
+                 for p in m)
         checked.extend((sender, kind, r, declared, m, ok) for r in receivers)
 
     layers = tuple(n for n in graph.forward_order if n in net.layers)

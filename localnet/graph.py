@@ -245,11 +245,10 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
             raise spec_error(spec, ("network",), f"rule {rule.name!r} does not support channel constraints yet",
                              found=", ".join(c.identity for c in constrained))
     elif rule.uses_feedback:
-        # a layer needs g when it passes a *target* it received down to the layer below
-        # (a family whose f is exactly invertible, as flatten's reshape, needs none)
+        # which layers need g, the rule says (DTP: those that pass a target they received down); a family whose
+        # f is exactly invertible, as flatten's reshape, needs none
         feedback = tuple(name for name in order[1:-1]
-                         if any(c.kind == "target" for c in _out(g, name))
-                         and backward_in_kind(g, name) == "target"
+                         if rule.owns_feedback(frozenset(c.kind for c in _out(g, name)), backward_in_kind(g, name))
                          and family(layer_specs[name][1].type).needs_feedback)
     for _, _, d in g.edges(data=True):
         d["channel"].bind(spec.seed)  # the network binds them again to its own seed

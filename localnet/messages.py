@@ -29,6 +29,7 @@ PROVENANCE = {
     "W": "the sender's forward weights, in the forward direction",
     "b": "the sender's forward bias",
     "Wᵀ": "the transpose of the sender's forward weights (weight transport)",
+    "sign(Wᵀ)": "the signs of the sender's forward weights, transposed (weight transport of signs)",
     "s'": "the derivative of the sender's non-linearity",
     "V": "the sender's feedback weights (its map g)",
     "c": "the sender's feedback bias",

@@ -20,18 +20,23 @@ import re
 from .base import Rule
 from .bp import Backprop
 from .ddtp import DirectDifferenceTargetPropagation
+from .dfa import DirectFeedbackAlignment
 from .dtp import DifferenceTargetPropagation
 from .dtpdrl import DTPDifferenceReconstruction
+from .fa import FeedbackAlignment
 from .ldrl import LayerwiseDifferenceReconstruction
+from .sign_symmetry import SignSymmetry
 from .tp import TargetPropagation
 
 __all__ = ["Rule", "Backprop", "DifferenceTargetPropagation", "DirectDifferenceTargetPropagation", "TargetPropagation", "RULES", "BUILT_IN",
-           "DTPDifferenceReconstruction", "LayerwiseDifferenceReconstruction",
+           "DTPDifferenceReconstruction", "LayerwiseDifferenceReconstruction", "FeedbackAlignment",
+           "DirectFeedbackAlignment", "SignSymmetry",
            "get_rule", "register_rule", "unregister_rule"]
 
 RULES = {rule.name: rule for rule in (DifferenceTargetPropagation(), TargetPropagation(), Backprop(),
                                       DirectDifferenceTargetPropagation(), DTPDifferenceReconstruction(),
-                                      LayerwiseDifferenceReconstruction())}
+                                      LayerwiseDifferenceReconstruction(), FeedbackAlignment(),
+                                      DirectFeedbackAlignment(), SignSymmetry())}
 BUILT_IN = tuple(RULES)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 

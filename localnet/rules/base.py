@@ -65,6 +65,10 @@ class Rule:
     displaced_targets = True
     # whether the rule runs on any DAG of layers (several inputs, several consumers), or on chains only
     graphs = True
+    # where the first target may be placed (`rule.first_target`), checked at spec load
+    first_targets = ("output", "last_hidden")
+    # whether its feedback maps must be linear (`localnet.testing` draws only those)
+    linear_feedback = False
     # what the layer families must offer: "direct_feedback" (g from the output's space to a hidden layer's)
     needs = frozenset()
 
@@ -90,6 +94,15 @@ class Rule:
         """The backward channels `chain` implies, as (sender, receiver, kind), or None for the default: the loss
         to the top layer, then each layer to the one below, of the kinds `chain_kinds` gives."""
         return None
+
+    def owns_feedback(self, sends, received):
+        """Whether a layer owns a feedback map, from the kinds it `sends` down and the kind it `received`: by
+        default when it passes a target it received down (DTP's g inverts its f)."""
+        return "target" in sends and received == "target"
+
+    def check_spec(self, spec, error):
+        """Refuse, with `error(path, message, expected=, found=)` (file:line), what the rule cannot run in `spec`;
+        called at spec load, before anything is built. Default: nothing to refuse."""
 
     def allows_backward(self, sender, receiver, below, top):
         """Whether a backward channel sender -> receiver is allowed; `below`: the receiver sends its activation

@@ -42,6 +42,7 @@ class DirectDifferenceTargetPropagation(Rule):
     uses_feedback = True
     direct = True  # targets go from the output layer straight to every hidden layer
     needs = frozenset({"direct_feedback"})
+    linear_feedback = True  # g_i(z) = z Q_i
     feedback_service = "response"  # Q_i is trained on the output's response to noise injected at layer i
     invariants = frozenset({"no_error_no_change", "difference_identity", "first_order_descent", "locality",
                             "determinism"})

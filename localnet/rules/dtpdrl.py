@@ -34,6 +34,7 @@ class DTPDifferenceReconstruction(DifferenceTargetPropagation):
     name = "dtp_drl"
     graphs = False  # its round trip runs up and down one path: a chain
     needs = frozenset({"round_trip"})
+    first_targets = ("output",)  # the round trip starts at the output, which needs its own g
     feedback_service = "round_trip"  # the engine hands each layer the network's round trip of its perturbed input
 
     def feedback_gradient(self, layer, respond=None):

@@ -122,6 +122,11 @@ def _check(spec, ctx):
     from ..layers.base import family
     from ..rules import get_rule
     rule = get_rule(spec.rule.name)
+    if spec.rule.first_target not in rule.first_targets:
+        raise ctx.error(("rule", "first_target"), f"rule {rule.name!r} cannot place its first target on the "
+                        f"{spec.rule.first_target.replace('_', ' ')} layer", expected=" or ".join(rule.first_targets),
+                        found=spec.rule.first_target)
+    rule.check_spec(spec, ctx.error)
     for i, layer in enumerate(layers):  # what each family cannot run under this spec, with the layer's line
         cls = family(layer.type)
         missing = sorted(rule.needs - cls.offers) if cls.offers is not None else ()

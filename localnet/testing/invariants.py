@@ -35,6 +35,7 @@ from ..graph import LOSS
 from ..layers.base import combined
 from ..messages import BACKWARD_KINDS
 from ..network import Network
+from ..rules import get_rule
 from ..spec import load_spec
 
 __all__ = ["check_no_error_no_change", "check_exact_inverse_dtp_equals_tp", "check_difference_identity",
@@ -441,15 +442,19 @@ CHECKS = {
 }
 
 
-def check_invariants(net, x, y, skip=()):
-    """Run every check in CHECKS (but those named in `skip`) on the network and batch; one AssertionError listing
-    every check that failed, each with its own message. Returns the names of the checks that ran."""
-    unknown = set(skip) - set(CHECKS)
+def check_invariants(net, x, y, skip=(), only=None):
+    """Run the checks of DESIGN §4 that the network's rule declares (`Rule.invariants`), or exactly those named in
+    `only` (declared or not: a check a rule does not declare can be run to show that it fails), minus those in
+    `skip`; names as in CHECKS. One AssertionError lists every check that failed, each with its own message.
+    Returns the names of the checks that ran, in CHECKS' order."""
+    named = set(skip) | set(only or ())
+    unknown = named - set(CHECKS)
     if unknown:
         raise ValueError(f"unknown checks {sorted(unknown)}; the checks are {', '.join(CHECKS)}")
+    chosen = set(only) if only is not None else set(get_rule(_rule(net)).invariants)
     failures, ran = [], []
     for name, check in CHECKS.items():
-        if name in skip:
+        if name not in chosen or name in skip:
             continue
         ran.append(name)
         try:

@@ -128,6 +128,8 @@ def _specs(draw, rule, architecture, depth, width, n_classes, activations, outpu
            seed):
     kind = draw(_option(architecture))
     placement = draw(_option(first_target))
+    if placement not in RULES[rule].first_targets:
+        placement = RULES[rule].first_targets[0]
     n_layers = draw(_option(depth))
     if RULES[rule].uses_feedback and placement == "last_hidden":
         n_layers = max(n_layers, 3)
@@ -141,7 +143,12 @@ def _specs(draw, rule, architecture, depth, width, n_classes, activations, outpu
         layers = [*draw(conv_layers(CONV_INPUT, activations)), *layers[-2:]]
     # a conv block's feedback map has deterministic activations only
     fb_activations = _conv_activations(feedback_activations) if kind == "conv" else feedback_activations
+    if RULES[rule].linear_feedback:  # the rule's feedback maps are linear (DDTP's Q, feedback alignment's B)
+        fb_activations, feedback_bias = "linear", False
     opt = draw(_option(optimizer))
+    noise = draw(_option(feedback_noise))
+    if RULES[rule].feedback_service is not None and not noise:  # its feedback loss divides by σ²
+        noise = 0.1
     return {
         "name": f"hypothesis-{rule}", "seed": draw(_option(seed)), "dtype": draw(_option(dtype)),
         "backend": draw(_option(backend)), "data": {"name": "digits"},
@@ -149,7 +156,7 @@ def _specs(draw, rule, architecture, depth, width, n_classes, activations, outpu
                     "feedback": {"activation": draw(_option(fb_activations)),
                                  "bias": draw(_option(feedback_bias))}},
         "rule": {"name": rule, "target_step": draw(_option(target_step)), "first_target": placement,
-                 "feedback_noise": draw(_option(feedback_noise)), "feedback_iterations": 1},
+                 "feedback_noise": noise, "feedback_iterations": 1},
         "optimizer": {"forward": {"type": opt, "lr": 0.05}, "feedback": {"type": opt, "lr": 0.02}},
     }
 
