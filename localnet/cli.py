@@ -207,8 +207,12 @@ def show(spec_path, overrides):
         console.print(escape("  " + line))
     console.print("[bold]schedule[/]")
     console.print(escape("  forward:  " + " -> ".join(g.forward_order)))
-    if g.feedback_layers:
-        console.print(escape("  feedback: " + ", ".join(g.feedback_layers)) +
+    trained = [n for n in g.feedback_layers if not net.layers[n].feedback_fixed]
+    if len(trained) < len(g.feedback_layers):
+        console.print(escape("  fixed feedback (never trained): " +
+                             ", ".join(n for n in g.feedback_layers if n not in trained)))
+    if trained:
+        console.print(escape("  feedback: " + ", ".join(trained)) +
                       f" (each alone; {spec.rule.feedback_iterations} iteration(s), σ={spec.rule.feedback_noise:g}"
                       + (f"/(1 + (epoch − 1)/{spec.rule.feedback_noise_decay:g})" if spec.rule.feedback_noise_decay
                          else "") + ")")
