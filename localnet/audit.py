@@ -24,6 +24,7 @@ import click
 import numpy as np
 
 from .graph import LOSS
+from .plugins import option as plugin_option
 
 ACTIVATION = "activation from below"
 LABEL = "label"
@@ -367,7 +368,8 @@ def print_report(report, console):
 @click.option("--batch", default=16, show_default=True, type=click.IntRange(1, 4096),
               help="Size of the synthetic batch the step runs on.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def audit_command(spec_path, overrides, batch, as_json):
+@plugin_option
+def audit_command(spec_path, overrides, batch, as_json, plugins=()):
     """Run one real step of SPEC on a synthetic batch and print, per layer and phase, which messages it used
     (and from whom, computed with what), then a locality verdict for the rule. Exits 1 when a provenance claim
     does not match its measurement."""
@@ -376,7 +378,7 @@ def audit_command(spec_path, overrides, batch, as_json):
 
     @_fail_cleanly
     def run():
-        spec = load_spec(spec_path, overrides)
+        spec = load_spec(spec_path, overrides, plugins)
         report = audit(spec, batch=batch)
         if as_json:
             click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

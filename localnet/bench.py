@@ -34,6 +34,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .plugins import load as load_plugins, option as plugin_option
+
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 DEFAULT_SPEC = "fashion-mnist-dtp.yaml"
 DEFAULT_BP_SPEC = "fashion-mnist-bp.yaml"
@@ -552,7 +554,8 @@ def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, de
 TORCH = """
 import json, sys
 import numpy as np
-from localnet import bench
+from localnet import bench, plugins
+plugins.load(sys.argv[5:])
 spec = bench._load(sys.argv[1], "numpy")
 x, y, n_classes, _ = bench._dataset(spec)
 x = np.ascontiguousarray(x, dtype=spec.dtype)
@@ -572,15 +575,15 @@ print(json.dumps(out))
 """
 
 
-def time_torch_in_own_process(spec_path, *, epochs, warmup, batches=None):
+def time_torch_in_own_process(spec_path, *, epochs, warmup, batches=None, plugins=()):
     """`time_torch_epochs` in a fresh process, as a user would run PyTorch: in the bench's own process PyTorch's
     OpenMP calls would bind to the Intel runtime localnet/blas.py loads for MKL, which measured up to 12 % slower
     for PyTorch after localnet's kernels had run. ValueError if the step cannot be written in PyTorch."""
     from .threads import cores
     env = dict(os.environ, LOCALNET_THREADS=str(cores()))
     done = subprocess.run([sys.executable, "-c", TORCH, str(spec_path), str(epochs), str(warmup),
-                           "all" if batches is None else str(batches)], env=env, capture_output=True, text=True,
-                          timeout=3600, check=False)
+                           "all" if batches is None else str(batches), *plugins], env=env, capture_output=True,
+                          text=True, timeout=3600, check=False)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed")
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -700,7 +703,9 @@ import json, sys, time
 t0 = time.perf_counter()
 import numpy as np
 import localnet
+from localnet import plugins
 from localnet.spec import load_spec
+plugins.load(sys.argv[3:])
 spec = load_spec(sys.argv[1], ["backend=" + sys.argv[2]])
 net = localnet.build(spec)
 x = np.random.default_rng(0).random((spec.train.batch_size, net.n_features), dtype=np.float32).astype(spec.dtype)
@@ -711,7 +716,7 @@ print(json.dumps({"import_build": t1 - t0, "first_step": t2 - t1}))
 """
 
 
-def measure_startup(spec_path, backend, cold):
+def measure_startup(spec_path, backend, cold, plugins=()):
     """Seconds from process start to the end of the first batch, in fresh processes: the first with an empty Numba
     cache when `cold` (so it compiles), then again with that cache warm."""
     env = dict(os.environ)
@@ -721,7 +726,7 @@ def measure_startup(spec_path, backend, cold):
             env["NUMBA_CACHE_DIR"] = cache
         for label in ("first", "warm"):
             t = time.perf_counter()
-            done = subprocess.run([sys.executable, "-c", STARTUP, str(spec_path), backend], env=env,
+            done = subprocess.run([sys.executable, "-c", STARTUP, str(spec_path), backend, *plugins], env=env,
                                   capture_output=True, text=True, timeout=600, check=False)
             total = time.perf_counter() - t
             if done.returncode != 0:
@@ -734,8 +739,9 @@ def measure_startup(spec_path, backend, cold):
 # The command
 # -------------------------------------------------------------------------------------------------------------
 def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, warmup=20, batches=None,
-              torch=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None):
-    """Everything `localnet bench` measures, as a JSON-ready dict."""
+              torch=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None, plugins=()):
+    """Everything `localnet bench` measures, as a JSON-ready dict; `plugins` (imported already, by the command)
+    are imported again in the fresh processes that time PyTorch and start-up."""
     say = progress or (lambda msg: None)
     if batches is not None:  # a quick bench is quick everywhere
         breakdown_batches = min(breakdown_batches, batches)
@@ -836,7 +842,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
                 continue
             say(f"timing pytorch {rule} (in a process of its own)")
             try:
-                timed = time_torch_in_own_process(path, epochs=epochs, warmup=warmup, batches=batches)
+                timed = time_torch_in_own_process(path, epochs=epochs, warmup=warmup, batches=batches,
+                                                  plugins=plugins)
             except (ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
                 report["skipped"][f"pytorch {rule}"] = str(exc)
                 continue
@@ -880,7 +887,8 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
     if startup and "numba" in names:
         say("start-up in fresh processes")
         try:
-            report["startup"] = {"backend": "numba", "cold_cache": cold, **measure_startup(spec_path, "numba", cold)}
+            report["startup"] = {"backend": "numba", "cold_cache": cold,
+                                 **measure_startup(spec_path, "numba", cold, plugins)}
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             report["skipped"]["startup"] = str(exc)
     return report
@@ -997,16 +1005,18 @@ def render(report, console):
 @click.option("--repeats", default=3, show_default=True, help="With --engine mpi: interleaved repeats (median).")
 @click.option("--placement", metavar="LAYER=RANK,...", help="With --engine mpi: the rank of every layer.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="With --engine mpi: spec overrides.")
+@plugin_option
 def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_sweep, no_startup, as_json,
-          engine="local", steps=200, repeats=3, placement=None, overrides=()):
+          engine="local", steps=200, repeats=3, placement=None, overrides=(), plugins=()):
     """Time every backend (and PyTorch, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
     backprop on the same net, against the machine's float32 GEMM floor."""
-    from .cli import make_console
+    from .cli import _fail_cleanly, make_console
     err = make_console(stderr=True)
+    _fail_cleanly(load_plugins)(plugins)  # every MPI rank runs this command, so this loads them on each
     if engine == "mpi":
         return _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json)
     report = run_bench(spec_path, bp_spec_path, backends=list(backends) or None, epochs=epochs, warmup=warmup,
-                       batches=batches, torch=not no_torch, sweep=not no_sweep, startup=not no_startup,
+                       batches=batches, torch=not no_torch, sweep=not no_sweep, startup=not no_startup, plugins=plugins,
                        progress=None if as_json else (lambda msg: err.print(f"[dim]{msg}…[/]")))
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import Interrupted, LocalnetError, SpecError
+from .plugins import load as load_plugins, option as plugin_option
 
 
 class _Console(Console):
@@ -60,10 +61,10 @@ def _fail_cleanly(command):
     return wrapper
 
 
-def _load(spec_path, overrides, backend=None):
+def _load(spec_path, overrides, backend=None, plugins=()):
     from .spec import load_spec
     overrides = list(overrides) + ([f"backend={backend}"] if backend else [])
-    return load_spec(spec_path, overrides)
+    return load_spec(spec_path, overrides, plugins)
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
@@ -93,8 +94,9 @@ def main(threads=None):
               help="mpi: layers on MPI ranks, under `mpiexec -n K localnet run SPEC --engine mpi`.")
 @click.option("--placement", metavar="LAYER=RANK,...",
               help="With --engine mpi: the rank of every layer (default: contiguous, balanced by parameters).")
+@plugin_option
 @_fail_cleanly
-def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", placement=None):
+def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", placement=None, plugins=()):
     """Train the network SPEC describes and write a run directory, or continue one with --resume RUN_DIR.
 
     SIGINT (Ctrl-C) or SIGTERM finishes the current batch, writes a checkpoint and exits with status 130; a second
@@ -108,15 +110,16 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
             raise click.UsageError("--resume continues a run with its own spec; give no SPEC, --set or --backend")
     elif spec_path is None:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    load_plugins(plugins)  # a run directory's spec may name the rules they register
     if engine == "mpi":
         from .engines import mpi as mpi_engine
         if not mpi_engine.is_root():  # ranks other than 0 serve their layers; rank 0 reports
-            mpi_engine.run(None if resume_dir else _load(spec_path, overrides, backend), resume_dir=resume_dir,
-                           placement=placement)
+            mpi_engine.run(None if resume_dir else _load(spec_path, overrides, backend, plugins),
+                           resume_dir=resume_dir, placement=placement)
             return
         train, resume = mpi_engine.trainer(placement)
     if resume_dir is None:
-        spec = _load(spec_path, overrides, backend)
+        spec = _load(spec_path, overrides, backend, plugins)  # the spec records them: a resume imports them too
         console.print(f"[bold]{escape(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "
                       f"{len(spec.network.layers)} layers, {spec.train.epochs} epochs, batch "
                       f"{spec.train.batch_size}, {spec.dtype}, seed {spec.seed}", soft_wrap=True)
@@ -179,11 +182,12 @@ def _warn(message):
 @main.command()
 @click.argument("spec_path", metavar="SPEC", type=click.Path(dir_okay=False))
 @set_option
+@plugin_option
 @_fail_cleanly
-def show(spec_path, overrides):
+def show(spec_path, overrides, plugins=()):
     """Print the layers, channels and schedule SPEC builds, without training."""
     from .network import build
-    spec = _load(spec_path, overrides)
+    spec = _load(spec_path, overrides, plugins=plugins)
     net = build(spec)
     g = net.graph
     layers = Table(title=f"{escape(spec.name)}: layers ({spec.rule.name}, backend {net.backend.NAME}, {spec.dtype})")
@@ -218,6 +222,8 @@ def show(spec_path, overrides):
                          else "") + ")")
     console.print(escape("  backward: " + " -> ".join(n for n in g.backward_order if n != "input")))
     console.print(escape("  update:   " + ", ".join(n for n in g.layers if net.layers[n].forward_keys)))
+    if spec.plugins:
+        console.print(escape("plugins: " + ", ".join(spec.plugins)), soft_wrap=True)
 
 
 def graph_text(net):
@@ -243,10 +249,12 @@ def graph_text(net):
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--best", is_flag=True,
               help="The parameters of the epoch with the best validation score, not the last checkpoint's.")
+@plugin_option
 @_fail_cleanly
-def eval_(run_dir, split, best):
+def eval_(run_dir, split, best, plugins=()):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
+    load_plugins(plugins)
     result, run = evaluate_run(run_dir, split, best=best)
     losses = _reconstructs(None, run.path)  # an auto-encoder: a loss, no accuracy
     score = (f"{split} loss {result['loss']:.4f}" if losses else
@@ -272,12 +280,14 @@ def eval_(run_dir, split, best):
               help="Also write the comparison table as an HTML page.")
 @click.option("--plot", "plot_out", metavar="FILE", type=click.Path(dir_okay=False),
               help="Also draw the runs' learning curves, overlaid, to a PNG (needs matplotlib).")
+@plugin_option
 @_fail_cleanly
-def report(run_dirs, table=False, html_out=None, plot_out=None):
+def report(run_dirs, table=False, html_out=None, plot_out=None, plugins=()):
     """With one RUN_DIR, print its status, checkpoint and per-epoch metrics (completed, interrupted or killed runs).
     With several (or --table, --html, --plot), print a Markdown table comparing them: spec, rule, data, final
     train and test error, best validation accuracy and its epoch, seconds per epoch, each layer's angle with
     backprop at the last diagnostics record."""
+    load_plugins(plugins)
     if table or html_out or plot_out or len(run_dirs) > 1:
         return _compare(run_dirs, html_out, plot_out)
     from . import report as comparison

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import LocalnetError
+from .plugins import load as load_plugins, option as plugin_option
 
 INSTALL_HINT = "pip install 'localnet[plot]'"
 CURVES = (("loss", "loss"), ("accuracy", "accuracy"))
@@ -175,12 +176,14 @@ def _fail_cleanly(command):
               help="The PNG to write [default: RUN_DIR/curves.png for one run, curves.png for several].")
 @click.option("--metric", default="angle_bp", show_default=True, type=click.Choice(list(_METRIC_TITLES)),
               help="Which per-layer diagnostic to draw (runs with `diagnostics: {every: N}` in their spec).")
+@plugin_option
 @_fail_cleanly
-def plot(run_dirs, out, metric):
+def plot(run_dirs, out, metric, plugins=()):
     """Draw learning curves (train and validation loss and accuracy per epoch) and, where diagnostics were logged,
     each layer's angle with backprop's gradient, for one or more runs overlaid, to a PNG (needs matplotlib:
     pip install 'localnet[plot]')."""
     _matplotlib()  # fail before reading anything
+    load_plugins(plugins)
     if out is not None:
         from .runs import output_file
         output_file(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from .errors import LocalnetError, SpecError
+from .plugins import option as plugin_option
 from .threads import configure, cores
 
 
@@ -45,14 +46,14 @@ def parse_grid(grid):
     return axes
 
 
-def plan(spec_path, grid, seeds):
+def plan(spec_path, grid, seeds, plugins=()):
     """The runs of a sweep: [(name, overrides)], every combination of the grid's values, each with `seeds`
     seeds (the spec's seed, then the next ones); each run's spec is loaded once here so a bad value fails
     before anything runs."""
     from .spec import load_spec
     if seeds < 1:
         raise LocalnetError(f"--seeds must be at least 1, got {seeds}")
-    base = load_spec(spec_path)
+    base = load_spec(spec_path, plugins=plugins)
     axes = parse_grid(grid)
     runs = []
     for values in itertools.product(*(v for _, v in axes)):
@@ -61,16 +62,16 @@ def plan(spec_path, grid, seeds):
             overrides = [f"{key}={value}" for (key, _), value in zip(axes, values)]
             label = "-".join(f"{key.rsplit('.', 1)[-1]}{value}" for (key, _), value in zip(axes, values))
             name = "-".join(filter(None, (base.name, label, f"seed{seed}")))
-            load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"])
+            load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"], plugins)
             runs.append((name, overrides, seed))
     return runs
 
 
-def run_one(spec_path, overrides, seed, name, runs_root, threads=None):
+def run_one(spec_path, overrides, seed, name, runs_root, threads=None, plugins=()):
     """Train one run of the sweep (in a worker process); its summary, or its failure, as a dict."""
     from .spec import load_spec
     from .training import train
-    spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"])
+    spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"], plugins)
     configure(threads)  # this worker process's share of the cores
     try:
         summary, run = train(spec, runs_root=runs_root)
@@ -79,11 +80,11 @@ def run_one(spec_path, overrides, seed, name, runs_root, threads=None):
     return {**summary, "run_dir": str(run.path)}
 
 
-def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", on_done=None):
+def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", on_done=None, plugins=()):
     """Run every combination; returns [(name, overrides, seed, result)] in plan order. `jobs` local processes
     (default: the cores), or with `use_mpi` the mpi4py.futures workers (`mpiexec -n K python -m mpi4py.futures
-    -m localnet sweep ... --mpi`: K − 1 workers)."""
-    runs = plan(spec_path, grid, seeds)
+    -m localnet sweep ... --mpi`: K − 1 workers); each run's spec records `plugins` (--plugin) with its own."""
+    runs = plan(spec_path, grid, seeds, plugins)
     root = Path(runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(spec_path).stem}"
     n_cores = cores()
     if use_mpi:
@@ -98,7 +99,7 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
         threads = max(1, n_cores // jobs)
     results = {}
     with executor:
-        futures = {executor.submit(run_one, str(spec_path), overrides, seed, name, str(root), threads): name
+        futures = {executor.submit(run_one, str(spec_path), overrides, seed, name, str(root), threads, plugins): name
                    for name, overrides, seed in runs}
         from concurrent.futures import as_completed
         for future in as_completed(futures):
@@ -165,7 +166,8 @@ def chosen_on_validation(combinations):
               help="Run on mpi4py.futures workers: `mpiexec -n K python -m mpi4py.futures -m localnet sweep ...`.")
 @click.option("--runs-dir", default=lambda: os.environ.get("LOCALNET_RUNS", "runs"), show_default="runs",
               help="Where the sweep's directory of runs is created (or $LOCALNET_RUNS).")
-def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
+@plugin_option
+def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir, plugins=()):
     """Train SPEC for every combination of the --grid values times --seeds seeds, in parallel; each run gets its
     own run directory under one sweep directory; prints one line per run and, with several seeds, each
     combination's mean ± s.d. over them (compare runs in depth with `localnet report`)."""
@@ -177,7 +179,7 @@ def sweep_command(spec_path, grid, seeds, jobs, use_mpi, runs_dir):
 
     @_fail_cleanly
     def go():
-        root, rows = sweep(spec_path, grid, seeds, jobs=jobs, use_mpi=use_mpi, runs_dir=runs_dir,
+        root, rows = sweep(spec_path, grid, seeds, jobs=jobs, use_mpi=use_mpi, runs_dir=runs_dir, plugins=plugins,
                            on_done=lambda name, r: console.print(f"done {escape(name)}: {r.get('status')}"))
         table = Table(title=f"sweep: {len(rows)} runs in {escape(str(root))}")
         for col in ("run (directory: <time>-<run>-<id>)", "overrides"):

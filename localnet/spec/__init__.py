@@ -11,7 +11,7 @@ from ..errors import SpecError, short_repr
 from . import names
 from .schema import (ChannelSpec, ConstraintSpec, DataSpec, FeedbackSpec, LayerSpec, NetworkSpec, OptimizerSpec,
                      OptimizersSpec, RuleSpec, Spec, TrainSpec)
-from .validate import Context, convert, describe, to_data
+from .validate import Context, convert, convert_field, describe, to_data
 from .yamlio import load_yaml, read_yaml
 
 __all__ = ["load_spec", "dump_spec", "parse_override", "Spec", "ChannelSpec", "ConstraintSpec", "DataSpec",
@@ -68,8 +68,9 @@ def _list_index(items, step):
     return None
 
 
-def load_spec(source, overrides=()) -> Spec:
-    """Load a spec from a path, a YAML string's parsed dict, or a dict; `overrides` are `key.path=value` strings."""
+def load_spec(source, overrides=(), plugins=()) -> Spec:
+    """Load a spec from a path, a YAML string's parsed dict, or a dict; `overrides` are `key.path=value` strings;
+    `plugins` are modules to import and record in the spec's `plugins` besides its own (a command's --plugin)."""
     if isinstance(source, Spec):
         origin = source.origin
         data = to_data(source)
@@ -85,10 +86,44 @@ def load_spec(source, overrides=()) -> Spec:
     for text in overrides:
         path, value = parse_override(text)
         _apply_override(data, path, value, ctx)
+    _load_plugins(data, plugins, ctx)
     spec = convert(Spec, data, (), ctx)
     _check(spec, ctx)
     object.__setattr__(spec, "origin", ctx)
     return spec
+
+
+def _load_plugins(data, extra, ctx):
+    """Import the spec's `plugins`, then `extra`, then the installed entry point that provides an unknown
+    `rule.name`, before the rest is checked, since it may name what they register. Each module is written back
+    into `plugins`, so the resolved spec (a run directory's spec.yaml) names every module its rule needs."""
+    from ..plugins import PluginError, import_module, load, provide_rule
+    from ..rules import RULES
+    listed = list(convert_field(Spec, "plugins", data.get("plugins", []), ("plugins",), ctx))
+    for i, module in enumerate(listed):
+        try:
+            import_module(module)
+        except PluginError as exc:
+            raise ctx.error(("plugins", i), exc.what, expected="a module Python can import (installed, or on "
+                            "PYTHONPATH)", found=exc.reason) from None
+    load(extra)
+    listed += [module for module in extra if module not in listed]
+    rule = data.get("rule")
+    name = rule.get("name") if isinstance(rule, dict) else None
+    if isinstance(name, str) and name not in RULES:
+        try:
+            module = provide_rule(name)
+        except PluginError as exc:
+            raise ctx.error(("rule", "name"), exc.what, found=exc.reason) from None
+        if module is None:
+            raise ctx.error(("rule", "name"), "unknown name", found=describe(name),
+                            expected="one of " + ", ".join(map(repr, RULES)) + ", or a rule a plugin registers "
+                            "(a module in the spec's `plugins` or given with --plugin, or an installed package's "
+                            "`localnet.rules` entry point)")
+        if module not in listed:
+            listed.append(module)
+    if listed:
+        data["plugins"] = listed
 
 
 def dump_spec(spec: Spec) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..plugins import MODULE_NAME
 from . import names
 from .validate import option
 
@@ -229,3 +230,5 @@ class Spec:
     backend: str = option("auto", choices=names.BACKENDS)
     description: str | None = None
     placement: tuple[tuple[str, ...], ...] | None = None  # MPI: rank 0's layers, rank 1's, ... (docs/mpi.md)
+    # modules imported before the rest is checked, so the spec may name the rules they register (docs/plugins.md)
+    plugins: tuple[str, ...] = option((), pattern=MODULE_NAME)

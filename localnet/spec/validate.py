@@ -130,10 +130,12 @@ def convert(tp, value, path, ctx):
 def _check_constraints(meta, value, path, ctx):
     if value is None:
         return
-    if meta.get("pattern") is not None and isinstance(value, str):
+    if meta.get("pattern") is not None:  # a string, or each string of a list
         regex, meaning = meta["pattern"]
-        if not re.fullmatch(regex, value):
-            raise ctx.error(path, "invalid name", expected=meaning, found=describe(value))
+        for where, text in ([(path + (i,), v) for i, v in enumerate(value)] if isinstance(value, tuple)
+                            else [(path, value)]):
+            if isinstance(text, str) and not re.fullmatch(regex, text):
+                raise ctx.error(where, "invalid name", expected=meaning, found=describe(text))
     if meta.get("choices") is not None:
         choices = meta["choices"]() if callable(meta["choices"]) else meta["choices"]
         if value not in choices:
@@ -175,10 +177,20 @@ def _convert_dataclass(cls, value, path, ctx):
             if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
                 raise ctx.error(sub, "missing required key", expected=_type_name(hints[field.name]))
             continue
-        converted = convert(hints[field.name], value[key], sub, ctx)
-        _check_constraints(field.metadata, converted, sub, ctx)
-        kwargs[field.name] = converted
+        kwargs[field.name] = _convert_field(field, hints[field.name], value[key], sub, ctx)
     return cls(**kwargs)
+
+
+def convert_field(cls, name, value, path, ctx):
+    """One field of dataclass `cls`, checked and built on its own (a spec's `plugins`, needed before the rest)."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return _convert_field(field, _hints(cls)[name], value, path, ctx)
+
+
+def _convert_field(field, hint, value, path, ctx):
+    converted = convert(hint, value, path, ctx)
+    _check_constraints(field.metadata, converted, path, ctx)
+    return converted
 
 
 def to_data(obj):
