@@ -313,7 +313,8 @@ def _cell(uses, constraints, empty="no message"):
 def print_report(report, console):
     from rich.markup import escape
     from rich.table import Table
-    placement = f", first target on the {report.first_target.replace('_', ' ')}" if report.rule != "bp" else ""
+    targets = any(u.kind == "target" for u in report.uses)  # where the first target sits matters only then
+    placement = f", first target on the {report.first_target.replace('_', ' ')}" if targets else ""
     table = Table(title=f"locality audit: {report.rule}{placement} (one real step)", show_lines=True)
     for col in ("layer", "forward", "feedback", "backward", "sends down", "verdict"):
         table.add_column(col)
@@ -340,9 +341,12 @@ def print_report(report, console):
         console.print("Feedback phase: each layer trains g on the round trip of noise injected at its input, "
                       "forward to the output and back down through the feedback maps above (DTP-DRL's difference "
                       "reconstruction loss); the update phase reads no message.", soft_wrap=True)
-    else:
+    elif any(v == "trained" for v in report.feedback.values()):
         console.print("The feedback and update phases read no message: a layer trains g on its own f around the "
                       "input it kept from the forward phase, and steps its own optimiser.", soft_wrap=True)
+    else:
+        console.print("The update phase reads no message: a layer steps its own optimiser"
+                      + (" (its feedback map is fixed)." if any(report.feedback.values()) else "."), soft_wrap=True)
     style = {"local": "green", FIRST_TARGET: "yellow", NON_LOCAL: "red"}[report.verdict]
     console.print(f"[bold]verdict ({escape(report.rule)}{escape(placement)}):[/] [{style}]{report.verdict}[/]: "
                   f"{escape(report.reason)}", soft_wrap=True)
@@ -355,7 +359,8 @@ def print_report(report, console):
                               soft_wrap=True)
         else:
             console.print(f"provenance checked: {len(report.provenance_checked)} backward message(s); each changes "
-                          "with its sender's W exactly when it declares Wᵀ, and with V exactly when it declares V "
+                          "with its sender's W exactly when it declares Wᵀ (or its signs), and with V exactly when it "
+                          "declares V "
                           "(perturbation, inbox held fixed)", soft_wrap=True)
     console.print("isolation: ok (no layer holds another node, another's parameters or optimiser state, or memory "
                   "another may write)", soft_wrap=True)
