@@ -114,7 +114,7 @@ def classify(graph, receiver, kind, sender, provenance, transports=None, phase="
         return (ROUND_TRIP,), False
     if kind == "activation":
         return (ACTIVATION,), False
-    if kind == "label":
+    if kind == "label" or (provenance and provenance <= {"data"}):  # DRTP: the label itself, sent down
         return (LABEL,), False
     cats = []
     first = "∂ℒ" in provenance or (kind == "target" and "gradient" in provenance)
@@ -162,6 +162,9 @@ def layer_verdict(uses):
             else:
                 parts.append(f"the loss gradient ∂ℒ/∂h from {u.sender}")
         return FIRST_TARGET, "; ".join(parts)
+    labels = [u for u in uses if u.phase == "backward" and LABEL in u.categories]
+    if labels:  # direct random target projection: the label alone, through the layer's own fixed B
+        return LOCAL, f"the label from {labels[0].sender}, through its own fixed feedback weights (no error)"
     fed_back = [u for u in uses if GRADIENT_ABOVE in u.categories]
     if fed_back:  # feedback alignment: an error through the sender's own fixed B, not its W
         return LOCAL, "errors from " + ", ".join(u.sender for u in fed_back) + " through their own feedback " \

@@ -69,8 +69,11 @@ def _declared_edges(spec):
     edges = [(a, b, "activation", where) for a, b in zip(chain, chain[1:])]
     edges.append((INPUT, LOSS, "label", where))
     custom = rule.chain_backward(tuple(chain[1:-1])) if spec.rule.first_target == "output" else None
-    if custom is not None:  # e.g. DDTP: the output layer straight to every hidden layer
-        return edges + [(a, b, kind, where) for a, b, kind in custom]
+    if custom is not None:  # e.g. DDTP: the output layer straight to every hidden layer, but to none that only
+        from .layers.base import family  # passes messages on (flatten: a direct message has nothing to pass)
+        types = {layer.name: layer.type for layer in net.layers}
+        return edges + [(a, b, kind, where) for a, b, kind in custom
+                        if (a, b) == (LOSS, chain[-2]) or family(types[b]).offers is not None]
     edges.append((LOSS, chain[-2], top_kind, where))
     edges += [(b, a, down_kind, where) for a, b in reversed(list(zip(chain[1:-2], chain[2:-1])))]
     return edges
@@ -220,10 +223,13 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
                                      f"consumers: layer {receiver!r} gets targets from {first!r} and {sender!r}",
                                      expected="one consumer per layer, or a rule with difference targets (dtp, ...)")
             backward_in.setdefault(receiver, []).append((sender, kind))
-            # a direct target (DDTP) carries the output's displacement ĥ_L − h_L, in the sender's own space
-            shape = sizes[sender] if rule.direct and sender != LOSS else sizes[receiver]
-            if sender != LOSS and rule.direct:
-                direct_in[receiver] = math.prod(sizes[sender])
+            # a direct channel skips layers: out of the top layer (DDTP's displacement ĥ_L − h_L, DFA's error), or
+            # out of the loss to a layer under the top one (DRTP's label); it carries a value of the top's space
+            if rule.direct and (sender != LOSS or receiver != top):
+                shape = n_in[LOSS] if sender == LOSS else sizes[sender]
+                direct_in[receiver] = math.prod(shape)
+            else:
+                shape = sizes[receiver]
         elif kind == "label":
             shape = (n_features,) if reconstructs else ()
         else:
@@ -233,7 +239,7 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
         g.add_edge(sender, receiver, key=kind, index=index,
                    channel=Channel(sender, receiver, kind, shape, dtype, constraints))
     for name in order[1:-1]:
-        if name not in backward_in:
+        if name not in backward_in and not (rule.direct and family(layer_specs[name][1].type).offers is None):
             raise spec_error(spec, ("network",), f"layer {name!r} receives no target or gradient, so it could "
                              "never learn", expected=f"a target or gradient channel into {name!r}")
 

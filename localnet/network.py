@@ -51,7 +51,9 @@ class Network:
         seeds = np.random.SeedSequence(seed).spawn(len(spec.network.layers))
         nodes = {INPUT: InputNode(INPUT, self.backend.arrays),
                  LOSS: LossNode(LOSS, spec.network.loss, r.target_step, self.backend.loss,
-                                _down_kinds(self.graph, LOSS), self.backend.arrays)}
+                                _down_kinds(self.graph, LOSS), self.backend.arrays, rule,
+                                [c.receiver for c in self.graph.outbound(LOSS, ("gradient", "target"))
+                                 if c.receiver in (self.graph.direct_in or {})])}
         for layer_spec, layer_seed in zip(spec.network.layers, seeds):
             name = layer_spec.name
             feedback = None

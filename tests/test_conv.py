@@ -228,7 +228,6 @@ def test_state_round_trip_continues_bit_for_bit():
 
 @pytest.mark.parametrize("change,message", [
     ({"rule": {"name": "dtp_drl"}}, "rule 'dtp_drl' does not support conv2d layers"),
-    ({"rule": {"name": "ddtp_linear"}}, "rule 'ddtp_linear' does not support conv2d layers"),
     ({"backend": "cuda"}, "backend 'cuda' has no conv2d kernels"),
     ({"layer": {"kernel": None}}, "missing required key 'kernel'"),
     ({"layer": {"activation": "step"}}, "activation 'step' is not supported in a conv block"),
@@ -257,3 +256,25 @@ def test_a_dense_layer_cannot_feed_a_conv_layer():
               {"name": "fl", "type": "flatten"}, {"name": "out", "size": 5, "activation": "linear"}]
     with pytest.raises(SpecError, match="a conv2d layer takes C×H×W inputs"):
         conv_net(layers=layers)
+
+
+def test_ddtp_reaches_conv_blocks_with_a_dense_q():
+    """DDTP's direct targets on a conv chain: ĥ_i = h_i + (ĥ_L − h_L) Q_i, Q_i of shape (n_L, C·H·W)."""
+    spec = {"name": "ddtp-conv", "seed": 0, "dtype": "float64", "backend": "numpy", "data": {"name": "digits"},
+            "network": {"layers": [*LAYERS[:2], {"name": "f", "type": "flatten"},
+                                   {"name": "out", "size": 3, "activation": "linear"}],
+                        "feedback": {"activation": "linear", "bias": False}},
+            "rule": {"name": "ddtp_linear", "target_step": 0.5, "feedback_noise": 0.1},
+            "optimizer": {"forward": {"type": "sgd", "lr": 0.1}, "feedback": {"type": "sgd", "lr": 0.1}}}
+    net = Network(load_spec(spec), 0, (1, 8, 8), 3)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((4, 1, 8, 8)), rng.integers(0, 3, 4)
+    net.engine.forward(*net._batch(x, y), train=True)
+    net.engine.backward()
+    out = net.layers["out"]
+    for name in ("c1", "c2"):
+        layer = net.layers[name]
+        Q = layer.feedback_params["V"]
+        want = layer.h + ((out.target - out.h) @ Q).reshape(layer.h.shape)
+        np.testing.assert_allclose(layer.target, want, rtol=1e-12, atol=1e-14)
+    net.train_step(x, y)  # and Q trains on the output's response to noise (through flatten's f)

@@ -1,4 +1,5 @@
-"""The feedback-alignment family (DESIGN §9): feedback alignment, direct feedback alignment and sign symmetry,
+"""The feedback-alignment family (DESIGN §9): feedback alignment, direct feedback alignment, sign symmetry and
+direct random target projection,
 each step's updates against an independent numpy transcription of its paper's equations (written here from the
 equations: row vectors, h_i = s_i(h_{i−1} W_i + b_i), the mean softmax cross-entropy); B never changes; conv
 blocks under feedback alignment send their error through a transposed convolution with B; the audit's verdicts;
@@ -60,13 +61,15 @@ def oracle(rule, params, x, y):
             down = deltas[above] @ params[above]["V"]
         elif rule == "sign_symmetry":  # B_{i+1} = sign(W_{i+1})ᵀ
             down = deltas[above] @ np.sign(params[above]["W"]).T
-        else:  # dfa: δ_i = (e B_i) ⊙ s'_i, B_i fixed of shape (n_L, n_i)
+        elif rule == "dfa":  # δ_i = (e B_i) ⊙ s'_i, B_i fixed of shape (n_L, n_i)
             down = e @ params[names[i]]["V"]
+        else:  # drtp: δ_i = (−ȳ B_i) ⊙ s'_i, the one-hot label scaled as ℒ's batch mean is
+            down = (-np.eye(N_OUT)[y] / len(x)) @ params[names[i]]["V"]
         deltas[names[i]] = down * ds(acts[i], hs[i + 1])
     return {name: (hs[i].T @ deltas[name], deltas[name].sum(axis=0)) for i, name in enumerate(names)}
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry"])
+@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry", "drtp"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_one_step_matches_the_papers_equations(rule, seed):
     net = net_of(rule)
@@ -86,6 +89,7 @@ def test_who_owns_b():
     assert net_of("fa").graph.feedback_layers == ("h2", "out")  # each layer that sends an error down
     assert net_of("dfa").graph.feedback_layers == ("h1", "h2")  # each layer the output's error reaches
     assert net_of("sign_symmetry").graph.feedback_layers == ()  # the forward weights' signs, no B
+    assert net_of("drtp").graph.feedback_layers == ("h1", "h2")  # each layer the label reaches
     out, h2 = net_of("fa").layers["out"], net_of("dfa").layers["h2"]
     assert out.feedback_params["V"].shape == (N_OUT, 6) and h2.feedback_params["V"].shape == (N_OUT, 6)
     assert out.feedback_fixed and h2.feedback_fixed
@@ -129,6 +133,7 @@ def test_conv_blocks_send_their_error_through_b_or_the_signs(rule):
     ("fa", "out", FIRST_TARGET, "the loss gradient"),
     ("dfa", "h1", FIRST_TARGET, "the output's error ∂ℒ/∂a, broadcast from out (direct)"),
     ("sign_symmetry", "h1", NON_LOCAL, "the signs of h2's W (weight transport of signs)"),
+    ("drtp", "h1", LOCAL, "the label from loss, through its own fixed feedback weights (no error)"),
 ])
 def test_the_audit_finds_each_rules_locality(rule, layer, verdict, words):
     report = audit_network(net_of(rule), *batch(seed=1))
@@ -139,16 +144,19 @@ def test_the_audit_finds_each_rules_locality(rule, layer, verdict, words):
 @pytest.mark.parametrize("change, words", [
     ({"network": {"layers": LAYERS, "feedback": {"activation": "tanh"}}}, "fixed linear maps B, with no bias"),
     ({"rule": {"name": "dfa", "first_target": "last_hidden"}}, "cannot place its first target on the last hidden layer; expected output"),
-    ({"network": {"layers": CONV, "feedback": {"activation": "linear", "bias": False}}, "rule": {"name": "dfa"}},
-     "rule 'dfa' does not support conv2d layers"),
+    ({"network": {"layers": [*LAYERS[:2], {**LAYERS[2], "inputs": ["h2", "h1"]}],
+                  "feedback": {"activation": "linear", "bias": False}}, "rule": {"name": "dfa"}},
+     "rule 'dfa' runs on chains of layers only"),
+    ({"network": {"layers": LAYERS, "feedback": {"activation": "linear", "bias": False}, "loss": "mse"},
+      "rule": {"name": "drtp"}}, "rule 'drtp' projects one-hot class labels; expected softmax_cross_entropy"),
 ])
 def test_spec_errors(change, words):
     spec = {**spec_of("fa"), **change}
     with pytest.raises(SpecError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        load_spec(spec)
+        Network(load_spec(spec), 0, N_IN, N_OUT)  # at spec load, or where the graph is built
 
 
-@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry"])
+@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry", "drtp"])
 def test_the_declared_invariants_hold_and_name_real_checks(rule):
     declared = get_rule(rule).invariants
     assert declared <= set(CHECKS)
@@ -164,3 +172,25 @@ def test_numba_runs_feedback_alignment_as_numpy_does():
     for name, params in nets[0].parameters().items():
         for key, value in params.items():
             np.testing.assert_allclose(nets[1].parameters()[name][key], value, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["dfa", "drtp"])
+def test_direct_rules_reach_conv_blocks_through_a_dense_b(rule):
+    from localnet.diagnostics import reference as ref
+    net = net_of(rule, (1, 8, 8), CONV)
+    x, y = batch((1, 8, 8), seed=6)
+    net.engine.forward(*net._batch(x, y), train=True)
+    net.engine.backward()
+    assert net.graph.feedback_layers == ("c1", "c2")  # flatten only reshapes: no direct channel reaches it
+    p = np.exp(net.loss.output - net.loss.output.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    signal = (p - np.eye(N_OUT)[y]) / BATCH if rule == "dfa" else -np.eye(N_OUT)[y] / BATCH
+    for name in ("c1", "c2"):
+        layer = net.layers[name]
+        r = layer.reference()
+        B = layer.feedback_params["V"]
+        assert B.shape == (N_OUT, np.prod(layer.out_shape))
+        dh = (signal @ B).reshape(BATCH, *layer.out_shape)  # δ at the block's output: the signal through B
+        e = r.pool_vjp(dh) * ref.derivative(layer.activation, r.a)
+        for key, value in r.param_vjp(r.x, e).items():
+            np.testing.assert_allclose(layer.grads[key], value, rtol=1e-9, atol=1e-12)

@@ -25,7 +25,7 @@ import numpy as np
 from ..constraints import layer_constraint
 from ..diagnostics import reference as ref
 from .base import Reference, optimizer_text, register_family, shape_text
-from .init import initialize_kernel
+from .init import initialize, initialize_kernel
 from .parametric import ParametricLayer
 
 ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "elu")  # deterministic units (no sampling inside a block)
@@ -38,7 +38,7 @@ def conv_output_hw(hw, kernel, stride, padding):
 @register_family
 class Conv2dLayer(ParametricLayer):
     family = "conv2d"
-    offers = frozenset()
+    offers = frozenset({"direct_feedback"})
     STEP_STATE = (*ParametricLayer.STEP_STATE, "s", "idx")
 
     @classmethod
@@ -101,18 +101,26 @@ class Conv2dLayer(ParametricLayer):
         pre_hw = conv_output_hw(in_shape[1:], k, spec.stride, spec.padding)
         init_rng, rng = (np.random.Generator(np.random.PCG64(s)) for s in seed.spawn(2))
         shape = (c_out, c_in, k, k)
-        forward_params = {"W": initialize_kernel(spec.init or init, shape, init_rng, dtype)}
+        forward_params = {"W": initialize_kernel(spec.init or init, (c_out, c_in, k, k), init_rng, dtype)}
         if spec.bias:
             forward_params["b"] = np.zeros(c_out, dtype)
         fixed = layer_constraint(spec, "fixed_feedback")
         feedback_params = {}
+        # a direct channel (DDTP, DFA, DRTP) brings a value of the output's space: g is then a dense linear map
+        # from it to the block's output, g(z) = z V reshaped to C×H×W, V of shape (that size, C·H·W)
+        self.direct_from = direct_from
+        n_out = int(np.prod(self.output_shape(spec, in_shape)))
+        if direct_from is not None:
+            shape = (direct_from, n_out)
         if feedback is not None:
             self.feedback_activation = feedback.activation
             if fixed is not None and fixed.scale is not None:
                 feedback_params["V"] = init_rng.uniform(-fixed.scale, fixed.scale, shape).astype(dtype)
+            elif direct_from is not None:
+                feedback_params["V"] = initialize(feedback.init, direct_from, n_out, init_rng, dtype)
             else:
                 feedback_params["V"] = initialize_kernel(feedback.init, shape, init_rng, dtype)
-            if feedback.bias:
+            if feedback.bias and direct_from is None:
                 feedback_params["c"] = (np.zeros(c_in, dtype) if fixed is None or fixed.scale is None else
                                         init_rng.uniform(-fixed.scale, fixed.scale, c_in).astype(dtype))
         self._setup(name, in_shape, self.output_shape(spec, in_shape), forward_params=forward_params,
@@ -147,7 +155,13 @@ class Conv2dLayer(ParametricLayer):
         return self.k.conv.conv_transpose(u, params["V"], params.get("c"), self.stride, self.padding,
                                           self.in_shape[1:])
 
+    @property
+    def direct_feedback(self):
+        return self.direct_from is not None
+
     def g(self, z):
+        if self.direct_from is not None:
+            return self.k.dense.feedback(z, self.feedback_params["V"], None, "linear").reshape(len(z), *self.out_shape)
         return self.k.activations.apply(self.feedback_activation,
                                         self._transpose(self._unpool(z, self.idx), self.feedback_params))
 
@@ -203,6 +217,11 @@ class Conv2dLayer(ParametricLayer):
         return self._g_grads(u, q, r, (2 / rows) * np.concatenate([-dx, d_y, dx - d_y])), loss
 
     def g_pullback(self, z):
+        if self.direct_from is not None:  # g(z) = z V, reshaped
+            def linear(upstream, scale=1.0):
+                dV, _ = self.k.dense.weight_grads(z, upstream.reshape(len(upstream), -1))
+                return {"V": scale * dV if scale != 1.0 else dV}
+            return self.g(z), linear
         u = self._unpool(z, self.idx)
         q = self._transpose(u, self.feedback_params)
         r = self.k.activations.apply(self.feedback_activation, q)
@@ -231,8 +250,9 @@ class Conv2dLayer(ParametricLayer):
             f", {self.pool} pool {self.pool_size}" if self.pool else "")
         row.update(activation=block, **{"forward optimiser": optimizer_text(fo)})
         if self.has_feedback:
-            row["feedback"] = (f"{self.feedback_activation} convT {shape_text(self.out_shape)}->"
-                               f"{shape_text(self.in_shape)}" + (" (fixed)" if self.feedback_fixed else ""))
+            row["feedback"] = ((f"linear {self.direct_from}->{shape_text(self.out_shape)}" if self.direct_from else
+                                f"{self.feedback_activation} convT {shape_text(self.out_shape)}->"
+                                f"{shape_text(self.in_shape)}") + (" (fixed)" if self.feedback_fixed else ""))
             row["feedback optimiser"] = optimizer_text(bo.spec)
         return row
 
@@ -254,7 +274,7 @@ class ConvReference(Reference):
         self.x, self.a, self.h = (None if v is None else np.asarray(host(v), np.float64)
                                   for v in (layer.x, layer.a, layer.h))
         self.idx = None if layer.idx is None else np.asarray(host(layer.idx))
-        self.has_g = bool(self._fb)
+        self.has_g = bool(self._fb) and layer.direct_from is None  # a direct map inverts no f
         self.stride, self.padding = layer.stride, layer.padding
         self.mode, self.size = layer.pool, layer.pool_size
         self.in_shape, self.a_shape = layer.in_shape, layer._a_shape

@@ -1,14 +1,17 @@
 """The global loss node: receives h_L and labels, and sends the first target or ℒ's gradient down."""
 
 from ..messages import Outbox
+from ..rules.base import Rule
 from .base import Node
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse", "reconstruction": "reconstruction"}
 
 
 class LossNode(Node):
-    def __init__(self, name, loss, target_step, kernels, down_kinds, arrays=None):
-        """kernels: the backend's loss module; arrays: its array API (numpy's when not given)."""
+    def __init__(self, name, loss, target_step, kernels, down_kinds, arrays=None, rule=None, direct=()):
+        """kernels: the backend's loss module; arrays: its array API (numpy's when not given); rule: what it sends
+        down (`Rule.loss_send`; None: ℒ's gradient or the first target); direct: the layers below the top one it
+        sends to straight (DRTP)."""
         if arrays is None:
             from ..backends.numpy import arrays
         self.name = name
@@ -16,12 +19,13 @@ class LossNode(Node):
         self._loss = getattr(kernels, LOSSES[loss])
         self._descend = arrays.descend
         self.target_step = target_step
+        self.rule, self.direct = rule, tuple(direct)
         self.value = self.correct = None
-        self._h = self._grad = None
+        self._h = self._grad = self.label = None
 
     def forward(self, inbox, train):
-        self._h = inbox["activation"]
-        self.value, self._grad, self.correct = self._loss(self._h, inbox["label"])
+        self._h, self.label = inbox["activation"], inbox["label"]
+        self.value, self._grad, self.correct = self._loss(self._h, self.label)
         return {}
 
     @property
@@ -29,11 +33,19 @@ class LossNode(Node):
         """The network's output h_L this node last received (read-only, as delivered)."""
         return self._h
 
+    @property
+    def gradient(self):
+        """∂ℒ/∂h_L of this step."""
+        return self._grad
+
+    def first_target(self):
+        """ĥ_L = h_L − η̂ ∂ℒ/∂h_L: one step down ℒ's gradient."""
+        return self._descend(self._h, self._grad, self.target_step)
+
     def backward(self, inbox):
         out = Outbox()
-        if "gradient" in self.down_kinds:
-            out.send("gradient", self._grad, "∂ℒ")
-        if "target" in self.down_kinds:
-            # the first target is one step down ℒ's gradient: ĥ_L = h_L − η̂ ∂ℒ/∂h_L
-            out.send("target", self._descend(self._h, self._grad, self.target_step), "∂ℒ", base=self._h)
+        if self.rule is not None:
+            self.rule.loss_send(self, self.down_kinds, out)
+        else:
+            Rule.loss_send(None, self, self.down_kinds, out)
         return out

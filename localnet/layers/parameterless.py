@@ -33,6 +33,8 @@ class ParameterlessLayer(Layer):
     def backward(self, inbox):
         """Learn nothing; pass down what came: the target or gradient for x, or, below ℒ's gradient where targets
         go down, the first target x − η̂ ∂ℒ/∂x."""
+        if "target" not in inbox and "gradient" not in inbox:
+            return Outbox()  # below direct channels, which skip it: nothing to pass on
         received = "target" if "target" in inbox else "gradient"
         message = combined(inbox, received, self.h)
         lag = inbox.lag(received) if hasattr(inbox, "lag") else 0
@@ -45,6 +47,10 @@ class ParameterlessLayer(Layer):
             self.send_down(out, "target", self.k.arrays.descend(self.x, down, self.target_step), "gradient",
                            lag=lag, base=self.x)
         return out
+
+    def f(self, x):
+        """f on an input of someone else's making (DDTP's response through the layers above), no state change."""
+        return self._map(x)
 
     # -- what a family supplies -----------------------------------------------------------------------------------
     def _map(self, x):

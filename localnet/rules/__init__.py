@@ -22,6 +22,7 @@ from .bp import Backprop
 from .ddtp import DirectDifferenceTargetPropagation
 from .dfa import DirectFeedbackAlignment
 from .dtp import DifferenceTargetPropagation
+from .drtp import DirectRandomTargetProjection
 from .dtpdrl import DTPDifferenceReconstruction
 from .fa import FeedbackAlignment
 from .ldrl import LayerwiseDifferenceReconstruction
@@ -30,13 +31,13 @@ from .tp import TargetPropagation
 
 __all__ = ["Rule", "Backprop", "DifferenceTargetPropagation", "DirectDifferenceTargetPropagation", "TargetPropagation", "RULES", "BUILT_IN",
            "DTPDifferenceReconstruction", "LayerwiseDifferenceReconstruction", "FeedbackAlignment",
-           "DirectFeedbackAlignment", "SignSymmetry",
+           "DirectFeedbackAlignment", "SignSymmetry", "DirectRandomTargetProjection",
            "get_rule", "register_rule", "unregister_rule"]
 
 RULES = {rule.name: rule for rule in (DifferenceTargetPropagation(), TargetPropagation(), Backprop(),
                                       DirectDifferenceTargetPropagation(), DTPDifferenceReconstruction(),
                                       LayerwiseDifferenceReconstruction(), FeedbackAlignment(),
-                                      DirectFeedbackAlignment(), SignSymmetry())}
+                                      DirectFeedbackAlignment(), SignSymmetry(), DirectRandomTargetProjection())}
 BUILT_IN = tuple(RULES)
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 

@@ -133,6 +133,15 @@ class Rule:
                 layer.send_down(out, "target", layer.descend(step.x, layer.vjp(step.e)),
                                 "Wᵀ", "s'", "gradient", lag=step.lag, base=step.x)
 
+    def loss_send(self, loss, kinds, out):
+        """What the loss node sends down its backward channels of `kinds`: ℒ's gradient ∂ℒ/∂h_L (`loss.gradient`)
+        and/or the first target ĥ_L = h_L − η̂ ∂ℒ/∂h_L (`loss.first_target()`); `loss.label` is this step's label,
+        `loss.direct` the layers below the top one it reaches straight."""
+        if "gradient" in kinds:
+            out.send("gradient", loss.gradient, "∂ℒ")
+        if "target" in kinds:
+            out.send("target", loss.first_target(), "∂ℒ", base=loss.output)
+
     def target_below(self, layer, x, h, target):
         """The target a layer sends down, from its own input x, output h and received target, through its feedback
         map (DTP-DRL's round trip relays its noise down with it too)."""

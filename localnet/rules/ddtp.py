@@ -89,4 +89,5 @@ class DirectDifferenceTargetPropagation(Rule):
         g, pullback = layer.g_pullback(respond(h + eps) - base)
         diff = g - eps
         scale = 1.0 / (sigma * sigma * len(eps))
-        return pullback(diff, scale=2 * scale), float(np.einsum("ij,ij->", diff, diff) * scale)
+        rows = diff.reshape(len(diff), -1)  # a conv block's C×H×W as one row per sample
+        return pullback(diff, scale=2 * scale), float(np.einsum("ij,ij->", rows, rows) * scale)
