@@ -207,12 +207,16 @@ def build_graph(spec: Spec, input_shape, n_classes: int) -> NetworkGraph:
             top = producers[LOSS, "activation"][0]
             if receiver in (INPUT, LOSS) or not rule.allows_backward(sender, receiver, below, top):
                 if rule.direct:
-                    raise spec_error(spec, where, f"rule {rule.name!r} sends targets directly from the output "
-                                     f"layer {top!r} to each layer under it, and from `loss` to {top!r} only",
+                    raise spec_error(spec, where, f"rule {rule.name!r} sends its messages {rule.direct_channels}",
+                                     expected="the channels its `chain` makes (network.chain)",
                                      found=f"{sender} -> {receiver}")
+                from .rules import RULES
+                direct = ", ".join(sorted(r.name for r in RULES.values() if r.direct))
                 raise spec_error(spec, where, f"a {kind} channel runs against an activation channel, from a "
-                                 "node back to the layer it receives its activation from",
-                                 found=f"{sender} -> {receiver}")
+                                 "node back to the layer it receives its activation from; a channel that skips "
+                                 f"layers needs a rule with direct channels ({direct})",
+                                 expected=f"{receiver} -> {sender} to carry activations, or a {kind} channel from "
+                                 f"the layer {receiver!r} sends its activation to", found=f"{sender} -> {receiver}")
             if receiver in backward_in:  # a layer with several consumers (DESIGN §8)
                 first, first_kind = backward_in[receiver][0]
                 if kind != first_kind:

@@ -159,7 +159,7 @@ def test_audit_reports_direct_targets_and_the_response():
 
 
 def test_refusals():
-    with pytest.raises(SpecError, match="directly from the output layer"):
+    with pytest.raises(SpecError, match="sends its messages directly from the output layer"):
         build({**ddtp_spec(), "network": {**ddtp_spec()["network"], "chain": None, "channels": [
             {"from": "input", "to": "h1", "kind": "activation"}, {"from": "h1", "to": "h2", "kind": "activation"},
             {"from": "h2", "to": "out", "kind": "activation"}, {"from": "out", "to": "loss", "kind": "activation"},
@@ -172,8 +172,10 @@ def test_refusals():
         {"from": "h2", "to": "out", "kind": "activation"}, {"from": "out", "to": "loss", "kind": "activation"},
         {"from": "input", "to": "loss", "kind": "label"}, {"from": "loss", "to": "out", "kind": "target"},
         {"from": "out", "to": "h2", "kind": "target"}, {"from": "out", "to": "h1", "kind": "target"}]
-    with pytest.raises(SpecError, match="runs against an activation channel"):
+    with pytest.raises(SpecError, match="runs against an activation channel") as refused:
         build(dtp)
+    assert "needs a rule with direct channels (ddtp_linear, dfa, drtp)" in str(refused.value)
+    assert "expected h1 -> out to carry activations" in str(refused.value)
     tanh = ddtp_spec()
     tanh["network"]["feedback"] = {"activation": "tanh", "bias": False}
     with pytest.raises(LocalnetError, match="must be linear"):

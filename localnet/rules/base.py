@@ -60,6 +60,7 @@ class Rule:
     # -- the channels it needs (checked by the graph at spec load) ----------------------------------------------
     uses_feedback = False  # whether layers that pass messages down own a feedback map g
     direct = False  # whether messages may skip layers (from the output or the loss straight to each hidden layer)
+    direct_channels = ""  # where they run, in words (for the error that refuses another channel)
     # whether the targets a layer sends down are displacements of the receiver's activation, x + g(ĥ) − g(h): then
     # those of several consumers combine by summing their displacements (DESIGN §8); plain TP's g(ĥ) is not
     displaced_targets = True

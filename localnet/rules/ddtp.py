@@ -40,7 +40,8 @@ class DirectDifferenceTargetPropagation(Rule):
     name = "ddtp_linear"
     graphs = False  # direct targets from the output to every layer: a chain
     uses_feedback = True
-    direct = True  # targets go from the output layer straight to every hidden layer
+    direct = True
+    direct_channels = "directly from the output layer to each layer under it, and from `loss` to the output layer"  # targets go from the output layer straight to every hidden layer
     needs = frozenset({"direct_feedback"})
     linear_feedback = True  # g_i(z) = z Q_i
     feedback_service = "response"  # Q_i is trained on the output's response to noise injected at layer i

@@ -19,6 +19,7 @@ class DirectFeedbackAlignment(Backprop):
     graphs = False  # the output's error to every layer of a chain
     uses_feedback = True
     direct = True
+    direct_channels = "directly from the output layer to each layer under it, and from `loss` to the output layer"
     needs = frozenset({"direct_feedback"})
     feedback = "fixed"
     linear_feedback = True

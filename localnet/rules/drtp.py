@@ -18,6 +18,7 @@ from .dfa import DirectFeedbackAlignment
 
 class DirectRandomTargetProjection(DirectFeedbackAlignment):
     name = "drtp"
+    direct_channels = "from `loss` to every layer: the label to each hidden layer, ℒ's gradient to the output"
 
     def check_spec(self, spec, error):
         super().check_spec(spec, error)
