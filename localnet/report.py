@@ -124,8 +124,9 @@ def row(path) -> RunRow:
 def rule_cell(spec) -> str:
     """The rule and the spec options that make it a different experiment (where the first target sits, which
     feedback maps never train), so that FW-DTP does not read as plain DTP in a comparison."""
-    rule = spec.rule.name
-    if spec.rule.name in ("dtp", "tp"):
+    from .rules import get_rule
+    rule, r = spec.rule.name, get_rule(spec.rule.name)
+    if len(r.first_targets) > 1 and "target" in r.backward_kinds(True):  # where its first target sits matters
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
     fixed = [layer.name for layer in spec.network.layers if layer_constraint(layer, "fixed_feedback")]
     if fixed:
