@@ -182,7 +182,7 @@ SECTION_INTROS = {
 
 # -- the schema, read from the dataclasses -----------------------------------------------------------------------
 
-def _schema():  # noqa: D103
+def _schema():
     from localnet.spec import schema
     return schema
 
