@@ -164,8 +164,11 @@ class ParametricLayer(Layer):
 
     # -- the divergence guard --------------------------------------------------------------------------------
     def looks_finite(self) -> bool:
-        """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
+        """A cheap per-batch check (scalars and one sum per array: targets, optimisers' second moments): False
+        means a NaN or Inf may be present."""
         if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
+            return False
+        if not all(opt.looks_finite() for _, opt in self._optimizers()):
             return False
         if self._descent is not None:  # h − step·dℒ/dh is finite where both of its terms are
             return all(self.k.arrays.sum_is_finite(a) for a in self._descent)
