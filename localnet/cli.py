@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 
@@ -253,6 +254,8 @@ def eval_(run_dir, split, best, unverified=False):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
     result, run = evaluate_run(run_dir, split, best=best, unverified=unverified)
+    if not math.isfinite(result["loss"]):
+        _warn(f"the loss is {result['loss']}: the parameters overflow on this split")
     if run.unchecked:
         _warn(f"{len(run.unchecked)} checkpoint file(s) read without a checksum (--unverified), "
               f"{run.unchecked[0]} first: nothing shows they are the files training wrote")

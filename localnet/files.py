@@ -1,12 +1,15 @@
-"""Opening a file that may be hostile (a spec, a run directory's files): only a regular file, never by blocking (an
+"""Reading a file that may be hostile (a spec, a run directory's files): only a regular file, never by blocking (an
 open for reading of a FIFO waits for a writer forever, /dev/zero never ends), optionally never through a final
-symbolic link, and never more of it than a limit."""
+symbolic link, never more of it than a limit; and JSON with bounded integers and nesting."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
+
+MAX_DIGITS = 64  # the longest integer localnet writes: a generator's 128-bit state, 39 digits
 
 
 def open_regular(path, limit: int, *, follow=True):
@@ -48,3 +51,19 @@ def read_regular(path, limit: int, *, follow=True) -> bytes:
     if len(data) > limit:
         raise OSError(errno.EFBIG, f"it is larger than {limit} bytes", str(path))
     return data
+
+
+def _bounded_int(text):
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise ValueError(f"an integer of {len(text)} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
+def parse_json(text):
+    """JSON with integers of at most MAX_DIGITS digits (Python's own limit, 4300, would raise deep inside the
+    parser, and an int of many thousand digits costs quadratic time); nesting beyond the interpreter's recursion
+    limit is refused too. Every failure is a ValueError."""
+    try:
+        return json.loads(text, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None

@@ -13,6 +13,7 @@ from collections import deque
 import numpy as np
 
 from ..errors import LocalnetError
+from ..files import parse_json
 from ..messages import Outbox
 from ..optim import Optimizer
 from .base import Layer, combined
@@ -136,7 +137,7 @@ class ParametricLayer(Layer):
                 raise LocalnetError(f"layer {self.name!r}, {key}: {got.dtype} of shape {got.shape}, "
                                     f"expected {value.dtype} of shape {value.shape}")
         try:
-            rng_state = json.loads(str(np.asarray(state["rng"])[()]))
+            rng_state = parse_json(str(np.asarray(state["rng"])[()]))  # (from a file)
             probe = type(self.rng.bit_generator)()
             probe.state = rng_state  # validates the layout before the layer's own generator is touched
         except (ValueError, TypeError, KeyError) as exc:

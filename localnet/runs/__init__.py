@@ -40,7 +40,7 @@ import numpy as np
 from .. import blas
 from ..threads import cores
 from ..errors import DiskFull, LocalnetError, RunError, short_repr
-from ..files import open_regular, read_regular
+from ..files import open_regular, parse_json, read_regular
 from ..spec import dump_spec, load_spec
 
 try:
@@ -58,15 +58,14 @@ BEST = "network.best"  # the parameters of the epoch with the best validation sc
 _SEQUENCE = re.compile(r"^\d{6,}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _CREATING = re.compile(r"^\.\d{8}-\d{6}-.+-[0-9a-f]{6}\.tmp$")  # a run directory being made (`RunDir.create`)
-_UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+_UNREADABLE = (ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)  # (OSError: its own line)
 _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
-# Bounds on what a run directory's files may hold. localnet writes a few KiB of JSON per file, integers of at most
-# 39 digits (a generator's 128-bit state), nesting of four levels, arrays of the network's own sizes.
+# Bounds on what a run directory's files may hold (localnet writes a few KiB of JSON per file, nesting four levels
+# deep, and arrays of the network's own sizes); JSON integers are bounded by `files.parse_json`.
 MAX_JSON_BYTES = 64 << 20
 MAX_METRICS_BYTES = 1 << 30
 MAX_NPZ_BYTES = 4 << 30
-MAX_DIGITS = 64
 MAX_MEMBERS = 4096  # arrays in one checkpoint file
 MAX_TEXT_BYTES = 1 << 20  # a text member (a generator's state as JSON)
 
@@ -181,31 +180,13 @@ def _read_bytes(path: Path, what: str, limit: int) -> bytes:
         raise RunError(f"{what} {path} is unreadable: {exc.strerror or exc}") from None
 
 
-def _bounded_int(text):
-    if len(text.lstrip("-")) > MAX_DIGITS:
-        raise ValueError(f"an integer of {len(text)} digits (at most {MAX_DIGITS})")
-    return int(text)
-
-
-def parse_json(text):
-    """JSON with integers of at most MAX_DIGITS digits (Python's own limit, 4300, would raise deep inside the
-    parser, and an int of many thousand digits costs quadratic time); nesting beyond the interpreter's
-    recursion limit is a ValueError too. Every failure is a ValueError."""
-    try:
-        return json.loads(text, parse_int=_bounded_int)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
 def _kind(value, want) -> bool:
     """Whether a parsed JSON value is of the schema type `want`: int (not bool), float (any number, not bool),
-    str, None, a tuple of alternatives, [type] (a list of such values) or a schema dict (a JSON object)."""
+    str, None, a tuple of alternatives or [type] (a list of such values)."""
     if isinstance(want, tuple):
         return any(_kind(value, w) for w in want)
     if isinstance(want, list):
         return isinstance(value, list) and all(_kind(v, want[0]) for v in value)
-    if isinstance(want, dict):
-        return isinstance(value, dict)
     if want is None:
         return value is None
     if want in (int, float):
@@ -218,20 +199,20 @@ def _kind_name(want) -> str:
         return " or ".join(map(_kind_name, want))
     if isinstance(want, list):
         return f"a list of {_kind_name(want[0])}"
-    return {int: "an integer", float: "a number", str: "text", None: "null"}.get(
-        want, "a JSON object" if isinstance(want, dict) else getattr(want, "__name__", str(want)))
+    return {int: "an integer", float: "a number", str: "text", None: "null"}[want]
 
 
-def check_schema(data, schema: dict, where: str, _key=()):
+def _check_schema(data, schema: dict, where: str, _key=()):
     """RunError naming `where` and the key unless `data` is a JSON object whose keys that `schema` names (each
-    optional) hold values of their schema type; keys it does not name are left alone."""
+    optional) hold values of their type (`_kind`), or, where the schema gives a dict, objects that match it in
+    turn; keys it does not name are left alone."""
     if not isinstance(data, dict):
         raise RunError(f"{where} is invalid: {'.'.join(_key) or 'it'} is not a JSON object")
     for key, want in schema.items():
         if key not in data:
             continue
         if isinstance(want, dict):
-            check_schema(data[key], want, where, _key + (key,))
+            _check_schema(data[key], want, where, _key + (key,))
         elif not _kind(data[key], want):
             raise RunError(f"{where} is invalid: {'.'.join(_key + (key,))} is {short_repr(data[key])}, expected "
                            f"{_kind_name(want)}")
@@ -240,13 +221,13 @@ def check_schema(data, schema: dict, where: str, _key=()):
 
 def read_json(path: Path, what: str, schema: dict, raw: bytes | None = None):
     """A run directory's JSON file (or its bytes, `raw`, already read): bounded (`_read_bytes`, `parse_json`) and
-    checked against `schema` (`check_schema`); RunError naming the file otherwise."""
+    checked against `schema` (`_check_schema`); RunError naming the file otherwise."""
     raw = _read_bytes(path, what, MAX_JSON_BYTES) if raw is None else raw
     try:
         data = parse_json(raw.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RunError(f"{what} {path} is unreadable: {exc}") from None
-    return check_schema(data, schema, f"{what} {path}")
+    return _check_schema(data, schema, f"{what} {path}")
 
 
 _POSITION = {"epoch": int, "pass": int, "batch": int}
@@ -651,9 +632,9 @@ class RunDir:
         return read_json(path, "checkpoint file", _TRAINER, raw)
 
     def _file(self, checkpoint: Path, name: str, trainer=None, optional=False, finite=True):
-        """The arrays of one of a checkpoint's .npz files, checked against the SHA-256 its trainer file records;
-        an `optional` file (channel state, best parameters) that it records no checksum of and that is not
-        there is None."""
+        """The arrays of one of a checkpoint's .npz files, checked against the SHA-256 its trainer file records.
+        An `optional` file (channel state, best parameters) whose checksum it does not record is None: it is
+        never read without one (unless `unverified`, where the file is there)."""
         trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
         digests = trainer.get("sha256", {})
         path = checkpoint / name
