@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 
 from .constraints import layer_constraint
-from .errors import RunError
+from .errors import RunError, printable
 from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
 
@@ -66,7 +66,8 @@ def source(environment) -> str | None:
 
 def row(path) -> RunRow:
     """Read one run directory into a row. An auto-encoder (a loss whose target is the input) has no error rate:
-    its error cells give the loss instead. The angle is each layer's at the last diagnostics record."""
+    its error cells give the loss instead. The angle is each layer's at the last diagnostics record. Every cell
+    is `printable`: what a run directory says reaches a terminal as text, never as escape sequences."""
     run = RunDir(path)
     run.check()
     spec = run.spec()
@@ -118,7 +119,7 @@ def row(path) -> RunRow:
              "train error": error("train"), "test error": error("test"), "best validation (epoch)": best,
              "test error at best validation": at_best, "s / epoch": f"{seconds:.2f}" if _number(seconds) else MISSING,
              "angle with backprop at the end": angle}
-    return RunRow(cells, run.metrics_warning(skipped))
+    return RunRow({key: printable(cell) for key, cell in cells.items()}, run.metrics_warning(skipped))
 
 
 def rule_cell(spec) -> str:

@@ -14,6 +14,7 @@ from collections import deque
 import numpy as np
 
 from ..errors import LocalnetError
+from ..files import parse_json
 from ..messages import BACKWARD_KINDS, Outbox
 from ..optim import Optimizer
 from ..rules.base import Step
@@ -141,7 +142,7 @@ class ParametricLayer(Layer):
                 raise LocalnetError(f"layer {self.name!r}, {key}: {got.dtype} of shape {got.shape}, "
                                     f"expected {value.dtype} of shape {value.shape}")
         try:
-            rng_state = json.loads(str(np.asarray(state["rng"])[()]))
+            rng_state = parse_json(str(np.asarray(state["rng"])[()]))  # (from a file)
             probe = type(self.rng.bit_generator)()
             probe.state = rng_state  # validates the layout before the layer's own generator is touched
         except (ValueError, TypeError, KeyError) as exc:
@@ -169,8 +170,11 @@ class ParametricLayer(Layer):
 
     # -- the divergence guard --------------------------------------------------------------------------------
     def looks_finite(self) -> bool:
-        """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
+        """A cheap per-batch check (scalars and one sum per array: targets, optimisers' second moments): False
+        means a NaN or Inf may be present."""
         if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
+            return False
+        if not all(opt.looks_finite() for _, opt in self._optimizers()):
             return False
         if self._descent is not None:  # h − step·dℒ/dh is finite where both of its terms are
             return all(self.k.arrays.sum_is_finite(a) for a in self._descent)
