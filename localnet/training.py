@@ -164,7 +164,8 @@ class Best:
 def load_data(spec):
     d = spec.data
     return load_dataset(d.name, path=d.path, validation=d.validation, test=d.test, scale=d.scale,
-                        dtype=np.dtype(spec.dtype), download=d.download)
+                        dtype=np.dtype(spec.dtype), download=d.download, seed=spec.seed, images=d.images,
+                        labels=d.labels, test_images=d.test_images, test_labels=d.test_labels, classes=d.classes)
 
 
 def feedback_noise(rule, epoch):

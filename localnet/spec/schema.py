@@ -178,12 +178,32 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """The data: a bundled or published set by `name` (digits, mnist, fashion-mnist, kmnist, cifar10), or your own.
+
+    `arrays`: an .npz file, `path`, holding x_train and y_train and optionally x_test and y_test (np.savez): samples
+    (N, ...) of any shape, (N, C, H, W) or (N, H, W) images (one channel) or (N, D) vectors; labels (N,) integers
+    0..K-1, K the largest label + 1 unless `classes` says. `idx`: IDX files (MNIST's format, gzipped or not),
+    `images` and `labels`, optionally `test_images` and `test_labels`, relative to the folder `path` if given.
+    Relative paths are relative to the working directory. The network's input shape and K come from the files.
+    validation: samples held out of the training set: the last ones for mnist, fashion-mnist, kmnist and cifar10
+    (the papers' convention); for digits and your own data a stratified draw (each class in proportion) shuffled
+    by the spec's `seed`. test: for data without a test split (digits; your own without test files): that many
+    samples (default 20 %), a stratified draw with a fixed seed, the same in every run. scale: `unit` divides by
+    the largest possible value (digits 16, the published sets 255, your own data the largest magnitude in its
+    training samples), `standard` standardises each feature by the training split's mean and std, `none`.
+    """
+
     name: str = option(choices=lambda: _datasets())
-    path: str | None = None
+    path: str | None = None  # built-in sets: a folder searched first for their files; arrays: the .npz file
     validation: int = option(0, ge=0)
     test: int | None = option(None, ge=1)
     scale: str = option("unit", choices=("unit", "standard", "none"))
-    download: bool = True
+    download: bool = True  # the published sets: fetch them when they are nowhere on disk
+    images: str | None = None  # idx: the training images' file
+    labels: str | None = None  # idx: the training labels' file
+    test_images: str | None = None  # idx, optional with test_labels: the test split's files
+    test_labels: str | None = None
+    classes: int | None = option(None, ge=1, le=MAX_UNITS)  # arrays, idx: K, when not the largest label + 1
 
 
 @dataclass(frozen=True)
