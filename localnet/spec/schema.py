@@ -77,9 +77,15 @@ class FeedbackSpec:
 class ConstraintSpec:
     """One plausibility constraint (localnet/constraints.py says what each does), e.g. `{type: noise, std: 0.1}`.
 
-    On a channel, a layer (every channel out of it) or the network (every channel): noise (std), quantize (bits,
-    optional range), sign, drop (p), delay (steps; targets and gradients only), optionally for one `kind` of
-    message. On a layer only: fixed_feedback (optional scale: V, c ~ U(±scale)), sign_constrained.
+    On a channel, a layer (every channel out of it) or the network (every channel): noise (std, optional
+    relative), quantize (bits, optional range), sign, drop (p), delay (steps; targets and gradients only),
+    optionally for one `kind` of message. On a layer only: fixed_feedback (optional scale: V, c ~ U(±scale)),
+    sign_constrained.
+
+    noise: `std` is σ itself, or with `relative: true` a fraction of each message's RMS (σ·RMS per sample), which
+    keeps its meaning as messages shrink or grow: a target crosses as its displacement ĥ − h, of the order of
+    η̂ ∂ℒ/∂h, and ℒ being the batch mean, that shrinks as 1/batch size. An absolute σ over 10× the RMS of what
+    crosses at the first training step is warned about, naming the channel.
     """
 
     type: str = option(choices=lambda: _constraint_types())
@@ -90,6 +96,7 @@ class ConstraintSpec:
     p: float | None = option(None, ge=0.0, le=1.0)
     steps: int | None = option(None, ge=1, le=1000)
     scale: float | None = option(None, gt=0.0)
+    relative: bool | None = None  # noise: std is a fraction of each message's RMS
 
 
 def _constraint_types():
