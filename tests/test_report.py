@@ -154,3 +154,34 @@ def test_a_directory_that_is_not_a_run_is_one_error_line(runs, tmp_path):
     result = CliRunner().invoke(main, ["report", str(runs["bp"]), str(tmp_path)])
     assert result.exit_code == 1
     assert str(tmp_path) in result.output and "Traceback" not in result.output
+
+
+def test_plot_panels_with_nothing_to_draw_say_na(runs):
+    pytest.importorskip("matplotlib")
+    from localnet.plot import RunCurves, figure
+
+    def said(ax):
+        return [t.get_text() for t in ax.texts if t.get_text().startswith("n/a")]
+
+    loss, accuracy = figure([RunCurves(runs["ae"])]).axes[:2]
+    assert said(accuracy) == ["n/a\nan auto-encoder has no accuracy"] and not any(line.get_xdata().size
+                                                                                 for line in accuracy.lines)
+    assert loss.lines and not said(loss)
+    panels = {ax.get_title().split(":")[0]: ax for ax in figure([RunCurves(runs["dtp"])], "reconstruction_error").axes}
+    assert said(panels["layer h1"]) == ["n/a\nlayer h1 logged no reconstruction_error"]  # h1 has no feedback map
+    assert panels["layer h2"].lines and not said(panels["layer h2"])
+
+
+def test_plot_titles_and_legend_fit(runs):
+    pytest.importorskip("matplotlib")
+    from localnet.plot import RunCurves, figure
+    fig = figure([RunCurves(runs[name]) for name in ("dtp", "bp", "ae")], "jfjg_positive")  # the longest title
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        assert ax.title.get_window_extent(renderer).width <= box.width, ax.get_title()
+    width = fig.bbox.width
+    for text in fig.legends[0].get_texts():
+        extent = text.get_window_extent(renderer)
+        assert 0 <= extent.x0 and extent.x1 <= width, text.get_text()
