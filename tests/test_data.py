@@ -646,7 +646,8 @@ def test_classes_gives_k_and_bounds_the_labels(tmp_path):
 @pytest.mark.parametrize("arrays, message", [
     ({"x_train": np.zeros((4, 3))}, r"needs arrays x_train and y_train .*found x_train"),
     ({**own_arrays(), "x_test": np.zeros((4, 2, 4, 4))}, "has x_test without y_test"),
-    ({"x_train": np.zeros((4, 3)), "y_train": np.zeros(5, int)}, r"y_train: must be \(N,\), one label per sample \(4\)"),
+    ({"x_train": np.zeros((4, 3)), "y_train": np.zeros(5, int)},
+     r"y_train: must be \(N,\), one label per sample \(4\)"),
     ({"x_train": np.zeros((4, 3)), "y_train": np.array([0, 1, 0.5, 1])}, "y_train: labels must be integers 0..K-1, "
                                                                           "found float64"),
     ({"x_train": np.zeros((4, 3)), "y_train": np.array([0, 1, -1, 1])}, "y_train: labels must be integers 0..K-1, "
