@@ -96,7 +96,7 @@ class ConstraintSpec:
     p: float | None = option(None, ge=0.0, le=1.0)
     steps: int | None = option(None, ge=1, le=1000)
     scale: float | None = option(None, gt=0.0)
-    relative: bool | None = None  # noise: std is a fraction of each message's RMS
+    relative: bool | None = None  # `noise`: std is a fraction of each sample's RMS (σ·RMS)
 
 
 def _constraint_types():
@@ -200,17 +200,23 @@ class DataSpec:
     training samples), `standard` standardises each feature by the training split's mean and std, `none`.
     """
 
+    # digits (bundled), mnist, fashion-mnist, kmnist, cifar10 (found on disk or downloaded), or your own: arrays, idx
     name: str = option(choices=lambda: _datasets())
-    path: str | None = None  # built-in sets: a folder searched first for their files; arrays: the .npz file
+    # built-in sets: a folder looked in first; `arrays`: the .npz file; `idx`: the folder of its files
+    path: str | None = None
+    # samples held out of training: the last ones of mnist, fashion-mnist, kmnist and cifar10, else a stratified
+    # draw shuffled by the seed
     validation: int = option(0, ge=0)
-    test: int | None = option(None, ge=1)
+    test: int | None = option(None, ge=1)  # data without a test split: that many (default 20 %), stratified, fixed
+    # unit: by the largest possible value; standard: by the training split's per-feature mean and std; none: as read
     scale: str = option("unit", choices=("unit", "standard", "none"))
     download: bool = True  # the published sets: fetch them when they are nowhere on disk
-    images: str | None = None  # idx: the training images' file
-    labels: str | None = None  # idx: the training labels' file
-    test_images: str | None = None  # idx, optional with test_labels: the test split's files
-    test_labels: str | None = None
-    classes: int | None = option(None, ge=1, le=MAX_UNITS)  # arrays, idx: K, when not the largest label + 1
+    images: str | None = None  # `idx`: the training images' file
+    labels: str | None = None  # `idx`: the training labels' file
+    test_images: str | None = None  # `idx`, optional, with test_labels: the test split's images
+    test_labels: str | None = None  # `idx`, optional, with test_images: the test split's labels
+    # `arrays`, `idx`: the number of classes, if not the largest label + 1
+    classes: int | None = option(None, ge=1, le=MAX_UNITS)
 
 
 @dataclass(frozen=True)
