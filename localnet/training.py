@@ -314,7 +314,6 @@ def _run(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_b
         raise
     finally:
         try:
-            curves.close()
             run.write_summary(summary)
         finally:
             run.unlock()
