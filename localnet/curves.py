@@ -10,8 +10,8 @@ files' events from the first epoch logged again.
 
 The event files are written here, not by a writer package: they are TFRecords of `Event` protocol buffers, of
 which a scalar needs five fields. tensorboardX, the smallest writer on PyPI, imports PyTorch wherever it is
-installed, which costs seconds and changed the numbers of the next run in the same process (the numba kernels'
-BLAS threads); TensorBoard itself is needed only to look at them.
+installed, and with PyTorch imported two same-seed numba runs in one process no longer gave the same parameters;
+TensorBoard itself is needed only to look at the files.
 """
 
 from __future__ import annotations
