@@ -2,7 +2,7 @@
 
 Why: at this project's shapes (batch 128, widths 256–784) MKL's single-threaded sgemm does 200–215 GFLOP/s on the
 2-core machines against OpenBLAS's 157–181 (1.18–1.28× per product), which made a numba DTP epoch 12 % shorter and a
-backprop one 13 % (`localnet bench`, README § Performance; session 4, before the kernels split their element-wise
+backprop one 13 % (`localnet bench`, docs/performance.md; session 4, before the kernels split their element-wise
 passes). MKL is an optional extra (`pip install -e ".[mkl]"`: Intel's `mkl` and `intel-openmp` wheels, about
 260 MB, under the Intel Simplified Software License).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import sys
 import warnings
@@ -14,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import Interrupted, LocalnetError, LocalnetWarning, SpecError
+from .errors import Interrupted, LocalnetError, LocalnetWarning, SpecError, printable
 from .plugins import load as load_plugins, option as plugin_option
 
 
@@ -43,19 +44,25 @@ console = make_console()
 err = make_console(stderr=True)
 
 
+def shown(text) -> str:
+    """Text from a file or an argument, ready for rich: no markup (`escape`), nothing a terminal acts on
+    (`printable`: an escape sequence in a run's name or status stays visible text, on one line)."""
+    return escape(printable(text))
+
+
 def _fail_cleanly(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
         except SpecError as exc:
-            err.print(f"[bold red]spec error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]spec error:[/] {shown(exc)}", markup=True, soft_wrap=True)
             sys.exit(2)
         except Interrupted as exc:
-            err.print(f"[bold yellow]interrupted:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+            err.print(f"[bold yellow]interrupted:[/] {shown(exc)}", markup=True, soft_wrap=True)
             sys.exit(130)
         except LocalnetError as exc:
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {shown(exc)}", markup=True, soft_wrap=True)
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("interrupted")
@@ -122,11 +129,11 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
         train, resume = mpi_engine.trainer(placement)
     if resume_dir is None:
         spec = _load(spec_path, overrides, backend, plugins)  # the spec records them: a resume imports them too
-        console.print(f"[bold]{escape(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "
+        console.print(f"[bold]{shown(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "
                       f"{len(spec.network.layers)} layers, {spec.train.epochs} epochs, batch "
                       f"{spec.train.batch_size}, {spec.dtype}, seed {spec.seed}", soft_wrap=True)
     else:
-        console.print(f"resuming {escape(str(resume_dir))}", soft_wrap=True)
+        console.print(f"resuming {shown(resume_dir)}", soft_wrap=True)
     reconstructs = _reconstructs(spec if resume_dir is None else None, resume_dir)  # no accuracy to print
     progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), console=console, transient=True)
@@ -162,7 +169,7 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
     if summary.get("seconds_per_epoch") is not None:
         table.add_row("seconds / epoch", f"{summary['seconds_per_epoch']:.2f}", "(median, training only)")
     console.print(table)
-    console.print(f"run directory: {escape(str(run_dir.path))}", soft_wrap=True)
+    console.print(f"run directory: {shown(run_dir.path)}", soft_wrap=True)
 
 
 def _reconstructs(spec, run_dir) -> bool:
@@ -178,7 +185,7 @@ def _reconstructs(spec, run_dir) -> bool:
 
 
 def _warn(message):
-    err.print(f"[bold yellow]warning:[/] {escape(message)}", markup=True, soft_wrap=True)
+    err.print(f"[bold yellow]warning:[/] {shown(message)}", markup=True, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -186,13 +193,13 @@ def _warnings_printed():
     """While inside, localnet's own warnings (a channel's noise drowning its messages) print as the command's other
     warnings do, one line each; any other warning goes where it went."""
     with warnings.catch_warnings():
-        shown = warnings.showwarning
+        previous = warnings.showwarning
 
         def show(message, category, filename, lineno, file=None, line=None):
             if issubclass(category, LocalnetWarning):
                 _warn(str(message))
             else:
-                shown(message, category, filename, lineno, file, line)
+                previous(message, category, filename, lineno, file, line)
         warnings.showwarning = show
         yield
 
@@ -267,17 +274,25 @@ def graph_text(net):
 @click.option("--split", type=click.Choice(["train", "validation", "test"]), default="test", show_default=True)
 @click.option("--best", is_flag=True,
               help="The parameters of the epoch with the best validation score, not the last checkpoint's.")
+@click.option("--unverified", is_flag=True,
+              help="Read checkpoint files that record no SHA-256 (runs written before checkpoints had them), "
+                   "which are refused otherwise: nothing then shows they are the files training wrote.")
 @plugin_option
 @_fail_cleanly
-def eval_(run_dir, split, best, plugins=()):
+def eval_(run_dir, split, best, unverified=False, plugins=()):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
     load_plugins(plugins)
-    result, run = evaluate_run(run_dir, split, best=best)
+    result, run = evaluate_run(run_dir, split, best=best, unverified=unverified)
+    if not math.isfinite(result["loss"]):
+        _warn(f"the loss is {result['loss']}: the parameters overflow on this split")
+    if run.unchecked:
+        _warn(f"{len(run.unchecked)} checkpoint file(s) read without a checksum (--unverified), "
+              f"{run.unchecked[0]} first: nothing shows they are the files training wrote")
     losses = _reconstructs(None, run.path)  # an auto-encoder: a loss, no accuracy
     score = (f"{split} loss {result['loss']:.4f}" if losses else
              f"{split} accuracy {100 * result['accuracy']:.2f}%  loss {result['loss']:.4f}")
-    console.print(f"{score}  ({escape(str(run.path))}{', best validation epoch' if best else ''})", soft_wrap=True)
+    console.print(f"{score}  ({shown(run.path)}{', best validation epoch' if best else ''})", soft_wrap=True)
     summary = run.summary()
     skipped = run.read_metrics()[1]
     if skipped:
@@ -325,14 +340,14 @@ def report(run_dirs, table=False, html_out=None, plot_out=None, plugins=()):
                               if isinstance(trainer.get(key), int))
             where = (f"final ({checkpoint.relative_to(run.path)})" if summary.get("status") == "completed"
                      else f"resumes at {where or '?'} ({checkpoint.relative_to(run.path)})")
-        console.print(f"[bold]{escape(str(run.path))}[/]", soft_wrap=True)
+        console.print(f"[bold]{shown(run.path)}[/]", soft_wrap=True)
         made_from = comparison.source(comparison.environment_of(run))
         if made_from:
-            console.print(f"  made from: {escape(made_from)}", soft_wrap=True)
-        console.print(f"  status: {escape(str(status))}", soft_wrap=True)
+            console.print(f"  made from: {shown(made_from)}", soft_wrap=True)
+        console.print(f"  status: {shown(status)}", soft_wrap=True)
         if summary.get("error"):
-            console.print(f"  error: {escape(str(summary['error']))}", soft_wrap=True)
-        console.print(f"  checkpoint: {escape(where)}", soft_wrap=True)
+            console.print(f"  error: {shown(summary['error'])}", soft_wrap=True)
+        console.print(f"  checkpoint: {shown(where)}", soft_wrap=True)
         records, skipped = run.read_metrics()
         if skipped:
             _warn(run.metrics_warning(skipped))
@@ -346,7 +361,7 @@ def report(run_dirs, table=False, html_out=None, plot_out=None, plugins=()):
         for r in records:
             def num(key, fmt):
                 return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "-"
-            table.add_row(escape(str(r.get("epoch", "?"))), num("train_loss", "{:.4f}"),
+            table.add_row(shown(r.get("epoch", "?")), num("train_loss", "{:.4f}"),
                           num("train_accuracy", "{:.2%}"), num("val_loss", "{:.4f}"), num("val_accuracy", "{:.2%}"),
                           num("seconds", "{:.2f}"))
         if records:
@@ -375,10 +390,10 @@ def _compare(run_dirs, html_out, plot_out):
     click.echo(comparison.markdown(rows), nl=False)
     if html_out:
         write_text(html_out, comparison.html_page(rows))
-        err.print(f"wrote {escape(str(html_out))}", soft_wrap=True)
+        err.print(f"wrote {shown(html_out)}", soft_wrap=True)
     if plot_out:
         from .plot import RunCurves, draw
-        err.print(f"wrote {escape(str(draw([RunCurves(p) for p in run_dirs], plot_out)))}", soft_wrap=True)
+        err.print(f"wrote {shown(draw([RunCurves(p) for p in run_dirs], plot_out))}", soft_wrap=True)
 
 
 from .plot import plot as _plot  # noqa: E402  (the command lives in its own module)

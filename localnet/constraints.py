@@ -47,6 +47,7 @@ from collections import deque
 import numpy as np
 
 from .errors import LocalnetError, LocalnetWarning
+from .files import parse_json
 
 MESSAGE_CONSTRAINTS = ("noise", "quantize", "sign", "drop", "delay")
 LAYER_CONSTRAINTS = ("fixed_feedback", "sign_constrained")
@@ -285,7 +286,7 @@ class Pipeline:
 
     def load_state(self, state, dtype):
         try:
-            rng_state = json.loads(str(np.asarray(state["rng"])[()]))
+            rng_state = parse_json(str(np.asarray(state["rng"])[()]))  # (from a file)
             probe = np.random.PCG64()
             probe.state = rng_state
         except (ValueError, TypeError, KeyError) as exc:

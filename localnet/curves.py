@@ -19,12 +19,11 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-import os
 import socket
 import struct
 import time
 
-from .runs import own, write_text
+from .runs import append, own, write_text
 
 CSV = "metrics.csv"
 TENSORBOARD = "tensorboard"
@@ -72,13 +71,11 @@ class Curves:
         return [record.get(c, "") for c in self.columns]
 
     def epoch(self, record):
-        """Add an epoch record: one CSV row (the header first, in a new file) and its scalars."""
-        if self.columns is None:
+        """Add an epoch record: one CSV row (the header first, in a new or emptied file) and its scalars."""
+        header = self.columns is None
+        if header:
             self.columns = _columns(record)
-        with open(self.path, "a", encoding="utf-8", newline="") as fh:
-            fh.write((_line(self.columns) if fh.tell() == 0 else "") + _line(self._values(record)))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append(self.path, ((_line(self.columns) if header else "") + _line(self._values(record))).encode("utf-8"))
         if self.events is not None:
             self.events.scalars(record["epoch"], {tag: record[key] for key, tag in TAGS.items()
                                                   if isinstance(record.get(key), (int, float))})
@@ -159,12 +156,10 @@ class EventFile:
         stamp = time.time_ns()  # TensorBoard reads a folder's files in name order: a resumed run's sorts after
         self.path = own(folder / f"events.out.tfevents.{stamp}.{socket.gethostname()}")
         self._write(event(0, file_version="brain.Event:2", wall_time=stamp / 1e9),
-                    *([event(purge, start=True, wall_time=stamp / 1e9)] if purge is not None else []), mode="xb")
+                    *([event(purge, start=True, wall_time=stamp / 1e9)] if purge is not None else []))
 
     def scalars(self, step, values):
         self._write(event(step, scalars=values))
 
-    def _write(self, *events, mode="ab"):
-        with open(self.path, mode) as fh:
-            fh.write(b"".join(record(e) for e in events))
-            fh.flush()
+    def _write(self, *events):
+        append(self.path, b"".join(record(e) for e in events))

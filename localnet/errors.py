@@ -7,6 +7,16 @@ def short_repr(value, limit=60):
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def printable(text) -> str:
+    """`text` with every character a terminal would act on (control and format characters: escape sequences,
+    line breaks, bidirectional overrides) written as its backslash escape: a name or message read from a file
+    can then neither rewrite the terminal nor turn one line of output into two."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def _key(part):
     """A key path element as written, unless it is long or holds a line break or other unprintable character."""
     text = str(part)
@@ -53,6 +63,10 @@ class DataError(LocalnetError):
 
 class RunError(LocalnetError):
     """A run directory is missing, incomplete or does not match what was asked of it."""
+
+
+class DiskFull(RunError):
+    """A run directory's file system (or the user's quota) is full: the run stops, and resumes once there is room."""
 
 
 class Interrupted(LocalnetError):

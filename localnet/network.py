@@ -247,8 +247,9 @@ class Network:
                 raise LocalnetError(f"layer {name!r}: parameters {sorted(params[name])}, expected {sorted(own)}")
             for key, value in params[name].items():
                 value = np.asarray(value)
-                if value.shape != own[key].shape:
-                    raise LocalnetError(f"layer {name!r}, {key}: shape {value.shape}, expected {own[key].shape}")
+                if value.shape != own[key].shape or value.dtype.kind != "f":  # (a float of any width is cast)
+                    raise LocalnetError(f"layer {name!r}, {key}: {value.dtype} of shape {value.shape}, expected "
+                                        f"floating-point numbers of shape {own[key].shape}")
                 self.backend.arrays.assign(own[key], value)
 
     # -- full state, for checkpoints ---------------------------------------------------------------------------

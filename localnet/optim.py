@@ -10,6 +10,9 @@ import numpy as np
 from .errors import LocalnetError
 
 
+SECOND_MOMENTS = ("v", "square_avg")  # the state arrays that average g²
+
+
 class Optimizer:
     def __init__(self, spec, params: dict, kernels):
         """kernels: the backend's optim module (its STEPS, state_names, and the backend's `arrays`: the state lives
@@ -36,6 +39,14 @@ class Optimizer:
         self.t += 1
         for name, grad in grads.items():
             self._step(params[name], grad, self.state[name], self.spec, self.t)
+
+    def looks_finite(self) -> bool:
+        """The divergence guard's cheap check of the state: one sum per second moment (Adam's v, RMSprop's average
+        of g²). An average of squares overflows to Inf long before anything else does (g² against g), and the
+        update divides by its root: it silently becomes 0, which no loss, activation or parameter shows. The
+        other states turn non-finite only with a gradient or parameter that the other checks see."""
+        return all(self._arrays.sum_is_finite(arrays[key]) for arrays in self.state.values()
+                   for key in SECOND_MOMENTS if key in arrays)
 
     def state_dict(self) -> dict:
         """Copies of everything a later step depends on: {"t": steps taken, "<param>.<state>": array}."""

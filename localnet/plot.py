@@ -7,13 +7,14 @@ drawn with the Agg canvas directly (no pyplot, no display, no global backend swi
 from __future__ import annotations
 
 import functools
+import io
 import sys
 import textwrap
 from pathlib import Path
 
 import click
 
-from .errors import LocalnetError
+from .errors import LocalnetError, printable
 from .plugins import load as load_plugins, option as plugin_option
 
 INSTALL_HINT = "pip install 'localnet[plot]'"
@@ -65,8 +66,9 @@ class RunCurves:
         """(position in epochs, values) of one layer's diagnostics field; a null (no direction) is left out."""
         xs, ys = [], []
         for r in self.diagnostics:
-            value = (r["layers"].get(layer) or {}).get(metric)
-            if not isinstance(value, (int, float)):
+            fields = r["layers"].get(layer)
+            value = fields.get(metric) if isinstance(fields, dict) else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             epoch, batch, batches = r.get("epoch"), r.get("batch"), r.get("batches")
             if all(isinstance(v, int) for v in (epoch, batch, batches)) and batches > 0:
@@ -181,9 +183,11 @@ def figure(runs, metric="angle_bp"):
 def draw(runs, out, metric="angle_bp"):
     """Draw the runs' curves into `out` (a PNG); returns the path."""
     fig = figure(runs, metric)
-    from .runs import output_file
+    from .runs import output_file, write_bytes
     out = output_file(out)
-    fig.savefig(out, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_bytes(out, png.getvalue())  # atomically, and a full or read-only disk is one line
     return out
 
 
@@ -207,7 +211,7 @@ def _fail_cleanly(command):
         try:
             return command(*args, **kwargs)
         except LocalnetError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(exc)}", err=True)
             sys.exit(1)
     return wrapper
 
@@ -232,7 +236,7 @@ def plot(run_dirs, out, metric, plugins=()):
     runs = [RunCurves(path) for path in run_dirs]
     for run in runs:
         if run.warning:
-            click.echo(f"warning: {run.warning}", err=True)
+            click.echo(f"warning: {printable(run.warning)}", err=True)
     if not any(run.epochs or run.diagnostics for run in runs):
         raise LocalnetError("nothing to plot: no run has logged an epoch or a diagnostics record yet")
     if out is None:
@@ -241,5 +245,5 @@ def plot(run_dirs, out, metric, plugins=()):
     path = draw(runs, out, metric)
     missing = [run.label for run in runs if not run.diagnostics]
     if missing and len(missing) < len(runs):
-        click.echo(f"note: no diagnostics logged by {', '.join(missing)}", err=True)
-    click.echo(f"wrote {path}")
+        click.echo(f"note: no diagnostics logged by {printable(', '.join(missing))}", err=True)
+    click.echo(f"wrote {printable(path)}")

@@ -9,7 +9,7 @@ import statistics
 from dataclasses import dataclass
 
 from .constraints import layer_constraint
-from .errors import RunError
+from .errors import RunError, printable
 from .runs import RunDir
 from .spec.names import INPUT_TARGET_LOSSES
 
@@ -69,7 +69,8 @@ def source(environment) -> str | None:
 
 def row(path) -> RunRow:
     """Read one run directory into a row. An auto-encoder (a loss whose target is the input) has no error rate:
-    its error cells give the loss instead. The angle is each layer's at the last diagnostics record."""
+    its error cells give the loss instead. The angle is each layer's at the last diagnostics record. Every cell
+    is `printable`: what a run directory says reaches a terminal as text, never as escape sequences."""
     run = RunDir(path)
     run.check()
     spec = run.spec()
@@ -120,14 +121,15 @@ def row(path) -> RunRow:
              "test error at best validation": at_best, "s, epoch 1": f"{first[-1]:.2f}" if first else MISSING,
              "s / epoch from epoch 2 (median)": f"{statistics.median(later):.2f}" if later else MISSING,
              "angle with backprop at the end": angle}
-    return RunRow(cells, run.metrics_warning(skipped))
+    return RunRow({key: printable(cell) for key, cell in cells.items()}, run.metrics_warning(skipped))
 
 
 def rule_cell(spec) -> str:
     """The rule and the spec options that make it a different experiment (where the first target sits, which
     feedback maps never train), so that FW-DTP does not read as plain DTP in a comparison."""
-    rule = spec.rule.name
-    if spec.rule.name in ("dtp", "tp"):
+    from .rules import get_rule
+    rule, r = spec.rule.name, get_rule(spec.rule.name)
+    if len(r.first_targets) > 1 and "target" in r.backward_kinds(True):  # where its first target sits matters
         rule += f", first target on {'h_L' if spec.rule.first_target == 'output' else 'h_{L-1}'}"
     fixed = [layer.name for layer in spec.network.layers if layer_constraint(layer, "fixed_feedback")]
     if fixed:

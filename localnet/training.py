@@ -20,7 +20,7 @@ import numpy as np
 from .curves import Curves
 from .data import load_dataset
 from .diagnostics import Probe
-from .errors import Interrupted, LocalnetError, RunError
+from .errors import DiskFull, Interrupted, LocalnetError, RunError
 from .network import build
 from .runs import RunDir
 from .spec import load_spec
@@ -28,11 +28,12 @@ from .spec import load_spec
 DATA_ORDER_STREAM = 0xDA7A  # mixed into the seed so the shuffling stream differs from every layer's
 INPUT_NOISE_STREAM = 0x1A0153  # input noise: one generator per (epoch, pass, batch), so resuming needs no state
 CHECKPOINT_FORMAT = 1
+EXPLODED = 1e6  # a loss this many times the first batch's (or 1's, if larger) has diverged though finite
 
 
 class Diverged(LocalnetError):
-    """A NaN or Inf appeared (loss, activation, target, parameter): training stops instead of producing a
-    garbage model; the last good checkpoint is kept."""
+    """A NaN or Inf appeared (loss, activation, target, parameter, optimiser state), or the loss exploded:
+    training stops instead of producing a garbage model; the last good checkpoint is kept."""
 
 
 # -- stopping on a signal ---------------------------------------------------------------------------------------
@@ -297,10 +298,15 @@ def _restore(run, spec, net, data):
 
 
 def _run(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop):
-    """Train from `pos`, then evaluate; the summary records how it ended whatever happens."""
+    """Train from `pos`, then evaluate; the summary records how it ended whatever happens (on a full disk too,
+    where the half-written checkpoint has been deleted and the summary is overwritten in place if need be)."""
     try:
         summary.update(_loop(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop))
         summary["status"] = "completed"
+    except DiskFull as exc:
+        summary.update(status="stopped: disk full",
+                       error=f"{exc}; stopped: make room, then `localnet run --resume {run.path}`")
+        raise DiskFull(summary["error"]) from None
     except Diverged as exc:
         summary.update(status="diverged", error=str(exc))
         raise
@@ -315,6 +321,10 @@ def _run(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_b
     finally:
         try:
             run.write_summary(summary)
+        except RunError as failed:
+            if failed.__context__ is None:  # nothing else went wrong: this is the error
+                raise
+            # else the error that stopped the run goes on; this one is its consequence (the same full disk)
         finally:
             run.unlock()
     return summary, run
@@ -330,6 +340,7 @@ def _loop(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_
         rng.bit_generator.state = pos.data_rng
     seconds, steps = list(pos.seconds), pos.steps
     every = spec.diagnostics.every
+    first_loss = None  # this process's first batch's: the scale an exploding loss is measured against
 
     def checkpoint(p: Position, why):
         nonlocal saved
@@ -384,6 +395,11 @@ def _loop(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_
                     net.probe = None
                 if not net.looks_finite():
                     _check_divergence(net, metrics, epoch, b + 1, step.__name__, saved)
+                first_loss = metrics["loss"] if first_loss is None else first_loss
+                if metrics["loss"] > EXPLODED * max(abs(first_loss), 1.0):
+                    raise Diverged(f"the loss exploded at epoch {epoch}, batch {b + 1} ({step.__name__}): "
+                                   f"{metrics['loss']:.3g}, more than {EXPLODED:g} times the first batch's "
+                                   f"{first_loss:.3g}; stopped{_kept(saved)}")
                 if probe is not None and probe.layers is not None:  # None: a feedback-only pass learns nothing
                     run.log(probe.record(epoch=epoch, batch=b + 1, batches=len(starts), step=steps,
                                          loss=metrics["loss"]))
@@ -470,11 +486,12 @@ def _check_divergence(net, metrics, epoch, batch, phase, saved):
                    f"stopped{_kept(saved)}")
 
 
-def evaluate_run(run_dir, split="test", best=False):
+def evaluate_run(run_dir, split="test", best=False, unverified=False):
     """Reload a run's current checkpoint and evaluate it on a split of its data set (the same numbers training
     reported, for a completed run); works on interrupted, diverged and killed runs too. With `best`, the
-    parameters of the epoch with the best validation score so far instead of the latest."""
-    run = RunDir(run_dir)
+    parameters of the epoch with the best validation score so far instead of the latest; with `unverified`,
+    checkpoint files that record no checksum are read (RunDir's `unverified`) instead of refused."""
+    run = RunDir(run_dir, unverified=unverified)
     spec = run.spec()
     data = load_data(spec)
     part = getattr(data, split)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
-from helpers import only_run, stop_at
+from helpers import only_run, reseal, stop_at
 from localnet.cli import main
 from localnet.errors import Interrupted, RunError
 from localnet.report import row
@@ -101,11 +101,11 @@ def test_a_best_entry_without_its_parameters_is_refused_by_resume(tmp_path):
         train(spec(), runs_root=tmp_path, stop=stop, **stop_at(stop, 3, 4))
     path = only_run(tmp_path)
     checkpoint = RunDir(path).checkpoint_path()
+    (checkpoint / "network.best.npz").unlink()
     trainer = json.loads((checkpoint / "trainer.json").read_text())
     del trainer["sha256"]["network.best.npz"]
     (checkpoint / "trainer.json").write_text(json.dumps(trainer))
-    pointer = checkpoint.parent / "latest.json"
-    pointer.write_text(json.dumps({k: v for k, v in json.loads(pointer.read_text()).items() if k != "sha256"}))
+    reseal(checkpoint)
     with pytest.raises(RunError, match="'best' entry"):
         resume(path)
 

@@ -113,12 +113,18 @@ CONV = [{"name": "c1", "type": "conv2d", "channels": 2, "kernel": 3, "padding": 
         {"name": "f", "type": "flatten"}, {"name": "out", "size": N_OUT, "activation": "linear"}]
 
 
-@pytest.mark.parametrize("rule", ["fa", "sign_symmetry"])
-def test_conv_blocks_send_their_error_through_b_or_the_signs(rule):
+def conv_step(rule, seed):
+    """A conv net of `rule` after one step's backward phase (no update yet), and its batch's labels."""
     net = net_of(rule, (1, 8, 8), CONV)
-    x, y = batch((1, 8, 8), seed=5)
+    x, y = batch((1, 8, 8), seed=seed)
     net.engine.forward(*net._batch(x, y), train=True)
     net.engine.backward()
+    return net, y
+
+
+@pytest.mark.parametrize("rule", ["fa", "sign_symmetry"])
+def test_conv_blocks_send_their_error_through_b_or_the_signs(rule):
+    net, _ = conv_step(rule, 5)
     c2 = net.layers["c2"]
     ref = c2.reference()  # float64 maps written apart from the backends (window views and einsum)
     e = c2._error[1]
@@ -177,10 +183,7 @@ def test_numba_runs_feedback_alignment_as_numpy_does():
 @pytest.mark.parametrize("rule", ["dfa", "drtp"])
 def test_direct_rules_reach_conv_blocks_through_a_dense_b(rule):
     from localnet.diagnostics import reference as ref
-    net = net_of(rule, (1, 8, 8), CONV)
-    x, y = batch((1, 8, 8), seed=6)
-    net.engine.forward(*net._batch(x, y), train=True)
-    net.engine.backward()
+    net, y = conv_step(rule, 6)
     assert net.graph.feedback_layers == ("c1", "c2")  # flatten only reshapes: no direct channel reaches it
     p = np.exp(net.loss.output - net.loss.output.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)

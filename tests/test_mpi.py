@@ -165,6 +165,24 @@ def test_conv_and_graph_nets_across_ranks_are_bit_identical(net, tmp_path):
     assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
 
 
+@needs_mpi
+@pytest.mark.parametrize("rule", ["fa", "dfa", "sign_symmetry", "drtp"])
+def test_the_feedback_alignment_family_across_ranks_is_bit_identical(rule, tmp_path):
+    """Errors through fixed B, direct channels out of the output layer (dfa) and out of the loss node (drtp). The
+    local run gets the ranks' one BLAS thread: OpenBLAS's float32 e Wᵀ at (32, 128)·(128, 128) rounds differently
+    on one thread and on two, which backprop's and sign symmetry's messages go through."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=1", "--set",
+            f"rule.name={rule}", "--set", "network.feedback={activation: linear, bias: false}"]
+    done = mpirun(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    ref = subprocess.run([sys.executable, "-m", "localnet", "run", *args, "--runs-dir", str(tmp_path / "local")],
+                         capture_output=True, text=True, check=False, timeout=120,
+                         env={**os.environ, "LOCALNET_THREADS": "1"})
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(only_run(tmp_path / "mpi")), checkpoint_arrays(only_run(tmp_path / "local")))
+    assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
+
+
 # -- faults --------------------------------------------------------------------------------------------------------
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_rank_0_names_it(tmp_path):

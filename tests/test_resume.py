@@ -1,10 +1,13 @@
 """Nothing lost, in process: stop anywhere and resume to the same bits; checkpoints are atomic, complete and
 refused clearly when corrupt; metrics survive a torn line; the divergence guard names layer, phase and step."""
 
+import io
 import json
 import shutil
 import signal
 import threading
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
-from helpers import only_run, stop_at
+from helpers import only_run, reseal, stop_at
 from localnet.cli import main
 from localnet.errors import Interrupted, RunError
 from localnet.runs import RunDir
@@ -310,6 +313,51 @@ def _bad_rng(p):
     np.savez(p, **arrays)
 
 
+def _replaced(make):
+    """A corruption that replaces a layer file's param.W by `make(W)`."""
+    def corrupt(p):
+        with np.load(p) as d:
+            arrays = dict(d)
+        arrays["param.W"] = make(arrays["param.W"])
+        np.savez(p, **arrays)
+    return corrupt
+
+
+def _nan(w):
+    w = w.copy()
+    w[0, 0] = np.nan
+    return w
+
+
+def _member(data, compress=zipfile.ZIP_STORED):
+    """A corruption that writes `data` (bytes of an .npy file) as a layer file's param.W member."""
+    def corrupt(p):
+        with np.load(p) as d:
+            arrays = dict(d)
+        with zipfile.ZipFile(p, "w") as archive:
+            for key, value in arrays.items():
+                buffer = io.BytesIO()
+                np.save(buffer, value)
+                archive.writestr(f"{key}.npy", data if key == "param.W" else buffer.getvalue(),
+                                 compress_type=compress if key == "param.W" else zipfile.ZIP_STORED)
+    return corrupt
+
+
+def _npy(shape, body=b"", descr="<f8"):
+    """An .npy file's bytes: a header claiming `shape` of `descr`, then `body`."""
+    out = io.BytesIO()
+    np.lib.format.write_array_header_1_0(out, {"descr": descr, "fortran_order": False, "shape": shape})
+    return out.getvalue() + body
+
+
+def _forget_checksum(p):
+    """Delete a layer file's recorded SHA-256 (and record the trainer file's new one): only that file unchecked."""
+    trainer = json.loads((p.parent / "trainer.json").read_text())
+    del trainer["sha256"][p.name]
+    (p.parent / "trainer.json").write_text(json.dumps(trainer))
+    reseal(p.parent)
+
+
 CORRUPTIONS = {
     "layer truncated": ("h2.npz", _truncate, "SHA-256"),
     "layer flipped": ("h2.npz", _flip, "SHA-256"),  # without the checksum, many flipped bytes load silently
@@ -319,18 +367,27 @@ CORRUPTIONS = {
     "layer wrong shape": ("h1.npz", _wrong_shape, "SHA-256"),
     "trainer truncated": ("trainer.json", _truncate, "SHA-256"),
     "trainer flipped": ("trainer.json", _flip, "SHA-256"),
-    # what a file says is checked too, when it is consistent with its recorded checksum (no checksum given)
-    "layer truncated, no checksum": ("h2.npz", _truncate, "unreadable"),
-    "layer garbage, no checksum": ("out.npz", lambda p: p.write_bytes(b"not a checkpoint at all"), "unreadable"),
-    "layer empty, no checksum": ("out.npz", lambda p: p.write_bytes(b""), "unreadable"),
-    "layer wrong shape, no checksum": ("h1.npz", _wrong_shape, "does not fit the run's network"),
-    "layer pickled, no checksum": ("h1.npz", _pickled, "unreadable"),
-    "layer generator, no checksum": ("h2.npz", _bad_rng, "invalid generator state"),
-    "trainer position, no checksum": (
+    # what a file says is checked too, when its recorded checksums were made to match (`reseal`)
+    "layer truncated, resealed": ("h2.npz", _truncate, "unreadable"),
+    "layer garbage, resealed": ("out.npz", lambda p: p.write_bytes(b"not a checkpoint at all"), "unreadable"),
+    "layer empty, resealed": ("out.npz", lambda p: p.write_bytes(b""), "unreadable"),
+    "layer wrong shape, resealed": ("h1.npz", _wrong_shape, "does not fit the run's network"),
+    "layer pickled, resealed": ("h1.npz", _pickled, "unreadable"),
+    "weights of text, resealed": ("h1.npz", _replaced(lambda w: np.full(w.shape, "abc", "<U3")), "dtype '<U3'"),
+    "weights of void, resealed": ("h1.npz", _replaced(lambda w: np.zeros(w.shape, "V4")), "dtype '|V4'"),
+    "weights of NaN, resealed": ("h1.npz", _replaced(_nan), "NaN or an Inf"),
+    "header claims 2**40, resealed": ("h2.npz", _member(_npy((2**40,), bytes(8))), "claims shape"),
+    "member deflated, resealed": ("h2.npz", _member(_npy((1024,), bytes(8192)), zipfile.ZIP_DEFLATED),
+                                     "compressed"),
+    # item 12: without its checksums a checkpoint is refused, whatever it holds
+    "checksums deleted": ("trainer.json", lambda p: _drop_checksums(p.parent), "no recorded SHA-256"),
+    "one layer's checksum deleted": ("h1.npz", _forget_checksum, "no recorded SHA-256"),
+    "layer generator, resealed": ("h2.npz", _bad_rng, "invalid generator state"),
+    "trainer position, resealed": (
         "trainer.json", lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "batch": 10**6})),
         "outside the run's schedule"),
-    "trainer not a dict, no checksum": ("trainer.json", lambda p: p.write_text("[1, 2]"), "not a JSON object"),
-    "trainer not JSON, no checksum": ("trainer.json", lambda p: p.write_text("{"), "unreadable"),
+    "trainer not a dict, resealed": ("trainer.json", lambda p: p.write_text("[1, 2]"), "not a JSON object"),
+    "trainer not JSON, resealed": ("trainer.json", lambda p: p.write_text("{"), "unreadable"),
     "pointer garbage": ("../latest.json", lambda p: p.write_text("{\"checkpoint\": \"../../etc\"}"), "invalid"),
     "pointer truncated": ("../latest.json", _truncate, "unreadable"),
     "pointer dangling": ("../latest.json", lambda p: p.write_text('{"checkpoint": "999999"}'), "missing"),
@@ -361,21 +418,42 @@ def test_corrupt_checkpoints_give_a_run_error_naming_the_file(tmp_path, interrup
     shutil.copytree(interrupted_run, path)
     checkpoint = RunDir(path).checkpoint_path()
     victim = (checkpoint / target).resolve()
-    if "no checksum" in name:  # as if the file had been written so; localnet still refuses what it says
-        _drop_checksums(checkpoint)
     corrupt(victim)
+    if "resealed" in name:  # as if the file had been written so, checksums and all: what it says is refused
+        reseal(checkpoint)
     before = (path / "summary.json").read_text()
     with pytest.raises(RunError, match=message) as info:
         resume(path)
     assert str(victim) in str(info.value) or str(victim.relative_to(path.resolve())) in str(info.value)
     assert (path / "summary.json").read_text() == before  # a refused resume changes nothing
-    if not any(word in name for word in ("generator", "position", "wrong shape, no")):
+    if not any(word in name for word in ("generator", "position", "wrong shape, resealed")):
         with pytest.raises(RunError, match=message):  # eval reads the parameters: the same clear error
             evaluate_run(path)
     result = CliRunner().invoke(main, ["run", "--resume", str(path)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error:") and victim.name in last
+
+
+@pytest.mark.parametrize("corrupt", [_member(_npy((2**40,), bytes(8))),
+                                     _member(_npy((2**24,), bytes(8 << 24)), zipfile.ZIP_DEFLATED)],
+                         ids=["header claims 8 TiB", "128 MiB deflate bomb"])
+def test_a_header_claim_or_a_deflate_bomb_allocates_nothing(tmp_path, interrupted_run, corrupt):
+    """Checksums made to match: the member is refused from its zip entry and .npy header, before its size is
+    allocated or inflated."""
+    path = tmp_path / "run"
+    shutil.copytree(interrupted_run, path)
+    checkpoint = RunDir(path).checkpoint_path()
+    corrupt(checkpoint / "h2.npz")
+    reseal(checkpoint)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RunError, match="h2.npz is unreadable: 'param.W' (claims shape|is compressed)"):
+            evaluate_run(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, f"peak {peak >> 20} MiB"
 
 
 def test_eval_of_a_run_stopped_before_its_first_checkpoint(tmp_path):
@@ -514,3 +592,32 @@ def test_runs_started_in_the_same_second_get_distinct_directories(tmp_path, monk
         assert RunDir(path).summary()["status"] == "completed" and RunDir(path).summary()["run_dir"] == str(path)
         assert not [p for p in path.rglob("*.tmp")]
     assert_same_state(*results)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_an_adam_second_moment_overflowing_is_caught_at_its_batch(tmp_path, monkeypatch, dtype):
+    """Feedback SGD at lr 5 with linear feedback maps grows h1's feedback gradients until its Adam second moment
+    overflows to Inf, which makes Adam's update 0 and shows nowhere else: the guard stops at that batch (it was
+    1 batch late in float32, 23 in float64)."""
+    built = {}
+    real_build = localnet.training.build
+    monkeypatch.setattr(localnet.training, "build", lambda *a, **k: built.setdefault("net", real_build(*a, **k)))
+    unseen = []
+
+    def on_batch(done, total):  # after the guard looked at the batch: nothing non-finite may be left unseen
+        unseen.append(built["net"].find_nonfinite(("optimiser state",)))
+
+    with pytest.raises(Diverged, match="first in layer 'h1', optimiser state"):
+        train(spec_of("dtp", f"dtype={dtype}", "network.layers.h1.size=128", "network.layers.h2.size=128",
+                      "network.feedback.activation=linear", "optimizer.feedback={type: sgd, lr: 5}"),
+              runs_root=tmp_path, on_batch=on_batch)
+    assert unseen and not any(unseen)
+
+
+def test_a_loss_that_explodes_stops_the_run(tmp_path):
+    """Adam at lr 1e30 once 'completed' with a loss of 1e32: every value finite, the model garbage."""
+    with pytest.raises(Diverged, match=r"the loss exploded at epoch 1, batch \d+ \(train_step\): .* more than 1e\+06 "
+                                       r"times the first batch's"):
+        train(spec_of("dtp", "optimizer.forward={type: adam, lr: 1e30}"), runs_root=tmp_path)
+    assert RunDir(only_run(tmp_path)).summary()["status"] == "diverged"

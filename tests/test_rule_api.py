@@ -80,7 +80,7 @@ def test_a_rule_from_the_base_class_changes_what_a_layer_learns_from():
 
 class NeedsDirect(HalfError):
     name = "test_needs_direct"
-    needs = frozenset({"direct_feedback"})
+    needs = frozenset({"round_trip"})
 
 
 def test_a_rule_needing_what_a_family_does_not_offer_is_refused_at_spec_load():
@@ -89,7 +89,7 @@ def test_a_rule_needing_what_a_family_does_not_offer_is_refused_at_spec_load():
             {"name": "out", "size": 3, "activation": "linear"}]
     try:
         with pytest.raises(SpecError, match="rule 'test_needs_direct' does not support conv2d layers .layer 'c'.: "
-                                            "it needs direct_feedback"):
+                                            "it needs round_trip"):
             load_spec(spec("test_needs_direct", conv))
     finally:
         unregister_rule("test_needs_direct")

@@ -175,7 +175,7 @@ class Conv2dLayer(ParametricLayer):
     def local_delta(self, h, target):
         return self.k.dense.local_delta(_rows(h), _rows(target)).reshape(h.shape)
 
-    def _pre_error(self, a, h, delta):
+    def pre_error(self, a, h, delta):
         ds = self.k.conv.pool_grad(delta, self.idx, self.pool, self.pool_size, a.shape)
         return self.k.dense.pre_activation_error(_rows(a), _rows(self.s), _rows(ds), self.activation).reshape(a.shape)
 

@@ -114,7 +114,7 @@ class DenseLayer(ParametricLayer):
     def local_delta(self, h, target):
         return self.k.dense.local_delta(h, target)
 
-    def _pre_error(self, a, h, delta):
+    def pre_error(self, a, h, delta):
         return self.k.dense.pre_activation_error(a, h, delta, self.activation)
 
     def vjp(self, e, through="forward"):

@@ -2,7 +2,7 @@
 checkpoints, the divergence guard, delayed messages, the feedback-training loop and the backward phase's
 template, which asks the rule what a message means and what goes down. A family (dense.py, conv.py) draws its
 parameters and supplies the maps a rule may ask for (`f`, `g`, `g_difference`, `g_pullback`, `vjp`,
-`local_delta`, the fused feedback objectives) and `_forward`, `_pre_error`, `_weight_grads`, and, for a family
+`local_delta`, `pre_error`, the fused feedback objectives) and `_forward`, `_weight_grads`, and, for a family
 that takes several inputs, `join` and `parts`."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections import deque
 import numpy as np
 
 from ..errors import LocalnetError
+from ..files import parse_json
 from ..messages import BACKWARD_KINDS, Outbox
 from ..optim import Optimizer
 from ..rules.base import Step
@@ -141,7 +142,7 @@ class ParametricLayer(Layer):
                 raise LocalnetError(f"layer {self.name!r}, {key}: {got.dtype} of shape {got.shape}, "
                                     f"expected {value.dtype} of shape {value.shape}")
         try:
-            rng_state = json.loads(str(np.asarray(state["rng"])[()]))
+            rng_state = parse_json(str(np.asarray(state["rng"])[()]))  # (from a file)
             probe = type(self.rng.bit_generator)()
             probe.state = rng_state  # validates the layout before the layer's own generator is touched
         except (ValueError, TypeError, KeyError) as exc:
@@ -169,8 +170,11 @@ class ParametricLayer(Layer):
 
     # -- the divergence guard --------------------------------------------------------------------------------
     def looks_finite(self) -> bool:
-        """A cheap per-batch check (scalars and one sum per array): False means a NaN or Inf may be present."""
+        """A cheap per-batch check (scalars and one sum per array: targets, optimisers' second moments): False
+        means a NaN or Inf may be present."""
         if self.reconstruction_loss is not None and not math.isfinite(self.reconstruction_loss):
+            return False
+        if not all(opt.looks_finite() for _, opt in self._optimizers()):
             return False
         if self._descent is not None:  # h − step·dℒ/dh is finite where both of its terms are
             return all(self.k.arrays.sum_is_finite(a) for a in self._descent)
@@ -256,7 +260,7 @@ class ParametricLayer(Layer):
             self._target, self._descent = None, (h, delta)
         else:
             self.target = step.target
-        step.e = self._pre_error(a, h, delta)
+        step.e = self.pre_error(a, h, delta)
         self._grads, self._error = None, (x, step.e)
         out = Outbox()  # each message declares what it was computed from (its provenance, read by the audit)
         self.rule.send(self, step, self.down_kinds, out)
@@ -300,6 +304,10 @@ class ParametricLayer(Layer):
         """d/dh of the local loss ‖h − ĥ‖² (summed over units, averaged over the batch)."""
         raise NotImplementedError
 
+    def pre_error(self, a, h, delta):
+        """e = dℒ/da from δ = dℒ/dh, through this layer's own derivative s'(a) (and its pooling) only."""
+        raise NotImplementedError
+
     def vjp(self, e, through="forward"):
         """e = dℒ/da back to the input through f's linear part: with the forward weights (Wᵀ: weight transport),
         their signs (`"signs"`: sign symmetry) or the feedback weights in their place (`"feedback"`, of W's shape
@@ -328,9 +336,6 @@ class ParametricLayer(Layer):
         """(pre-activation, output) of f on x; `train`: stochastic units sample."""
         raise NotImplementedError
 
-    def _pre_error(self, a, h, delta):
-        """e = dℒ/da from dℒ/dh = delta, through this layer's own non-linearity (and pooling) only."""
-        raise NotImplementedError
 
     def _weight_grads(self, x, e):
         """{key: gradient} of the forward parameters from the input x and the pre-activation error e."""

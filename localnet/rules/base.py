@@ -21,6 +21,7 @@ matrices; the layer protocol offers it (localnet/layers/base.py, "what a rule ma
                                  ("forward": Wᵀ, weight transport), their signs ("signs") or g's weights in their
                                  place ("feedback": feedback alignment's B)
     layer.local_delta(h, t)      d‖h − t‖²/dh (summed over units, averaged over the batch)
+    layer.pre_error(a, h, δ)     δ back through the layer's own derivative s'(a) (and pooling): dℒ/da
     layer.descend(x, d)          x − η̂ d, one step down d
     layer.noise(shape)           σ · N(0, 1) from the layer's own generator, σ its feedback noise
     layer.reconstruction_gradient(), layer.ldrl_gradient()   the fused kernels of DTP's and L-DRL's objectives

@@ -44,6 +44,7 @@ class DirectDifferenceTargetPropagation(Rule):
     direct_channels = "directly from the output layer to each layer under it, and from `loss` to the output layer"  # targets go from the output layer straight to every hidden layer
     needs = frozenset({"direct_feedback"})
     linear_feedback = True  # g_i(z) = z Q_i
+    first_targets = ("output",)  # the output layer's displacement is what every direct channel carries
     feedback_service = "response"  # Q_i is trained on the output's response to noise injected at layer i
     invariants = frozenset({"no_error_no_change", "difference_identity", "first_order_descent", "locality",
                             "determinism"})

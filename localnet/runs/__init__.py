@@ -6,15 +6,23 @@ log is appended one flushed and fsynced line at a time, and a torn last line (a 
 read and reported. A checkpoint is a directory `checkpoints/<sequence>/` holding one `<layer>.npz` per layer and
 `trainer.json`; it becomes the current one only when `checkpoints/latest.json`, a small pointer file, is
 atomically replaced to name it, so a kill at any moment leaves the previous complete checkpoint in force.
-While a process trains in a run directory it holds an exclusive lock on its `.lock` file: no second process can
-resume it at the same time, and no two processes ever write the same file.
+While a process trains in a run directory it holds an exclusive lock on the directory itself: no second process
+can resume it at the same time, and no two processes ever write the same file.
+
+A run directory is untrusted input: every file in it is read through one bounded, typed reader (`read_json`,
+`read_npz`): regular files only, never through a link, never by blocking, at most a size cap, JSON integers and
+nesting bounded and each value's type checked, arrays' headers checked before any is read, checkpoints read only
+with their checksums.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import re
@@ -31,7 +39,8 @@ import numpy as np
 
 from .. import blas
 from ..threads import cores
-from ..errors import LocalnetError, RunError
+from ..errors import DiskFull, LocalnetError, RunError, short_repr
+from ..files import open_regular, parse_json, read_regular
 from ..spec import dump_spec, load_spec
 
 try:
@@ -47,7 +56,18 @@ PARAM = "param."  # the prefix of a parameter's key in a layer's checkpoint file
 CHANNELS = "network.channels"  # the channels' state (constraints' generators, delay queues); no layer name has a dot
 BEST = "network.best"  # the parameters of the epoch with the best validation score, keys "<layer>.<parameter>"
 _SEQUENCE = re.compile(r"^\d{6,}$")
-_UNREADABLE = (OSError, ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_CREATING = re.compile(r"^\.\d{8}-\d{6}-.+-[0-9a-f]{6}\.tmp$")  # a run directory being made (`RunDir.create`)
+_UNREADABLE = (ValueError, EOFError, KeyError, TypeError, zipfile.BadZipFile, zlib.error)  # (OSError: its own line)
+_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+# Bounds on what a run directory's files may hold (localnet writes a few KiB of JSON per file, nesting four levels
+# deep, and arrays of the network's own sizes); JSON integers are bounded by `files.parse_json`.
+MAX_JSON_BYTES = 64 << 20
+MAX_METRICS_BYTES = 1 << 30
+MAX_NPZ_BYTES = 4 << 30
+MAX_MEMBERS = 4096  # arrays in one checkpoint file
+MAX_TEXT_BYTES = 1 << 20  # a text member (a generator's state as JSON)
 
 
 def _fsync_dir(path: Path):
@@ -64,24 +84,68 @@ def _fsync_dir(path: Path):
         os.close(fd)
 
 
-def _atomic_write(path: Path, write):
+def _size(n) -> str:
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB")
+    i = 0
+    while n >= 1024 and i < len(units) - 1:
+        n, i = n / 1024, i + 1
+    return f"{n:.0f} {units[i]}" if i == 0 else f"{n:.1f} {units[i]}"
+
+
+def _free(path) -> str:
+    """How much room the file system holding `path` (or its nearest existing folder) has left, in words."""
+    for folder in (Path(path), *Path(path).parents):
+        try:
+            return f"{_size(shutil.disk_usage(folder).free)} free"
+        except OSError:
+            continue
+    return "free space unknown"
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """An OSError while writing `path` becomes one line naming it and the free space: DiskFull when the file
+    system or a quota is full (training stops and can resume once there is room), RunError otherwise (a
+    read-only file system, a folder that vanished)."""
+    try:
+        yield
+    except OSError as exc:
+        error = DiskFull if exc.errno in _FULL else RunError
+        raise error(f"cannot write {path}: {exc.strerror or exc} ({_free(path)})") from None
+
+
+def write_bytes(path: Path, data: bytes):
     """Write through a uniquely named temporary file, fsync it, rename it over `path`, fsync the directory: a
     reader sees the old file or the new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with _writing(path):
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
     _fsync_dir(path.parent)
 
 
+def append(path: Path, data: bytes):
+    """Append `data` to a run directory's file, flushed and fsynced; never through a link or into a FIFO (the
+    metrics logs: a crash leaves at most a torn last line)."""
+    path = own(path)
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    with _writing(path), os.fdopen(os.open(path, flags, 0o644), "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_text(path: Path, text: str):
-    _atomic_write(path, lambda fh: fh.write(text.encode("utf-8")))
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: Path, data):
@@ -117,33 +181,140 @@ def output_file(path) -> Path:
     return path
 
 
-def _read_json(path: Path, what: str):
+# -- reading: a run directory is untrusted input ---------------------------------------------------------------
+def _read_bytes(path: Path, what: str, limit: int) -> bytes:
+    """A run directory's file, if it is its own regular file of at most `limit` bytes."""
     try:
-        return json.loads(own(path).read_text(encoding="utf-8"))
+        return read_regular(own(path), limit, follow=False)
     except FileNotFoundError:
         raise RunError(f"{what} {path} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:
+        raise RunError(f"{what} {path} is unreadable: {exc.strerror or exc}") from None
+
+
+def _kind(value, want) -> bool:
+    """Whether a parsed JSON value is of the schema type `want`: int (not bool), float (any number, not bool),
+    str, None, a tuple of alternatives or [type] (a list of such values)."""
+    if isinstance(want, tuple):
+        return any(_kind(value, w) for w in want)
+    if isinstance(want, list):
+        return isinstance(value, list) and all(_kind(v, want[0]) for v in value)
+    if want is None:
+        return value is None
+    if want in (int, float):
+        return isinstance(value, (int, float) if want is float else int) and not isinstance(value, bool)
+    return isinstance(value, want)
+
+
+def _kind_name(want) -> str:
+    if isinstance(want, tuple):
+        return " or ".join(map(_kind_name, want))
+    if isinstance(want, list):
+        return f"a list of {_kind_name(want[0])}"
+    return {int: "an integer", float: "a number", str: "text", None: "null"}[want]
+
+
+def _check_schema(data, schema: dict, where: str, _key=()):
+    """RunError naming `where` and the key unless `data` is a JSON object whose keys that `schema` names (each
+    optional) hold values of their type (`_kind`), or, where the schema gives a dict, objects that match it in
+    turn; keys it does not name are left alone."""
+    if not isinstance(data, dict):
+        raise RunError(f"{where} is invalid: {'.'.join(_key) or 'it'} is not a JSON object")
+    for key, want in schema.items():
+        if key not in data:
+            continue
+        if isinstance(want, dict):
+            _check_schema(data[key], want, where, _key + (key,))
+        elif not _kind(data[key], want):
+            raise RunError(f"{where} is invalid: {'.'.join(_key + (key,))} is {short_repr(data[key])}, expected "
+                           f"{_kind_name(want)}")
+    return data
+
+
+def read_json(path: Path, what: str, schema: dict, raw: bytes | None = None):
+    """A run directory's JSON file (or its bytes, `raw`, already read): bounded (`_read_bytes`, `parse_json`) and
+    checked against `schema` (`_check_schema`); RunError naming the file otherwise."""
+    raw = _read_bytes(path, what, MAX_JSON_BYTES) if raw is None else raw
+    try:
+        data = parse_json(raw.decode("utf-8"))
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise RunError(f"{what} {path} is unreadable: {exc}") from None
+    return _check_schema(data, schema, f"{what} {path}")
+
+
+_POSITION = {"epoch": int, "pass": int, "batch": int}
+_SCORES = {f"{split}_{score}": float for split in ("train", "validation", "test") for score in ("loss", "accuracy")}
+_SUMMARY = {"status": str, "error": str, "run_dir": str, "epochs": int, "resumes": int, "checkpoint": _POSITION,
+            "resumed_at": _POSITION, "seconds_per_epoch": (float, None),
+            "best_validation": {"epoch": int, "metric": str, **_SCORES}, **_SCORES}
+_ENVIRONMENT = {"spec_file": (str, None), "overrides": [str], "backend": str}
+_POINTER = {"checkpoint": str, "epoch": (int, None), "pass": (int, None), "batch": (int, None), "sha256": str}
+_TRAINER = {"layers": [str], "sha256": {}, "best": {}}
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_npz(path: Path, what="checkpoint", sha256=None) -> dict:
-    """Every array of an .npz file, read eagerly (so a truncated or corrupt member fails here, naming the file)
-    and never with pickle; with `sha256`, a file whose bytes changed in any way is refused before parsing."""
+def _array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, size: int, finite: bool, where: str):
+    """(key, array) of one .npy member of the archive `where` names, its header checked before any of its data is
+    read: a numeric dtype (a text scalar at most: a generator's state), stored uncompressed as np.savez stores
+    it, and exactly the bytes its header claims, within the archive's `size`. No pickle, no decompression bomb,
+    no allocation a header merely claims; with `finite`, no NaN or Inf (localnet never checkpoints one)."""
+    name = info.filename
+
+    def refuse(why):
+        return RunError(f"{where} is unreadable: {short_repr(name[:-4] if name.endswith('.npy') else name)} {why}")
+
+    if not name.endswith(".npy"):
+        raise refuse("is not an array")
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        raise refuse("is compressed or encrypted (localnet stores its arrays as they are)")
+    if info.compress_size != info.file_size or info.file_size > size:
+        raise refuse(f"claims {info.file_size} bytes, more than the file holds")
+    fmt = np.lib.format
+    with archive.open(info) as member:
+        version = fmt.read_magic(member)
+        if version not in ((1, 0), (2, 0)):
+            raise refuse(f"is in .npy format version {version}")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, _, dtype = read_header(member)
+        text = dtype.kind == "U" and shape == () and dtype.itemsize <= MAX_TEXT_BYTES
+        if dtype.hasobject or dtype.kind not in "biuf" and not text:
+            raise refuse(f"has dtype {short_repr(dtype.str)}, not a numeric array")
+        if member.tell() + math.prod(shape) * dtype.itemsize != info.file_size:
+            raise refuse(f"claims shape {short_repr(shape)} of {dtype}, which is not what it holds")
+    with archive.open(info) as member:
+        array = fmt.read_array(member, allow_pickle=False)
+    if finite and array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise refuse("holds a NaN or an Inf, which localnet never writes into a checkpoint (altered?)")
+    return name[:-4], array
+
+
+def read_npz(path: Path, what="checkpoint", sha256=None, finite=True) -> dict:
+    """Every array of an .npz file, read eagerly (so a truncated or corrupt member fails here, naming the file),
+    each member's header checked before its data is read (`_array`), never with pickle; with `sha256`, a file
+    whose bytes changed in any way is refused before parsing."""
     try:
-        raw = own(path).read_bytes()
-        if sha256 is not None and _sha256(raw) != sha256:
-            raise RunError(f"{what} file {path} is corrupt: its SHA-256 is not the one recorded when it was written")
-        data = np.load(io.BytesIO(raw), allow_pickle=False)
-        if not hasattr(data, "files"):
-            raise ValueError("not an .npz archive")
-        with data:
-            return {k: data[k] for k in data.files}
+        with open_regular(own(path), MAX_NPZ_BYTES, follow=False) as fh:
+            if sha256 is not None:
+                digest = hashlib.sha256()
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+                if digest.hexdigest() != sha256:
+                    raise RunError(f"{what} file {path} is corrupt: its SHA-256 is not the one recorded when it was "
+                                   f"written")
+                fh.seek(0)
+            size = os.fstat(fh.fileno()).st_size
+            with zipfile.ZipFile(fh) as archive:
+                members = archive.infolist()
+                if len(members) > MAX_MEMBERS:
+                    raise ValueError(f"{len(members)} members (at most {MAX_MEMBERS})")
+                return dict(_array(archive, info, size, finite, f"{what} file {path}") for info in members)
     except FileNotFoundError:
         raise RunError(f"{what} file {path} is missing") from None
+    except OSError as exc:
+        raise RunError(f"{what} file {path} is unreadable: {exc.strerror or exc}") from None
     except _UNREADABLE as exc:
         raise RunError(f"{what} file {path} is unreadable (corrupt or truncated?): {type(exc).__name__}: {exc}") \
             from None
@@ -160,15 +331,21 @@ def _versions():
 
 
 class RunDir:
-    def __init__(self, path):
+    def __init__(self, path, unverified=False):
+        """`unverified`: read checkpoint files that record no SHA-256 (a run written before checkpoints had them)
+        instead of refusing them; each is listed in `unchecked`. A recorded checksum is checked either way."""
         self.path = Path(path)
+        self.unverified = unverified
+        self.unchecked = []
         self._lock_fd = None
         self._trainer_sha256 = {}  # checkpoint directory -> the SHA-256 its pointer recorded for trainer.json
 
     @classmethod
     def create(cls, root, spec, backend):
-        """A new, uniquely named run directory, locked by this process; mkdir without exist_ok makes two runs
-        started in the same second (in threads or processes) distinct."""
+        """A new, uniquely named run directory, locked by this process. It is made under a hidden temporary name
+        (mkdir without exist_ok: two runs started in the same second, in threads or processes, stay distinct) and
+        renamed into place once it holds its spec, environment and summary, so a kill while it is made leaves no
+        half-made run directory; the next `create` deletes the hidden folder such a kill left."""
         root = Path(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -176,20 +353,59 @@ class RunDir:
             raise RunError(f"cannot use {root} as the runs folder: {exc.strerror or exc}") from None
         if not root.is_dir():
             raise RunError(f"cannot use {root} as the runs folder: it is not a folder")
+        cls._delete_abandoned(root)
         name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.name)[:60] or "run"
         stamp = time.strftime("%Y%m%d-%H%M%S")
         while True:
             path = root / f"{stamp}-{name}-{secrets.token_hex(3)}"
             try:
-                path.mkdir()
+                (root / f".{path.name}.tmp").mkdir()
                 break
             except FileExistsError:
                 continue
-        run = cls(path)
-        run.lock()
-        write_text(path / "spec.yaml", dump_spec(spec))
+            except OSError as exc:
+                raise RunError(f"cannot make a run directory in {root}: {exc.strerror or exc} ({_free(root)})") \
+                    from None
+        run = cls(root / f".{path.name}.tmp")
+        try:
+            run.lock()
+            run._write_start(spec, backend)
+            while path.exists() or path.is_symlink():  # taken since the temporary name was made
+                path = root / f"{stamp}-{name}-{secrets.token_hex(3)}"
+            with _writing(path):
+                os.rename(run.path, path)
+            _fsync_dir(root)
+        except BaseException:
+            shutil.rmtree(run.path, ignore_errors=True)
+            run.unlock()
+            raise
+        run.path = path
+        return run
+
+    @classmethod
+    def _delete_abandoned(cls, root: Path):
+        """Delete the hidden folders of run directories whose making was killed: named as `create` names them,
+        not links, untouched for a minute (one being made is locked a moment after its mkdir) and locked by no
+        live process."""
+        for entry in root.iterdir():
+            try:
+                if not (_CREATING.match(entry.name) and entry.is_dir() and not entry.is_symlink()
+                        and time.time() - entry.stat().st_mtime > 60):
+                    continue
+            except OSError:  # gone meanwhile
+                continue
+            abandoned = cls(entry)
+            try:
+                abandoned.lock()
+            except RunError:
+                continue  # being made right now
+            shutil.rmtree(entry, ignore_errors=True)
+            abandoned.unlock()
+
+    def _write_start(self, spec, backend):
+        write_text(self.path / "spec.yaml", dump_spec(spec))
         origin = spec.origin
-        write_json(path / "environment.json", {
+        write_json(self.path / "environment.json", {
             # what the resolved spec.yaml was made from: the file and the --set overrides, in order
             "spec_file": str(origin.file) if origin and origin.file is not None else None,
             "overrides": list(origin.overrides) if origin else [],
@@ -199,30 +415,36 @@ class RunDir:
             # the numba kernels' BLAS (localnet/blas.py); None where no numba kernel runs
             "blas": blas.PROVIDER if backend == "numba" else None,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        run.write_summary({"status": "running"})
-        return run
+        self.write_summary({"status": "running"})
 
     def check(self):
         """Refuse anything that is not a run directory, naming what is missing."""
         if not self.path.is_dir():
             raise RunError(f"{self.path} is not a directory")
-        if not (self.path / "spec.yaml").is_file():
+        if not own(self.path / "spec.yaml").is_file():
             raise RunError(f"{self.path} is not a run directory (no spec.yaml)")
 
     def spec(self):
         self.check()
-        return load_spec(self.path / "spec.yaml")
+        return load_spec(own(self.path / "spec.yaml"))
 
     def environment(self) -> dict:
-        return _read_json(self.path / "environment.json", "environment file")
+        return read_json(self.path / "environment.json", "environment file", _ENVIRONMENT)
 
     # -- the lock: one writing process per run directory -------------------------------------------------------
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise RunError(f"cannot open the run directory {self.path}: {exc.strerror or exc}") from None
+
     def lock(self):
-        """Hold an exclusive lock on `.lock` until `unlock` or exit (the kernel drops it when a process dies,
-        SIGKILL included); a run directory another live process holds is refused."""
+        """Hold an exclusive lock on the run directory itself (flock of a descriptor of the folder) until `unlock`
+        or exit: the kernel drops it when a process dies, SIGKILL included, and no file a user could delete is
+        involved. A run directory another live process holds is refused."""
         if fcntl is None or self._lock_fd is not None:
             return
-        fd = os.open(own(self.path / ".lock"), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -237,9 +459,9 @@ class RunDir:
 
     def in_use(self) -> bool:
         """Whether some other process holds this run's lock right now (a live run)."""
-        if fcntl is None or self._lock_fd is not None or not (self.path / ".lock").exists():
+        if fcntl is None or self._lock_fd is not None:
             return False
-        fd = os.open(own(self.path / ".lock"), os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+        fd = self._open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -250,28 +472,26 @@ class RunDir:
 
     # -- metrics -----------------------------------------------------------------------------------------------
     def log(self, record: dict):
-        with open(own(self.path / "metrics.jsonl"), "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """Append one record as one line, flushed and fsynced; never through a link or into a FIFO."""
+        append(self.path / "metrics.jsonl", (json.dumps(record) + "\n").encode("utf-8"))
 
     def read_metrics(self) -> tuple[list, list]:
         """(records, skipped): the logged records, and the 1-based numbers of lines that are not a JSON record
         (a line torn by a crash mid-write), which are left out."""
-        path = own(self.path / "metrics.jsonl")
+        path = self.path / "metrics.jsonl"
         try:
-            text = path.read_bytes().decode("utf-8", errors="replace")
+            text = read_regular(own(path), MAX_METRICS_BYTES, follow=False).decode("utf-8", errors="replace")
         except FileNotFoundError:
             return [], []
         except OSError as exc:
-            raise RunError(f"cannot read {path}: {exc}") from None
+            raise RunError(f"cannot read {path}: {exc.strerror or exc}") from None
         records, skipped = [], []
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line)
+            except ValueError:
                 record = None
             if isinstance(record, dict):
                 records.append(record)
@@ -286,23 +506,38 @@ class RunDir:
     def metrics_warning(self, skipped) -> str | None:
         if not skipped:
             return None
-        lines = ", ".join(map(str, skipped))
-        return (f"{self.path / 'metrics.jsonl'}: line{'s' if len(skipped) > 1 else ''} {lines} "
+        shown = ", ".join(map(str, skipped[:20])) + (f" and {len(skipped) - 20} more" if len(skipped) > 20 else "")
+        return (f"{self.path / 'metrics.jsonl'}: line{'s' if len(skipped) > 1 else ''} {shown} "
                 f"{'are' if len(skipped) > 1 else 'is'} not a complete record (torn by a crash mid-write?) "
                 f"and {'were' if len(skipped) > 1 else 'was'} ignored")
 
     def rewrite_metrics(self, records: list):
-        write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+        write_text(own(self.path / "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in records))
 
     # -- summary -----------------------------------------------------------------------------------------------
     def write_summary(self, summary: dict):
-        write_json(self.path / "summary.json", summary)
+        """Write the summary atomically; on a full disk, where no temporary copy fits, overwrite the file in
+        place if its new text fits in the blocks it already has (how a run that stopped on a full disk says so)."""
+        path = own(self.path / "summary.json")
+        data = (json.dumps(summary, indent=2) + "\n").encode("utf-8")
+        try:
+            write_bytes(path, data)
+        except DiskFull:
+            flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            try:
+                fd = os.open(path, flags)
+            except OSError:
+                raise DiskFull(f"cannot write {path}: no space left on the file system ({_free(path)})") from None
+            with _writing(path), os.fdopen(fd, "r+b") as fh:
+                if os.fstat(fd).st_blocks * 512 < len(data):
+                    raise DiskFull(f"cannot write {path}: no space left on the file system ({_free(path)})")
+                fh.write(data)
+                fh.truncate()
+                fh.flush()
+                os.fsync(fd)
 
     def summary(self) -> dict:
-        data = _read_json(self.path / "summary.json", "summary")
-        if not isinstance(data, dict):
-            raise RunError(f"summary {self.path / 'summary.json'} is not a JSON object")
-        return data
+        return read_json(self.path / "summary.json", "summary", _SUMMARY)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def _checkpoints(self) -> Path:
@@ -311,10 +546,12 @@ class RunDir:
     def new_checkpoint(self) -> Path:
         """A fresh, empty checkpoint directory, numbered after every one that exists (complete or not)."""
         root = self._checkpoints()
-        root.mkdir(exist_ok=True)
+        with _writing(root):
+            root.mkdir(exist_ok=True)
         numbers = [int(p.name) for p in root.iterdir() if _SEQUENCE.match(p.name)]
         path = root / f"{max(numbers, default=0) + 1:06d}"
-        path.mkdir()
+        with _writing(path):
+            path.mkdir()
         return path
 
     def write_layer_state(self, checkpoint: Path, layer: str, state: dict) -> str:
@@ -323,7 +560,7 @@ class RunDir:
         buffer = io.BytesIO()
         np.savez(buffer, **state)
         data = buffer.getvalue()
-        _atomic_write(checkpoint / f"{layer}.npz", lambda fh: fh.write(data))
+        write_bytes(checkpoint / f"{layer}.npz", data)
         return _sha256(data)
 
     def commit_checkpoint(self, checkpoint: Path, trainer: dict):
@@ -345,92 +582,109 @@ class RunDir:
                         best: dict | None = None) -> Path:
         """A complete checkpoint of {layer: state} and the trainer's state, committed atomically; `channels`, the
         network's channel state when a channel keeps one, goes to `network.channels.npz`; `best`, the parameters
-        {layer: {name: array}} of the best validation epoch so far, to `network.best.npz`."""
+        {layer: {name: array}} of the best validation epoch so far, to `network.best.npz`. On a full disk the
+        half-written checkpoint is deleted at once (it is not committed: the pointer is written last), freeing
+        its room for the summary."""
         checkpoint = self.new_checkpoint()
-        digests = {f"{layer}.npz": self.write_layer_state(checkpoint, layer, state) for layer, state in states.items()}
-        if channels:
-            digests[f"{CHANNELS}.npz"] = self.write_layer_state(checkpoint, CHANNELS, channels)
-        if best:
-            flat = {f"{layer}.{name}": value for layer, params in best.items() for name, value in params.items()}
-            digests[f"{BEST}.npz"] = self.write_layer_state(checkpoint, BEST, flat)
-        self.commit_checkpoint(checkpoint, {**trainer, "layers": list(states), "sha256": digests})
+        try:
+            digests = {f"{layer}.npz": self.write_layer_state(checkpoint, layer, state)
+                       for layer, state in states.items()}
+            if channels:
+                digests[f"{CHANNELS}.npz"] = self.write_layer_state(checkpoint, CHANNELS, channels)
+            if best:
+                flat = {f"{layer}.{name}": value for layer, params in best.items() for name, value in params.items()}
+                digests[f"{BEST}.npz"] = self.write_layer_state(checkpoint, BEST, flat)
+            self.commit_checkpoint(checkpoint, {**trainer, "layers": list(states), "sha256": digests})
+        except DiskFull:
+            shutil.rmtree(checkpoint, ignore_errors=True)
+            raise
         return checkpoint
 
     def checkpoint_path(self) -> Path | None:
         """The current checkpoint's directory, or None when no checkpoint has been committed."""
         pointer = self._checkpoints() / LATEST
-        if not pointer.exists():
+        if not own(pointer).exists():
             return None
-        data = _read_json(pointer, "checkpoint pointer")
-        name = data.get("checkpoint") if isinstance(data, dict) else None
+        data = read_json(pointer, "checkpoint pointer", _POINTER)
+        name = data.get("checkpoint")
         if not isinstance(name, str) or not _SEQUENCE.match(name):
-            raise RunError(f"checkpoint pointer {pointer} is invalid: it names {name!r}")
-        path = self._checkpoints() / name
+            raise RunError(f"checkpoint pointer {pointer} is invalid: it names {short_repr(name)}")
+        digest = data.get("sha256")
+        if digest is not None and not _SHA256.match(digest):
+            raise RunError(f"checkpoint pointer {pointer} is invalid: sha256 is {short_repr(digest)}")
+        path = own(self._checkpoints() / name)
         if not path.is_dir():
             raise RunError(f"checkpoint pointer {pointer} names {path}, which is missing")
-        self._trainer_sha256[path] = data.get("sha256")
+        self._trainer_sha256[path] = digest
         return path
+
+    def _without_checksum(self, path: Path):
+        """A checkpoint file that records no SHA-256 is refused: nothing would show that it is the file training
+        wrote (a tampered file deletes its checksum). With `unverified` it is read, and listed in `unchecked`."""
+        if not self.unverified:
+            raise RunError(f"checkpoint file {path} has no recorded SHA-256, so nothing shows it is the file "
+                           f"training wrote: refused (`localnet eval --unverified` reads it anyway)")
+        self.unchecked.append(path)
 
     def load_trainer_state(self, checkpoint: Path) -> dict:
         path = checkpoint / TRAINER
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise RunError(f"checkpoint file {path} is missing") from None
-        except OSError as exc:
-            raise RunError(f"checkpoint file {path} is unreadable: {exc}") from None
+        raw = _read_bytes(path, "checkpoint file", MAX_JSON_BYTES)
         expected = self._trainer_sha256.get(checkpoint)
-        if isinstance(expected, str) and _sha256(raw) != expected:
+        if expected is None:
+            self._without_checksum(path)
+        elif _sha256(raw) != expected:
             raise RunError(f"checkpoint file {path} is corrupt: its SHA-256 is not the one recorded in "
                            f"{self._checkpoints() / LATEST}")
-        try:
-            data = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunError(f"checkpoint file {path} is unreadable: {exc}") from None
-        if not isinstance(data, dict):
-            raise RunError(f"checkpoint file {path} is not a JSON object")
-        return data
+        return read_json(path, "checkpoint file", _TRAINER, raw)
 
-    def _digests(self, checkpoint: Path, trainer=None) -> dict:
-        """{file name: SHA-256} as the checkpoint's trainer file records them ({} where it records none)."""
+    def _file(self, checkpoint: Path, name: str, trainer=None, optional=False, finite=True):
+        """The arrays of one of a checkpoint's .npz files, checked against the SHA-256 its trainer file records.
+        An `optional` file (channel state, best parameters) whose checksum it does not record is None: it is
+        never read without one (unless `unverified`, where the file is there)."""
         trainer = self.load_trainer_state(checkpoint) if trainer is None else trainer
-        digests = trainer.get("sha256")
-        return digests if isinstance(digests, dict) else {}
+        digests = trainer.get("sha256", {})
+        path = checkpoint / name
+        digest = digests.get(name)
+        if digest is None:
+            if optional and not (own(path).exists() and self.unverified):
+                return None
+            self._without_checksum(path)
+        elif not isinstance(digest, str) or not _SHA256.match(digest):
+            raise RunError(f"checkpoint file {checkpoint / TRAINER} is invalid: the SHA-256 of {name} is "
+                           f"{short_repr(digest)}")
+        return read_npz(path, sha256=digest, finite=finite)
 
     def load_layer_states(self, checkpoint: Path, layers, trainer=None) -> dict:
         """{layer: state} from a checkpoint's files, each checked against the SHA-256 its trainer file records."""
-        digests = self._digests(checkpoint, trainer)
-        return {layer: read_npz(checkpoint / f"{layer}.npz", sha256=digests.get(f"{layer}.npz")) for layer in layers}
+        return {layer: self._file(checkpoint, f"{layer}.npz", trainer) for layer in layers}
 
     def load_channel_state(self, checkpoint: Path, trainer=None) -> dict:
-        """The channels' state from a checkpoint, checked against its recorded SHA-256; {} when it has none."""
-        digests = self._digests(checkpoint, trainer)
-        name = f"{CHANNELS}.npz"
-        if name not in digests and not (checkpoint / name).exists():
-            return {}
-        return read_npz(checkpoint / name, sha256=digests.get(name))
+        """The channels' state from a checkpoint, checked against its recorded SHA-256; {} when it has none. (A
+        delay queue's messages are not scanned by the divergence guard, so they are not required finite.)"""
+        return self._file(checkpoint, f"{CHANNELS}.npz", trainer, optional=True, finite=False) or {}
 
     def load_best(self, checkpoint: Path, trainer=None) -> dict | None:
         """The best validation epoch's parameters {layer: {name: array}} from a checkpoint (checked against its
         recorded SHA-256); None when it holds none."""
-        digests = self._digests(checkpoint, trainer)
-        name = f"{BEST}.npz"
-        if name not in digests:
+        arrays = self._file(checkpoint, f"{BEST}.npz", trainer, optional=True)
+        if arrays is None:
             return None
         best = {}
-        for key, value in read_npz(checkpoint / name, sha256=digests[name]).items():
+        for key, value in arrays.items():
             layer, _, param = key.partition(".")
             best.setdefault(layer, {})[param] = value
         return best
 
     def load_parameters(self, layers, best=False) -> dict:
         """Every layer's parameters {layer: {W, b, V, c}} from the current checkpoint (or from the parameters-only
-        `checkpoint/` of a run written before checkpoints were resumable); with `best`, the parameters of the epoch
-        with the best validation score instead."""
+        `checkpoint/` of a run written before checkpoints were resumable, which records no checksums: read only
+        `unverified`); with `best`, the parameters of the epoch with the best validation score instead."""
         checkpoint = self.checkpoint_path()
         if checkpoint is None:
-            legacy = self.path / LEGACY_CHECKPOINT
+            legacy = own(self.path / LEGACY_CHECKPOINT)
             if legacy.is_dir() and not best:
+                for layer in layers:
+                    self._without_checksum(legacy / f"{layer}.npz")
                 return {layer: read_npz(legacy / f"{layer}.npz") for layer in layers}
             raise RunError(f"{self.path} has no checkpoint yet (the run stopped before its first one)")
         for attempt in range(3):

@@ -152,12 +152,12 @@ def _check(spec, ctx):
     _check_data(spec.data, ctx)
     from ..constraints import check_constraints
     check_constraints(spec, ctx)
-    if spec.rule.first_target == "last_hidden" and len(layers) < 2 and spec.rule.name != "bp":
-        raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
-                        expected="'output' for a one-layer network", found="'last_hidden'")
     from ..layers.base import family
     from ..rules import get_rule
     rule = get_rule(spec.rule.name)
+    if spec.rule.first_target == "last_hidden" and len(layers) < 2 and "target" in rule.backward_kinds(True):
+        raise ctx.error(("rule", "first_target"), "`last_hidden` needs a hidden layer below the output",
+                        expected="'output' for a one-layer network", found="'last_hidden'")
     if spec.rule.first_target not in rule.first_targets:
         raise ctx.error(("rule", "first_target"), f"rule {rule.name!r} cannot place its first target on the "
                         f"{spec.rule.first_target.replace('_', ' ')} layer", expected=" or ".join(rule.first_targets),

@@ -4,6 +4,5 @@ ACTIVATIONS = ("linear", "tanh", "sigmoid", "relu", "elu", "step", "stochastic_b
 INITS = ("xavier_normal", "xavier_uniform", "orthogonal")
 LOSSES = ("softmax_cross_entropy", "mse", "reconstruction")
 INPUT_TARGET_LOSSES = ("reconstruction",)  # their target is the (clean) input, not a label: auto-encoders
-RULES = ("dtp", "tp", "bp")
 BACKENDS = ("auto", "numpy", "numba", "cuda")
 RESERVED_NODES = ("input", "loss")

@@ -249,9 +249,15 @@ class DiagnosticsSpec:
     every: int = option(0, ge=0, le=1_000_000_000)
 
 
+# A spec's name is printed by `run`, `show` and `report`: no control or format character (an escape sequence would
+# reach the terminal, a line break split a line, a bidirectional override reverse what follows).
+SPEC_NAME = ("[^\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]+",
+             "printable text (no control characters such as escape sequences or line breaks)")
+
+
 @dataclass(frozen=True)
 class Spec:
-    name: str
+    name: str = option(pattern=SPEC_NAME)
     data: DataSpec
     network: NetworkSpec
     rule: RuleSpec = option(factory=RuleSpec)

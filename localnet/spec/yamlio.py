@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
 import yaml
 
 from ..errors import SpecError, short_repr
+from ..files import read_regular
 
 # A spec is a page of text; anything much larger is a mistake, not a network. The bounds keep a hostile file from
 # costing more than a few seconds or megabytes: PyYAML's pure-Python scanner is quadratic in flow nesting depth.
@@ -133,19 +135,20 @@ def _one_line(text):
 
 
 def read_yaml(path):
-    """A spec file's data and line map. Only a regular file is read (a FIFO would block forever, /dev/zero never
-    end), and at most MAX_SPEC_BYTES + 1 of it, so a huge file is refused by the size check, not by memory."""
+    """A spec file's data and line map. Only a regular file of at most MAX_SPEC_BYTES is read, opened without
+    blocking (`files.read_regular`: a FIFO would block forever, /dev/zero never end)."""
     path = Path(path)
     try:
-        if path.exists() and not path.is_file():
-            raise SpecError("a spec is a regular file", file=path, found="a FIFO, device or other special file")
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_SPEC_BYTES + 1)
-        if len(raw) > MAX_SPEC_BYTES:
-            raise SpecError("spec file is too large", file=path, expected=f"at most {MAX_SPEC_BYTES} bytes")
-        text = raw.decode("utf-8")
+        text = read_regular(path, MAX_SPEC_BYTES).decode("utf-8")
     except FileNotFoundError:
         raise SpecError("spec file not found", file=path) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise SpecError("spec file is too large", file=path, expected=f"at most {MAX_SPEC_BYTES} bytes") from None
+        if exc.errno == errno.EINVAL:
+            raise SpecError("a spec is a regular file", file=path, found="a FIFO, device or other special file") \
+                from None
+        raise SpecError(f"cannot read spec: {exc.strerror or exc}", file=path) from None
+    except UnicodeDecodeError as exc:
         raise SpecError(f"cannot read spec: {exc}", file=path) from None
     return load_yaml(text, file=path)

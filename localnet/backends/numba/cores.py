@@ -5,7 +5,7 @@ the blocks can run on BLAS's own threads.
 They can where MKL threads on Intel's OpenMP runtime (localnet/blas.py loads it into the global namespace) and Numba
 uses its OpenMP threading layer, which then runs on that same runtime and team: backprop's epoch 0.82 → 0.75 s
 (`localnet bench`, which times both). Split on a second set of threads instead, every combination measured was
-slower than not splitting, up to 28× (README § Performance): GNU OpenMP beside Intel's, TBB (Numba's default once
+slower than not splitting, up to 28× (CHANGELOG.md): GNU OpenMP beside Intel's, TBB (Numba's default once
 MKL's `tbb` dependency is installed), Numba's workqueue, GNU OpenMP beside OpenBLAS's threads. So kernels split
 only in this one: not where `$NUMBA_THREADING_LAYER` names another layer, nor where Numba's threads were started
 by other code before localnet's numba backend was imported.
