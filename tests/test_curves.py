@@ -11,7 +11,7 @@ import pytest
 import localnet
 from localnet import curves
 from helpers import only_run, stop_at
-from localnet.errors import Interrupted
+from localnet.errors import Interrupted, RunError
 from localnet.runs import RunDir
 from localnet.training import StopRequest, resume, train
 
@@ -84,6 +84,17 @@ def test_a_run_from_before_metrics_csv_gets_one_on_resume(tmp_path):
     (path / "metrics.csv").unlink()
     resume(path)
     assert_csv_is_the_log(path)
+
+
+def test_a_linked_metrics_csv_is_refused_and_what_it_points_at_untouched(tmp_path):
+    path = interrupted_run(tmp_path / "runs")
+    outside = tmp_path / "elsewhere.csv"
+    outside.write_text("mine\n")
+    (path / "metrics.csv").unlink()
+    (path / "metrics.csv").symlink_to(outside)
+    with pytest.raises(RunError, match="metrics.csv is a symbolic link"):
+        resume(path)
+    assert outside.read_text() == "mine\n"
 
 
 def test_without_tensorboard_no_event_files_and_nothing_said(tmp_path, monkeypatch, capsys, recwarn):
