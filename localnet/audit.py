@@ -288,7 +288,7 @@ def audit(spec, *, batch=16, seed=None, measure=True) -> AuditReport:
     """Build `spec`'s network and audit one real step on a synthetic batch of its input shape."""
     from .data import dataset_shape
     from .network import build
-    n_features, n_classes = dataset_shape(spec.data.name)
+    n_features, n_classes = dataset_shape(spec.data)
     net = build(spec, seed=seed)  # the data set's sample shape and classes; the batch below comes flat
     rng = np.random.default_rng([spec.seed if seed is None else seed, 0xA0D1])
     x = rng.random((batch, n_features)).astype(spec.dtype)

@@ -69,7 +69,7 @@ def _sample_shape(spec, x):
     import math
 
     from .data import sample_shape
-    shape = sample_shape(spec.data.name)
+    shape = sample_shape(spec.data)
     return shape if math.prod(shape) == x.shape[1] else x.shape[1]
 
 
@@ -96,7 +96,7 @@ def _dataset(spec):
         data = load_data(spec)
         return data.train.x, data.train.y, data.n_classes, f"{spec.data.name} ({len(data.train.x)} training samples)"
     except LocalnetError:
-        n_features, n_classes = dataset_shape(spec.data.name)
+        n_features, n_classes = dataset_shape(spec.data)
         n = 55_000 if spec.data.name in ("mnist", "fashion-mnist", "kmnist") else 50_000
         rng = np.random.default_rng(0)
         x = rng.random((n, n_features), dtype=np.float32).astype(spec.dtype, copy=False)
@@ -479,7 +479,7 @@ class TorchConvBP:
         if any(layer.inputs is not None for layer in spec.network.layers):
             raise ValueError("only plain chains have a PyTorch comparison")
         acts = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU}
-        self.shape = sample_shape(spec.data.name)
+        self.shape = sample_shape(spec.data)
         torch.manual_seed(spec.seed)
         modules, shape = [], self.shape
         for layer in spec.network.layers:

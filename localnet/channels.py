@@ -30,8 +30,8 @@ class Channel:
     def bind(self, seed):
         """Give the channel's constraints their state: a generator seeded from `seed` and the channel's identity,
         empty delay queues. A channel without constraints has no state."""
-        self.pipeline = (Pipeline(self.constraints, channel_seed(seed, self.sender, self.receiver, self.kind))
-                         if self.constraints else None)
+        self.pipeline = (Pipeline(self.constraints, channel_seed(seed, self.sender, self.receiver, self.kind),
+                                  self.identity) if self.constraints else None)
 
     def deliver(self, payload, provenance=NO_PROVENANCE, reference=None, train=True, lag=0) -> Message:
         """Wrap a payload for the receiver, refusing one that does not match the channel's declared type, after

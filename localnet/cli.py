@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import sys
+import warnings
 
 import click
 from rich.console import Console, ConsoleDimensions
@@ -13,7 +15,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from .errors import Interrupted, LocalnetError, SpecError, printable
+from .errors import Interrupted, LocalnetError, LocalnetWarning, SpecError, printable
 from .plugins import load as load_plugins, option as plugin_option
 
 
@@ -146,7 +148,7 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
 
     callbacks = dict(on_epoch=on_epoch,
                      on_batch=lambda done, total: progress.update(task, completed=done, total=total))
-    with progress, stop_on_signals() as stop:
+    with progress, stop_on_signals() as stop, _warnings_printed():
         task = progress.add_task("train", total=None, epoch=1 if resume_dir is None else "")
         if resume_dir is None:
             summary, run_dir = train(spec, runs_root=runs_dir, stop=stop, **callbacks)
@@ -184,6 +186,22 @@ def _reconstructs(spec, run_dir) -> bool:
 
 def _warn(message):
     err.print(f"[bold yellow]warning:[/] {shown(message)}", markup=True, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _warnings_printed():
+    """While inside, localnet's own warnings (a channel's noise drowning its messages) print as the command's other
+    warnings do, one line each; any other warning goes where it went."""
+    with warnings.catch_warnings():
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, LocalnetWarning):
+                _warn(str(message))
+            else:
+                previous(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        yield
 
 
 @main.command()

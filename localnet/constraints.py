@@ -3,7 +3,9 @@ weights. One line of YAML each (spec/schema.py, `ConstraintSpec`):
 
 on a channel (explicit `channels:` entries), on a layer (every channel out of it) or on the network (every channel),
 optionally restricted to one `kind`:
-  {type: noise, std: 0.1}          Gaussian noise N(0, std²) added to every value
+  {type: noise, std: 0.1}          Gaussian noise N(0, std²) added to every value; with `relative: true`,
+                                   N(0, (std·rms)²), rms being each sample's root mean square: noise that keeps
+                                   its proportion to messages that shrink (a target's displacement, ∝ 1/batch)
   {type: quantize, bits: 4}        uniform quantisation to 2^bits − 1 levels, symmetric about 0; the scale is each
                                    sample's largest magnitude, or a fixed `range: r` (values clipped to [−r, r])
   {type: sign}                     one bit per value: sign(v) times each sample's mean magnitude
@@ -39,11 +41,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections import deque
 
 import numpy as np
 
-from .errors import LocalnetError
+from .errors import LocalnetError, LocalnetWarning
 from .files import parse_json
 
 MESSAGE_CONSTRAINTS = ("noise", "quantize", "sign", "drop", "delay")
@@ -55,8 +58,8 @@ KINDS_OF = {"noise": CONSTRAINED_KINDS, "quantize": CONSTRAINED_KINDS, "sign": C
 # which keys each type needs and which it may have (besides `type` and, for message constraints, `kind`)
 REQUIRED = {"noise": ("std",), "quantize": ("bits",), "sign": (), "drop": ("p",), "delay": ("steps",),
             "fixed_feedback": (), "sign_constrained": ()}
-OPTIONAL = {"quantize": ("range",), "fixed_feedback": ("scale",)}
-PARAMETERS = ("std", "bits", "range", "p", "steps", "scale")
+OPTIONAL = {"noise": ("relative",), "quantize": ("range",), "fixed_feedback": ("scale",)}
+PARAMETERS = ("std", "bits", "range", "p", "steps", "scale", "relative")
 CHANNEL_STREAM = 0xC4A7  # mixed into a channel's seed so its stream differs from every layer's and the data's
 
 
@@ -120,21 +123,45 @@ def channel_seed(seed, sender, receiver, kind):
 
 
 # -- the message constraints --------------------------------------------------------------------------------------
+def _rows(v):
+    """v as (samples, values) for per-sample statistics."""
+    return v.reshape(len(v), -1) if v.ndim > 1 else v.reshape(len(v), 1)
+
+
+def _per_sample(values, v):
+    """One value per sample, shaped to broadcast against v."""
+    return values.reshape((len(v),) + (1,) * (v.ndim - 1))
+
+
+LOUD = 10  # an absolute noise σ this many times the RMS of what crosses, at the first step, is warned about
+
+
 class Noise:
     stochastic = True
 
     def __init__(self, spec):
-        self.std = spec.std
+        self.std, self.relative = spec.std, bool(spec.relative)
 
     def __call__(self, v, rng, train):
         if not train or self.std == 0:
             return v
-        return v + self.std * rng.standard_normal(v.shape, dtype=v.dtype)
+        scale = self.std * _per_sample(np.sqrt(np.mean(np.square(_rows(v)), axis=1)), v) if self.relative \
+            else self.std
+        return v + (scale * rng.standard_normal(v.shape, dtype=v.dtype)).astype(v.dtype, copy=False)
 
-
-def _rows(v):
-    """v as (samples, values) for per-sample statistics."""
-    return v.reshape(len(v), -1) if v.ndim > 1 else v.reshape(len(v), 1)
+    def check(self, v, channel):
+        """Warn, naming `channel`, when an absolute σ drowns what crosses (over LOUD× its RMS): a trap that shows
+        only as poor accuracy, such as σ = 0.01 on targets whose displacements are 10⁻⁴ at batch size 128."""
+        if self.relative or self.std == 0:
+            return
+        rms = float(np.sqrt(np.mean(np.square(v, dtype=np.float64)))) if v.size else 0.0
+        if self.std <= LOUD * rms:
+            return
+        what = "its targets' displacements ĥ − h" if channel.endswith(".target") else "its messages"
+        warnings.warn(f"channel {channel}: noise std {self.std:g} is "
+                      + (f"{self.std / rms:.3g}× the RMS of {what} ({rms:.3g})" if rms else f"set on {what}, whose "
+                         "RMS is 0") + " at the first training step, so they arrive as mostly noise; `relative: "
+                      "true` makes std a fraction of each message's RMS", LocalnetWarning, stacklevel=2)
 
 
 class Quantize:
@@ -163,7 +190,7 @@ class Sign:
         pass
 
     def __call__(self, v, rng, train):
-        scale = np.abs(_rows(v)).mean(axis=1).reshape((len(v),) + (1,) * (v.ndim - 1))
+        scale = _per_sample(np.abs(_rows(v)).mean(axis=1), v)
         return (np.sign(v) * scale).astype(v.dtype, copy=False)
 
 
@@ -220,8 +247,10 @@ class Pipeline:
     """The constraints of one channel, with the channel's own generator: the transforms in order, then the
     delays (their steps add up)."""
 
-    def __init__(self, specs, seed_sequence):
-        self.specs = specs
+    def __init__(self, specs, seed_sequence, channel=""):
+        """`channel` names the channel in warnings."""
+        self.specs, self.channel = specs, channel
+        self.checked = False  # whether the first training step's messages have been looked at
         self.steps = [CONSTRAINTS[c.type](c) for c in specs if c.type != "delay"]
         delay = sum(c.steps for c in specs if c.type == "delay")
         self.delay = Delay(delay) if delay else None
@@ -233,8 +262,12 @@ class Pipeline:
         return self.stochastic or self.delay is not None
 
     def transform(self, v, train):
+        check = train and not self.checked
         for step in self.steps:
+            if check and isinstance(step, Noise):
+                step.check(v, self.channel)
             v = step(v, self.rng, train)
+        self.checked = self.checked or train
         return v
 
     def describe(self):

@@ -27,6 +27,10 @@ class LocalnetError(Exception):
     """Base of every error localnet raises on purpose; the CLI prints it without a traceback."""
 
 
+class LocalnetWarning(UserWarning):
+    """A warning localnet gives on purpose (a setting that silently ruins a run); the CLI prints it as one line."""
+
+
 class SpecError(LocalnetError):
     """A spec that cannot describe a runnable network: names file, line, key path, expected and found."""
 

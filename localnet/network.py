@@ -31,8 +31,8 @@ def build(spec, seed=None, *, n_features=None, n_classes=None) -> "Network":
         spec = load_spec(spec)
     if n_features is None or n_classes is None:
         from .data import dataset_shape, sample_shape
-        n_features = sample_shape(spec.data.name) if n_features is None else n_features
-        n_classes = dataset_shape(spec.data.name)[1] if n_classes is None else n_classes
+        n_features = sample_shape(spec.data) if n_features is None else n_features
+        n_classes = dataset_shape(spec.data)[1] if n_classes is None else n_classes
     return Network(spec, spec.seed if seed is None else seed, n_features, n_classes)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import sys
+import textwrap
 from pathlib import Path
 
 import click
@@ -35,6 +36,7 @@ class RunCurves:
     def __init__(self, path):
         from .report import described, environment_of
         from .runs import RunDir
+        from .spec.names import INPUT_TARGET_LOSSES
         run = RunDir(path)
         run.check()
         spec = run.spec()
@@ -42,12 +44,15 @@ class RunCurves:
         self.warning = run.metrics_warning(self.skipped)
         self.name, self.id = described(spec.name, environment_of(run)), run.path.name.rsplit("-", 1)[-1]
         self.label = f"{spec.name} ({run.path.name})"
+        self.reconstructs = spec.network.loss in INPUT_TARGET_LOSSES  # an auto-encoder: a loss, no accuracy
         self.epochs = [r for r in records if r.get("kind") != "diagnostics" and isinstance(r.get("epoch"), int)]
         self.diagnostics = [r for r in records if r.get("kind") == "diagnostics"
                             and isinstance(r.get("layers"), dict)]
 
     def series(self, key):
-        """(epochs, values) of an epoch record's key, where it is a number."""
+        """(epochs, values) of an epoch record's key, where it is a number; an auto-encoder's accuracy is none."""
+        if self.reconstructs and key.endswith("_accuracy"):
+            return [], []
         points = [(r["epoch"], r[key]) for r in self.epochs if isinstance(r.get(key), (int, float))]
         return [p[0] for p in points], [p[1] for p in points]
 
@@ -88,28 +93,54 @@ def _smooth(values, width):
     return out
 
 
-def draw(runs, out, metric="angle_bp"):
-    """Draw the runs' curves into `out` (a PNG); returns the path."""
+WIDTH, PER_ROW, TITLE_SIZE = 13, 3, 10  # inches; layer panels per row; points
+
+
+def _fit(text, inches, size=TITLE_SIZE):
+    """`text` folded onto at most two lines of a panel `inches` wide (cut with … beyond), so that a long metric
+    or layer name cannot run into the next panel; about 0.6 em a character, which errs on the wide side."""
+    chars = max(8, int(inches * 72 / (0.6 * size)))
+    lines = textwrap.wrap(text, chars, break_long_words=True, break_on_hyphens=False)
+    if len(lines) > 2:
+        lines = [lines[0], textwrap.shorten(" ".join(lines[1:]), chars, placeholder=" …")]
+    return "\n".join(lines)
+
+
+def _nothing(ax, why, inches):
+    """A panel with nothing to draw says so, rather than showing empty axes that read as a broken plot."""
+    ax.text(0.5, 0.5, f"n/a\n{_fit(why, inches)}", transform=ax.transAxes, ha="center", va="center", color="0.45",
+            fontsize=TITLE_SIZE)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def figure(runs, metric="angle_bp"):
+    """The runs' curves on one matplotlib Figure (Agg canvas attached): the epoch curves, then a panel per layer
+    of the per-layer diagnostic `metric`."""
     Figure, FigureCanvasAgg = _matplotlib()
     from matplotlib.ticker import MaxNLocator
     layers = []
     for run in runs:
         layers += [name for name in run.layers() if name not in layers]
-    per_row = 3
-    rows = 1 + -(-len(layers) // per_row)
-    fig = Figure(figsize=(13, 3.6 * rows), layout="constrained")
+    rows = 1 + -(-len(layers) // PER_ROW)
+    fig = Figure(figsize=(WIDTH, 3.6 * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows, 2 * per_row)
+    grid = fig.add_gridspec(rows, 2 * PER_ROW)
     colors = [f"C{i % 10}" for i in range(len(runs))]
+    inches = {span: WIDTH * span / (2 * PER_ROW) - 0.7 for span in (2, PER_ROW)}  # a panel, less its margins
 
     for column, (key, title) in enumerate(CURVES):
-        ax = fig.add_subplot(grid[0, column * per_row:(column + 1) * per_row])
+        ax = fig.add_subplot(grid[0, column * PER_ROW:(column + 1) * PER_ROW])
         for run, color in zip(runs, colors):
             for split, style in (("train", "-"), ("val", "--")):
                 xs, ys = run.series(f"{split}_{key}")
                 if xs:
                     ax.plot(xs, ys, style, color=color, marker="." if len(xs) < 30 else None)
-        ax.set_title(f"{title} (solid: train, dashed: validation)", fontsize=10)
+        ax.set_title(_fit(f"{title} (solid: train, dashed: validation)", inches[PER_ROW]), fontsize=TITLE_SIZE)
+        if not ax.lines:
+            _nothing(ax, "an auto-encoder has no accuracy" if key == "accuracy" and all(r.reconstructs for r in runs)
+                     else "no epoch logged yet", inches[PER_ROW])
+            continue
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(title)
@@ -118,7 +149,7 @@ def draw(runs, out, metric="angle_bp"):
             ax.yaxis.set_major_formatter(lambda v, _: f"{100 * v:.0f}%")
 
     for i, layer in enumerate(layers):
-        row, col = 1 + i // per_row, i % per_row
+        row, col = 1 + i // PER_ROW, i % PER_ROW
         ax = fig.add_subplot(grid[row, 2 * col:2 * col + 2])
         for run, color in zip(runs, colors):
             xs, ys = run.layer_series(layer, metric)
@@ -129,7 +160,10 @@ def draw(runs, out, metric="angle_bp"):
                 ax.plot(xs, _smooth(ys, max(3, len(xs) // 25)), "-", color=color, linewidth=1.6)
             else:
                 ax.plot(xs, ys, "-", color=color, marker=".")
-        ax.set_title(f"layer {layer}: {_METRIC_TITLES.get(metric, metric)}", fontsize=10)
+        ax.set_title(_fit(f"layer {layer}: {_METRIC_TITLES.get(metric, metric)}", inches[2]), fontsize=TITLE_SIZE)
+        if not ax.lines:
+            _nothing(ax, f"layer {layer} logged no {metric}", inches[2])
+            continue
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         if metric == "angle_bp":  # at least 0-5°: float32 noise around 0° should read as 0°, not as a trend
@@ -140,7 +174,15 @@ def draw(runs, out, metric="angle_bp"):
     handles = [fig.axes[0].plot([], [], "-", color=color)[0] for color in colors]
     names = [run.name for run in runs]  # the spec's name and overrides; the run's id only where two runs share them
     labels = [f"{run.name} ({run.id})" if names.count(run.name) > 1 else run.name for run in runs]
-    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(runs), 4), fontsize=9, frameon=False)
+    ncols = min(len(runs), 4)
+    fig.legend(handles, [_fit(label, WIDTH / ncols - 0.8, 9) for label in labels], loc="outside upper center",
+               ncols=ncols, fontsize=9, frameon=False)
+    return fig
+
+
+def draw(runs, out, metric="angle_bp"):
+    """Draw the runs' curves into `out` (a PNG); returns the path."""
+    fig = figure(runs, metric)
     from .runs import output_file, write_bytes
     out = output_file(out)
     png = io.BytesIO()

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
+from .curves import Curves
 from .data import load_dataset
 from .diagnostics import Probe
 from .errors import DiskFull, Interrupted, LocalnetError, RunError
@@ -165,7 +166,8 @@ class Best:
 def load_data(spec):
     d = spec.data
     return load_dataset(d.name, path=d.path, validation=d.validation, test=d.test, scale=d.scale,
-                        dtype=np.dtype(spec.dtype), download=d.download)
+                        dtype=np.dtype(spec.dtype), download=d.download, seed=spec.seed, images=d.images,
+                        labels=d.labels, test_images=d.test_images, test_labels=d.test_labels, classes=d.classes)
 
 
 def feedback_noise(rule, epoch):
@@ -214,8 +216,8 @@ def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
     run = RunDir.create(runs_root, spec, net.backend.NAME)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
-    return _run(spec, net, data, run, Position(_first_epoch(spec, net)), None, None, summary, on_epoch, on_batch,
-                stop)
+    return _run(spec, net, data, run, Curves(run.path), Position(_first_epoch(spec, net)), None, None, summary,
+                on_epoch, on_batch, stop)
 
 
 def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None):
@@ -244,7 +246,9 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         records, skipped = run.read_metrics()
         if skipped:
             warn(run.metrics_warning(skipped))
-        run.rewrite_metrics([r for r in records if _logged_before(r, pos)])
+        kept = [r for r in records if _logged_before(r, pos)]
+        run.rewrite_metrics(kept)
+        curves = Curves(run.path, kept)  # metrics.csv rewritten from the same records
         resumes = previous.get("resumes")
         summary = {"status": "running", "run_dir": str(run.path), "epochs": max(pos.epoch - 1, 0),
                    "resumes": (resumes if isinstance(resumes, int) else 0) + 1,
@@ -253,7 +257,7 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
     except BaseException:
         run.unlock()
         raise
-    return _run(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop)
+    return _run(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop)
 
 
 def _logged_before(record, pos):
@@ -293,11 +297,11 @@ def _restore(run, spec, net, data):
     return pos, (pos.epoch, pos.pass_, pos.batch), Best.from_checkpoint(run, checkpoint, trainer)
 
 
-def _run(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop):
+def _run(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop):
     """Train from `pos`, then evaluate; the summary records how it ended whatever happens (on a full disk too,
     where the half-written checkpoint has been deleted and the summary is overwritten in place if need be)."""
     try:
-        summary.update(_loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop))
+        summary.update(_loop(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop))
         summary["status"] = "completed"
     except DiskFull as exc:
         summary.update(status="stopped: disk full",
@@ -326,7 +330,7 @@ def _run(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, st
     return summary, run
 
 
-def _loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, stop):
+def _loop(spec, net, data, run, curves, pos, saved, best, summary, on_epoch, on_batch, stop):
     t = spec.train
     x, y = data.train.x, data.train.y
     n = len(x)
@@ -424,6 +428,7 @@ def _loop(spec, net, data, run, pos, saved, best, summary, on_epoch, on_batch, s
                 net.engine.synchronise()  # (the MPI engine gathers every rank's layers to rank 0)
                 best = Best(epoch, metric, record[metric], net.parameters())
         run.log(record)
+        curves.epoch(record)
         if on_epoch:
             on_epoch(record)
         if t.checkpoint_every and epoch % t.checkpoint_every == 0 and epoch < t.epochs:

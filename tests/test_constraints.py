@@ -10,7 +10,7 @@ import pytest
 import localnet
 from helpers import stop_at
 from localnet.channels import Channel
-from localnet.errors import RunError, SpecError
+from localnet.errors import LocalnetWarning, RunError, SpecError
 from localnet.runs import RunDir
 from localnet.spec.schema import ConstraintSpec
 from localnet.training import StopRequest, resume, train
@@ -63,6 +63,47 @@ def test_noise_adds_gaussian_noise_of_the_given_std(std):
     assert abs(noise.std() / std - 1) < 0.01
     assert abs(np.mean(noise ** 4) / noise.var() ** 2 - 3) < 0.1  # Gaussian kurtosis
     assert np.array_equal(channel({"type": "noise", "std": std}).deliver(v, train=False).payload, v)  # evaluation
+
+
+def test_relative_noise_scales_with_each_samples_rms():
+    relative = {"type": "noise", "std": 0.1, "relative": True}
+    v = payload()
+    v[:1000] *= 1e-3  # half the samples a thousand times smaller, as a target's displacement at a larger batch
+    noise = channel(relative).deliver(v).payload - v
+    for rows in (slice(0, 1000), slice(1000, None)):
+        rms = np.sqrt(np.mean(v[rows] ** 2))
+        assert abs(noise[rows].std() / (0.1 * rms) - 1) < 0.02
+    # the same draws, each scaled by its sample's RMS: ten times the message, ten times the noise
+    louder = channel(relative).deliver(10 * v).payload - 10 * v
+    np.testing.assert_allclose(louder, 10 * noise, rtol=1e-9, atol=1e-15)
+    assert np.array_equal(channel(relative).deliver(v, train=False).payload, v)  # evaluation
+
+
+def test_an_absolute_noise_that_drowns_its_messages_is_warned_about_once_naming_the_channel(recwarn):
+    quiet = np.full((50, 50), 0.01)
+    c = channel({"type": "noise", "std": 1.0}, sender="h2", receiver="h1", kind="target")
+    c.deliver(quiet, train=False)  # evaluation adds no noise: nothing to say
+    assert not recwarn.list
+    with pytest.warns(LocalnetWarning, match=r"channel h2>h1\.target: noise std 1 is 100× the RMS of its targets' "
+                                             r"displacements ĥ − h \(0\.01\) at the first training step"):
+        c.deliver(quiet)
+    c.deliver(quiet / 100)  # once per channel: the first training step is the one that tells
+    channel({"type": "noise", "std": 0.05}).deliver(quiet)  # 5× the RMS: noisy, not drowned
+    channel({"type": "noise", "std": 1.0, "relative": True}).deliver(quiet)  # scaled to what crosses
+    assert not recwarn.list
+
+
+def test_the_cli_prints_the_noise_warning_as_one_line(tmp_path):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "localnet", "run", str(QUICKSTART), "--runs-dir", str(tmp_path),
+                           *(a for o in SMALL + ["train.epochs=1", "train.batch_size=128",
+                                                 "network.constraints=[{kind: target, type: noise, std: 0.1}]"]
+                             for a in ("--set", o))], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "noise std" in line]
+    assert len(lines) == 1 and lines[0].startswith("warning: channel loss>out.target: noise std 0.1 is "), \
+        done.stderr
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -286,6 +327,8 @@ def test_looking_at_targets_does_not_move_the_channels():
     ("network.constraints=[{type: noise}]", "network.constraints.0.std", "a noise constraint needs `std`"),
     ("network.constraints=[{type: noise, std: 0.1, bits: 3}]", "network.constraints.0.bits",
      "`bits` does not apply to a noise constraint"),
+    ("network.constraints=[{type: quantize, bits: 3, relative: true}]", "network.constraints.0.relative",
+     "`relative` does not apply to a quantize constraint"),
     ("network.constraints=[{type: delay, steps: 1, kind: activation}]", "network.constraints.0.kind",
      "a delay constraint cannot act on activation messages"),
     ("network.constraints=[{type: fixed_feedback}]", "network.constraints.0.type",

@@ -4,6 +4,7 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
@@ -22,10 +23,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from helpers import IDX_CODES, idx_bytes, write_idx
 
-from localnet.data import DATASETS, Dataset, Split, load_dataset
+from localnet.data import DATASETS, Dataset, Split, dataset_shape, load_dataset, sample_shape
 from localnet.data import fetch
 from localnet.data.cifar import read_cifar10
-from localnet.data.datasets import DIGITS_FILE
+from localnet.data.datasets import DIGITS_FILE, stratified
 from localnet.data.idx import read_idx
 from localnet.errors import DataError
 
@@ -409,7 +410,7 @@ def rows(x):
 
 
 def test_public_api():
-    assert DATASETS == ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10")
+    assert DATASETS == ("digits", "mnist", "fashion-mnist", "kmnist", "cifar10", "arrays", "idx")
     ds = load_dataset("digits")
     assert isinstance(ds, Dataset) and isinstance(ds.train, Split)
     assert (ds.name, ds.n_features, ds.n_classes, ds.validation) == ("digits", 64, 10, None)
@@ -418,14 +419,35 @@ def test_public_api():
         assert split.x.flags.c_contiguous and split.y.flags.c_contiguous
 
 
-def test_validation_is_last_n_of_training_set():
+def test_digits_validation_is_a_stratified_draw_shuffled_by_the_seed():
+    """digits' file runs through the classes in order: its last samples are no fair validation set."""
     full = load_dataset("digits")
-    ds = load_dataset("digits", validation=50)
-    np.testing.assert_array_equal(ds.validation.x, full.train.x[-50:])
-    np.testing.assert_array_equal(ds.validation.y, full.train.y[-50:])
-    np.testing.assert_array_equal(ds.train.x, full.train.x[:-50])
+    ds = load_dataset("digits", validation=200, seed=0)
+    assert np.bincount(ds.validation.y).tolist() == [20] * 10  # each class in its share of the training part
+    # together train and validation are exactly the training part, in the same order, and the test split stays
+    assert rows(np.vstack([ds.train.x, ds.validation.x])) == rows(full.train.x)
     np.testing.assert_array_equal(ds.test.x, full.test.x)
     assert ds.validation.x.flags.c_contiguous
+    again, other = load_dataset("digits", validation=200, seed=0), load_dataset("digits", validation=200, seed=1)
+    np.testing.assert_array_equal(again.validation.x, ds.validation.x)
+    assert rows(other.validation.x) != rows(ds.validation.x)
+    np.testing.assert_array_equal(other.test.x, ds.test.x)  # the test split does not move with the seed
+
+
+def test_stratified_draw_keeps_each_class_share_and_its_size():
+    y = np.repeat([0, 1, 2], [50, 30, 20])
+    for n in (1, 7, 10, 33, 99):
+        mask = stratified(y, n, np.random.default_rng(n))
+        counts = np.bincount(y[mask], minlength=3)
+        assert counts.sum() == n and (np.abs(counts - n * np.array([0.5, 0.3, 0.2])) < 1).all(), (n, counts)
+
+
+def test_validation_of_the_published_sets_is_their_last_samples(tmp_path):
+    _mnist(tmp_path)
+    arrays = {name: read_idx(tmp_path / name) for name in fetch.REGISTRY["mnist"].unpacked}
+    ds = load_dataset("mnist", path=tmp_path, validation=1, scale="none", seed=5)
+    np.testing.assert_array_equal(ds.validation.x, arrays["train-images-idx3-ubyte"][3:].reshape(1, 784))
+    np.testing.assert_array_equal(ds.train.x, arrays["train-images-idx3-ubyte"][:3].reshape(3, 784))
 
 
 @pytest.mark.parametrize("validation", [-1, 1438, 5000, 1.5, True])
@@ -443,8 +465,9 @@ def test_digits_test_split_is_fixed_and_disjoint():
     assert sorted(np.concatenate([ds.train.y, ds.test.y])) == sorted(y)
     again = load_dataset("digits", scale="none", validation=100)
     np.testing.assert_array_equal(again.test.x, ds.test.x)
+    assert np.bincount(ds.test.y).tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]  # stratified
     # pinned, so that a change in numpy's generator stream (which would move the test set) is noticed
-    assert ds.test.y[:10].tolist() == [2, 2, 3, 0, 8, 8, 7, 8, 3, 4]
+    assert ds.test.y[:10].tolist() == [5, 9, 2, 4, 6, 7, 9, 3, 4, 6]
     small = load_dataset("digits", test=100, scale="none")
     assert len(small.test.y) == 100 and set(rows(small.test.x)) <= set(rows(ds.test.x))
 
@@ -470,7 +493,8 @@ def test_scales():
     np.testing.assert_allclose(unit.train.x, raw.train.x / 16, rtol=1e-6)
     assert unit.train.x.min() == 0 and unit.train.x.max() == 1
 
-    train = raw.train.x[:-200]
+    split = load_dataset("digits", scale="none", dtype=np.float64, validation=200)
+    train = split.train.x
     mean, sd = train.mean(0), train.std(0)
     constant = sd == 0
     assert constant.any()  # digits has always-blank pixels: they must become 0, not NaN
@@ -479,7 +503,7 @@ def test_scales():
     np.testing.assert_allclose(std.train.x.std(0, dtype=np.float64)[~constant], 1, rtol=1e-5)
     assert not np.isnan(std.train.x).any() and (std.train.x[:, constant] == 0).all()
     # validation and test are scaled with training statistics, not their own
-    np.testing.assert_allclose(std.validation.x, (raw.train.x[-200:] - mean) / sd, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(std.validation.x, (split.validation.x - mean) / sd, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(std.test.x, (raw.test.x - mean) / sd, rtol=1e-5, atol=1e-5)
 
 
@@ -558,3 +582,156 @@ def test_digits_with_string_labels_or_nan_pixels_is_a_data_error(tmp_path):
         np.savez(tmp_path / "digits.npz", images=images, labels=labels)
         with pytest.raises(DataError, match="integer labels and finite numeric images"):
             load_dataset("digits", path=tmp_path, test=10)
+
+
+# ---------------------------------------------------------------- your own data: arrays (.npz) and idx files
+def own_arrays(n=120, shape=(2, 4, 4), classes=3, seed=0, test=None):
+    """Samples of `shape` and integer labels 0..classes-1, as x_train/y_train (and x_test/y_test)."""
+    rng = np.random.default_rng(seed)
+    out = {"x_train": rng.random((n, *shape)).astype(np.float32), "y_train": rng.integers(0, classes, n)}
+    if test:
+        out.update(x_test=rng.random((test, *shape)).astype(np.float32), y_test=rng.integers(0, classes, test))
+    return out
+
+
+def data_spec(**data):
+    from localnet.spec import load_spec
+    return load_spec({"name": "own", "data": data, "network": {"layers": [{"name": "out", "size": 3}]}}).data
+
+
+@pytest.mark.parametrize("shape, seen", [((2, 4, 4), (2, 4, 4)), ((5, 6), (1, 5, 6)), ((7,), (7,))])
+def test_arrays_load_any_sample_shape_and_count_the_classes(tmp_path, shape, seen):
+    file = tmp_path / "my.npz"
+    arrays = own_arrays(shape=shape, test=30)
+    np.savez(file, **arrays)
+    ds = load_dataset("arrays", path=file, validation=20, scale="none")
+    assert (ds.sample_shape, ds.n_classes, ds.n_features) == (seen, 3, math.prod(shape))
+    assert len(ds.train.y) == 100 and len(ds.validation.y) == 20
+    np.testing.assert_array_equal(ds.test.x, arrays["x_test"].reshape(30, -1))  # the file's own test split
+    np.testing.assert_array_equal(ds.test.y, arrays["y_test"])
+    assert rows(np.vstack([ds.train.x, ds.validation.x])) == rows(arrays["x_train"].reshape(120, -1))
+    assert dataset_shape(data_spec(name="arrays", path=str(file))) == (math.prod(shape), 3)
+    assert sample_shape(data_spec(name="arrays", path=str(file))) == seen
+
+
+def test_arrays_without_a_test_split_draw_one_and_unit_scale_by_the_largest_magnitude(tmp_path):
+    file = tmp_path / "my.npz"
+    x = np.arange(200 * 3, dtype=np.int16).reshape(200, 3) - 100
+    np.savez(file, x_train=x, y_train=np.arange(200) % 4)
+    ds = load_dataset("arrays", path=file, test=40)
+    assert len(ds.test.y) == 40 and np.bincount(ds.test.y).tolist() == [10] * 4
+    got = np.vstack([ds.train.x, ds.test.x])
+    assert rows(got) == rows(x / np.float32(499))  # unit: |x| at most 499 here
+
+
+def test_the_network_is_sized_from_the_files_headers_without_reading_the_samples(tmp_path, monkeypatch):
+    file = tmp_path / "my.npz"
+    np.savez_compressed(file, **own_arrays(shape=(1, 6, 6), classes=5, test=10))
+    read = []
+    original = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: read.append(key) or original(self, key))
+    assert dataset_shape(data_spec(name="arrays", path=str(file))) == (36, 5)
+    assert sorted(read) == ["y_test", "y_train"]  # the labels count the classes; no sample is read
+
+
+def test_classes_gives_k_and_bounds_the_labels(tmp_path):
+    file = tmp_path / "my.npz"
+    np.savez(file, **own_arrays(classes=3))
+    assert load_dataset("arrays", path=file, classes=7).n_classes == 7
+    assert dataset_shape(data_spec(name="arrays", path=str(file), classes=7)) == (32, 7)
+    with pytest.raises(DataError, match=rf"{file}: y_train: label 2 is not below `classes` \(2\)"):
+        load_dataset("arrays", path=file, classes=2)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x_train": np.zeros((4, 3))}, r"needs arrays x_train and y_train .*found x_train"),
+    ({**own_arrays(), "x_test": np.zeros((4, 2, 4, 4))}, "has x_test without y_test"),
+    ({"x_train": np.zeros((4, 3)), "y_train": np.zeros(5, int)},
+     r"y_train: must be \(N,\), one label per sample \(4\)"),
+    ({"x_train": np.zeros((4, 3)), "y_train": np.array([0, 1, 0.5, 1])}, "y_train: labels must be integers 0..K-1, "
+                                                                          "found float64"),
+    ({"x_train": np.zeros((4, 3)), "y_train": np.array([0, 1, -1, 1])}, "y_train: labels must be integers 0..K-1, "
+                                                                         "found -1"),
+    ({"x_train": np.full((4, 3), np.nan), "y_train": np.zeros(4, int)}, "x_train: holds NaN or infinite values"),
+    ({"x_train": np.array([["a"] * 3] * 4), "y_train": np.zeros(4, int)}, "x_train: must hold numbers, found <U1"),
+    ({"x_train": np.zeros(4), "y_train": np.zeros(4, int)}, r"x_train: must be \(N, ...\), one sample per row"),
+    ({**own_arrays(), "x_test": np.zeros((3, 5)), "y_test": np.zeros(3, int)},
+     r"x_test: samples of shape \(5,\), those of .*x_train are \(2, 4, 4\)"),
+])
+def test_bad_arrays_are_one_data_error_naming_the_file_and_the_key(tmp_path, arrays, message):
+    file = tmp_path / "my.npz"
+    np.savez(file, **arrays)
+    with pytest.raises(DataError, match=message) as info:
+        load_dataset("arrays", path=file)
+    assert str(info.value).startswith(f"{file}: ")
+
+
+@pytest.mark.parametrize("content, message", [(b"not a zip", "cannot read it as an .npz file"), (None, "No such file")])
+def test_an_unreadable_arrays_file_is_named(tmp_path, content, message):
+    file = tmp_path / "my.npz"
+    if content is not None:
+        file.write_bytes(content)
+    for call in (lambda: load_dataset("arrays", path=file), lambda: dataset_shape(data_spec(name="arrays",
+                                                                                            path=str(file)))):
+        with pytest.raises(DataError, match=message) as info:
+            call()
+        assert str(file) in str(info.value)
+
+
+def test_an_idx_pair_by_path(tmp_path):
+    rng = np.random.default_rng(3)
+    images, labels = rng.integers(0, 256, (50, 9, 7)), rng.integers(0, 6, 50)
+    write_idx(tmp_path / "letters-train-images.gz", images, gz=True)
+    write_idx(tmp_path / "letters-train-labels", labels)
+    write_idx(tmp_path / "letters-test-images", images[:5])
+    write_idx(tmp_path / "letters-test-labels", labels[:5])
+    files = dict(images="letters-train-images.gz", labels="letters-train-labels")
+    spec = data_spec(name="idx", path=str(tmp_path), **files)
+    assert dataset_shape(spec) == (63, int(labels.max()) + 1) and sample_shape(spec) == (1, 9, 7)
+    ds = load_dataset("idx", path=tmp_path, validation=10, test=8, **files)
+    assert (ds.n_classes, ds.sample_shape, len(ds.train.y), len(ds.validation.y), len(ds.test.y)) == \
+        (int(labels.max()) + 1, (1, 9, 7), 32, 10, 8)
+    assert ds.train.x.max() <= 1 and ds.train.x.max() > 0.9  # unit: by the largest value, 255 here
+    with_test = load_dataset("idx", path=tmp_path, test_images="letters-test-images",
+                             test_labels="letters-test-labels", scale="none", **files)
+    np.testing.assert_array_equal(with_test.test.x, images[:5].reshape(5, 63))
+    write_idx(tmp_path / "short-labels", labels[:49])
+    with pytest.raises(DataError, match=rf"{tmp_path / 'short-labels'}: must be \(N,\), one label per sample"):
+        load_dataset("idx", path=tmp_path, images="letters-train-images.gz", labels="short-labels")
+
+
+@pytest.mark.parametrize("data, key, message", [
+    ({"name": "arrays"}, "path", "data set 'arrays' needs `path`"),
+    ({"name": "idx", "labels": "l"}, "images", "data set 'idx' needs `images`"),
+    ({"name": "digits", "images": "i"}, "images", "`images` does not apply to data set 'digits'"),
+    ({"name": "mnist", "classes": 3}, "classes", "`classes` does not apply to data set 'mnist'"),
+    ({"name": "idx", "images": "i", "labels": "l", "test_images": "t"}, "test_images",
+     "give `test_images` and `test_labels` together"),
+])
+def test_the_spec_says_which_data_keys_are_missing_or_do_not_apply(tmp_path, data, key, message):
+    from localnet.errors import SpecError
+    from localnet.spec import load_spec
+    file = tmp_path / "s.yaml"
+    lines = "\n".join(f"  {k}: {v}" for k, v in data.items())
+    file.write_text(f"name: s\ndata:\n{lines}\nnetwork:\n  layers:\n    - {{name: out, size: 3}}\n")
+    with pytest.raises(SpecError, match=message) as info:
+        load_spec(file)
+    line = 2 + next((i for i, k in enumerate(data, 1) if k == key), 0)
+    assert f"{file}:{line}" in str(info.value) and f"data.{key}" in str(info.value)
+
+
+def test_training_on_your_own_arrays(tmp_path, monkeypatch):
+    from localnet.spec import load_spec
+    from localnet.training import train
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((240, 5)).astype(np.float32)
+    np.savez("blobs.npz", x_train=x, y_train=(x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0))
+    spec = load_spec({"name": "own", "backend": "numpy", "data": {"name": "arrays", "path": "blobs.npz",
+                                                                  "validation": 40},
+                      "network": {"layers": [{"name": "h", "size": 8}, {"name": "out", "size": 4,
+                                                                        "activation": "linear"}]},
+                      "rule": {"name": "bp"}, "optimizer": {"forward": {"lr": 0.01}},
+                      "train": {"epochs": 5, "batch_size": 16}})
+    summary, _ = train(spec, runs_root=tmp_path / "runs")
+    assert summary["status"] == "completed" and summary["test_accuracy"] > 0.6  # 4 quadrants; chance is 0.25

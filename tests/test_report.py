@@ -5,6 +5,8 @@ import html
 import json
 import re
 import shlex
+import shutil
+import statistics
 from pathlib import Path
 
 import pytest
@@ -69,8 +71,9 @@ def test_the_table_holds_each_runs_numbers(runs):
         assert row["rule"].startswith(name)
         assert row["train error"] == f"{100 - 100 * summary['train_accuracy']:.2f} %"
         assert row["test error"] == f"{100 - 100 * summary['test_accuracy']:.2f} %"
-        assert row["best validation (epoch)"] == f"{100 * best['val_accuracy']:.2f} % ({best['epoch']})"
-        assert row["s / epoch"] == f"{summary['seconds_per_epoch']:.2f}"
+        assert row["best validation error (epoch)"] == f"{100 - 100 * best['val_accuracy']:.2f} % ({best['epoch']})"
+        assert row["s, epoch 1"] == f"{epochs[0]['seconds']:.2f}"
+        assert row["s / epoch from epoch 2 (median)"] == f"{statistics.median(r['seconds'] for r in epochs[1:]):.2f}"
     # the DTP run logged diagnostics: each layer's angle at the last record; the backprop run logged none
     _, records = read(runs["dtp"])
     last = [r for r in records if r.get("kind") == "diagnostics"][-1]
@@ -78,6 +81,22 @@ def test_the_table_holds_each_runs_numbers(runs):
     for layer in ("h1", "h2", "out"):
         assert f"{layer} {last['layers'][layer]['angle_bp']:.1f}°" in angles
     assert rows[runs["bp"].name]["angle with backprop at the end"] == "–"
+
+
+def test_the_first_epoch_with_its_compile_time_is_kept_apart_from_the_median(runs, tmp_path):
+    copy = shutil.copytree(runs["bp"], tmp_path / runs["bp"].name)
+    _, records = read(copy)
+    records[0]["seconds"], records[1]["seconds"], records[2]["seconds"] = 100.0, 2.0, 4.0
+    (copy / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    row = table_rows(CliRunner().invoke(main, ["report", "--table", str(copy)]).output)[copy.name]
+    assert (row["s, epoch 1"], row["s / epoch from epoch 2 (median)"]) == ("100.00", "3.00")
+
+
+def test_the_columns_group_the_errors_with_no_accuracy_among_them():
+    from localnet.report import COLUMNS
+    errors = [i for i, c in enumerate(COLUMNS) if "error" in c]
+    assert errors == list(range(errors[0], errors[0] + 4)) and not any("accuracy" in c for c in COLUMNS)
+    assert COLUMNS.index("s, epoch 1") + 1 == COLUMNS.index("s / epoch from epoch 2 (median)")
 
 
 @pytest.mark.parametrize("spec, rule", [
@@ -103,7 +122,7 @@ def test_an_auto_encoder_reports_its_loss_not_an_error_rate(runs):
     summary, records = read(runs["ae"])
     assert row["test error"] == f"loss {summary['test_loss']:.4g}"
     best = min(records, key=lambda r: (r["val_loss"], r["epoch"]))
-    assert row["best validation (epoch)"] == f"loss {best['val_loss']:.4g} ({best['epoch']})"
+    assert row["best validation error (epoch)"] == f"loss {best['val_loss']:.4g} ({best['epoch']})"
 
 
 def test_html_and_plot(runs, tmp_path):
@@ -135,3 +154,34 @@ def test_a_directory_that_is_not_a_run_is_one_error_line(runs, tmp_path):
     result = CliRunner().invoke(main, ["report", str(runs["bp"]), str(tmp_path)])
     assert result.exit_code == 1
     assert str(tmp_path) in result.output and "Traceback" not in result.output
+
+
+def test_plot_panels_with_nothing_to_draw_say_na(runs):
+    pytest.importorskip("matplotlib")
+    from localnet.plot import RunCurves, figure
+
+    def said(ax):
+        return [t.get_text() for t in ax.texts if t.get_text().startswith("n/a")]
+
+    loss, accuracy = figure([RunCurves(runs["ae"])]).axes[:2]
+    assert said(accuracy) == ["n/a\nan auto-encoder has no accuracy"] and not any(line.get_xdata().size
+                                                                                 for line in accuracy.lines)
+    assert loss.lines and not said(loss)
+    panels = {ax.get_title().split(":")[0]: ax for ax in figure([RunCurves(runs["dtp"])], "reconstruction_error").axes}
+    assert said(panels["layer h1"]) == ["n/a\nlayer h1 logged no reconstruction_error"]  # h1 has no feedback map
+    assert panels["layer h2"].lines and not said(panels["layer h2"])
+
+
+def test_plot_titles_and_legend_fit(runs):
+    pytest.importorskip("matplotlib")
+    from localnet.plot import RunCurves, figure
+    fig = figure([RunCurves(runs[name]) for name in ("dtp", "bp", "ae")], "jfjg_positive")  # the longest title
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        box = ax.get_window_extent(renderer)
+        assert ax.title.get_window_extent(renderer).width <= box.width, ax.get_title()
+    width = fig.bbox.width
+    for text in fig.legends[0].get_texts():
+        extent = text.get_window_extent(renderer)
+        assert 0 <= extent.x0 and extent.x1 <= width, text.get_text()

@@ -19,6 +19,35 @@ _DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 _GZIP_MAGIC = b"\x1f\x8b"
+_MAX_HEADER = 4 + 4 * 255
+
+
+def _header(path, raw):
+    """(shape, dtype, header bytes) from the start of an IDX file's (decompressed) bytes."""
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty file'})")
+    code, ndim = raw[2], raw[3]
+    if code not in _DTYPES:
+        raise DataError(f"{path}: unknown IDX data type code 0x{code:02x}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header} for {ndim} dimensions)")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    return shape, _DTYPES[code], header
+
+
+def read_idx_header(path):
+    """(shape, dtype) of an IDX file from its header alone, so a network can be sized without reading the data."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            start = fh.read(2)
+        with (gzip.open if start == _GZIP_MAGIC else open)(path, "rb") as fh:
+            raw = fh.read(_MAX_HEADER)
+    except (OSError, EOFError, zlib.error) as e:
+        raise DataError(f"{path}: cannot read IDX file: {e}") from e
+    shape, dtype, _ = _header(path, raw)
+    return shape, dtype.newbyteorder("=")
 
 
 def read_idx(path) -> np.ndarray:
@@ -34,16 +63,7 @@ def read_idx(path) -> np.ndarray:
             raw = gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read IDX file: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path}: not an IDX file (bad magic number {raw[:4].hex() or 'empty file'})")
-    code, ndim = raw[2], raw[3]
-    if code not in _DTYPES:
-        raise DataError(f"{path}: unknown IDX data type code 0x{code:02x}")
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, need {header} for {ndim} dimensions)")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    dtype = _DTYPES[code]
+    shape, dtype, header = _header(path, raw)
     expected = math.prod(shape) * dtype.itemsize  # Python ints: a hostile header cannot overflow the check
     if len(raw) - header != expected:
         raise DataError(

@@ -673,7 +673,7 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
                 spec = load_spec(spec, [f"backend={backend}"])
         holder["spec"] = spec
         from ..data import dataset_shape, sample_shape
-        n_features, n_classes = sample_shape(spec.data.name), dataset_shape(spec.data.name)[1]
+        n_features, n_classes = sample_shape(spec.data), dataset_shape(spec.data)[1]
         with using(factory):
             from ..network import Network
             Network(spec, spec.seed, n_features, n_classes)
@@ -741,7 +741,7 @@ def bench(spec_path, *, steps=200, warmup=20, repeats=3, placement=None, overrid
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     spec = load_spec(spec_path, list(overrides) + ([f"backend={backend}"] if backend else []))
-    n_features, n_classes = sample_shape(spec.data.name), dataset_shape(spec.data.name)[1]
+    n_features, n_classes = sample_shape(spec.data), dataset_shape(spec.data)[1]
     threads = threads_per_rank(comm)  # collective: every rank, once
     nets = {}
     try:

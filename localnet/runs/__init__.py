@@ -132,6 +132,18 @@ def write_bytes(path: Path, data: bytes):
     _fsync_dir(path.parent)
 
 
+def append(path: Path, data: bytes):
+    """Append `data` to a run directory's file, flushed and fsynced; never through a link or into a FIFO (the
+    metrics logs: a crash leaves at most a torn last line)."""
+    path = own(path)
+    flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+             | getattr(os, "O_CLOEXEC", 0))
+    with _writing(path), os.fdopen(os.open(path, flags, 0o644), "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def write_text(path: Path, text: str):
     write_bytes(path, text.encode("utf-8"))
 
@@ -461,13 +473,7 @@ class RunDir:
     # -- metrics -----------------------------------------------------------------------------------------------
     def log(self, record: dict):
         """Append one record as one line, flushed and fsynced; never through a link or into a FIFO."""
-        path = own(self.path / "metrics.jsonl")
-        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-                 | getattr(os, "O_CLOEXEC", 0))
-        with _writing(path), os.fdopen(os.open(path, flags, 0o644), "ab") as fh:
-            fh.write((json.dumps(record) + "\n").encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
+        append(self.path / "metrics.jsonl", (json.dumps(record) + "\n").encode("utf-8"))
 
     def read_metrics(self) -> tuple[list, list]:
         """(records, skipped): the logged records, and the 1-based numbers of lines that are not a JSON record

@@ -149,6 +149,7 @@ def _check(spec, ctx):
     if spec.network.chain is not None and spec.network.channels is not None:
         raise ctx.error(("network", "channels"), "give either `chain` or `channels`, not both")
     _check_inputs(spec, ctx)
+    _check_data(spec.data, ctx)
     from ..constraints import check_constraints
     check_constraints(spec, ctx)
     from ..layers.base import family
@@ -202,6 +203,26 @@ def _check_inputs(spec, ctx):
                     raise ctx.error((*path, j), f"layer {layer.name!r} takes {name!r} twice",
                                     expected="each input once", found=short_repr(name))
         earlier.append(layer.name)
+
+
+IDX_FILES = ("images", "labels", "test_images", "test_labels")
+
+
+def _check_data(data, ctx):
+    """The keys of `data` that its `name` reads: `path` for arrays, the IDX files for idx, `classes` for both."""
+    required = {"arrays": ("path",), "idx": ("images", "labels")}.get(data.name, ())
+    for key in required:
+        if getattr(data, key) is None:
+            raise ctx.error(("data", key), f"data set {data.name!r} needs `{key}`",
+                            expected="the .npz file to read" if key == "path" else f"the {key} IDX file")
+    for key in IDX_FILES + ("classes",):
+        names = ("arrays", "idx") if key == "classes" else ("idx",)
+        if getattr(data, key) is not None and data.name not in names:
+            raise ctx.error(("data", key), f"`{key}` does not apply to data set {data.name!r}",
+                            expected="data set " + " or ".join(map(repr, names)))
+    if data.name == "idx" and (data.test_images is None) != (data.test_labels is None):
+        given = "test_images" if data.test_images is not None else "test_labels"
+        raise ctx.error(("data", given), "give `test_images` and `test_labels` together, or neither")
 
 
 def _check_placement(spec, ctx):

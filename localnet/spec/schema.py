@@ -77,9 +77,15 @@ class FeedbackSpec:
 class ConstraintSpec:
     """One plausibility constraint (localnet/constraints.py says what each does), e.g. `{type: noise, std: 0.1}`.
 
-    On a channel, a layer (every channel out of it) or the network (every channel): noise (std), quantize (bits,
-    optional range), sign, drop (p), delay (steps; targets and gradients only), optionally for one `kind` of
-    message. On a layer only: fixed_feedback (optional scale: V, c ~ U(±scale)), sign_constrained.
+    On a channel, a layer (every channel out of it) or the network (every channel): noise (std, optional
+    relative), quantize (bits, optional range), sign, drop (p), delay (steps; targets and gradients only),
+    optionally for one `kind` of message. On a layer only: fixed_feedback (optional scale: V, c ~ U(±scale)),
+    sign_constrained.
+
+    noise: `std` is σ itself, or with `relative: true` a fraction of each message's RMS (σ·RMS per sample), which
+    keeps its meaning as messages shrink or grow: a target crosses as its displacement ĥ − h, of the order of
+    η̂ ∂ℒ/∂h, and ℒ being the batch mean, that shrinks as 1/batch size. An absolute σ over 10× the RMS of what
+    crosses at the first training step is warned about, naming the channel.
     """
 
     type: str = option(choices=lambda: _constraint_types())
@@ -90,6 +96,7 @@ class ConstraintSpec:
     p: float | None = option(None, ge=0.0, le=1.0)
     steps: int | None = option(None, ge=1, le=1000)
     scale: float | None = option(None, gt=0.0)
+    relative: bool | None = None  # `noise`: std is a fraction of each sample's RMS (σ·RMS)
 
 
 def _constraint_types():
@@ -178,12 +185,38 @@ class RuleSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """The data: a bundled or published set by `name` (digits, mnist, fashion-mnist, kmnist, cifar10), or your own.
+
+    `arrays`: an .npz file, `path`, holding x_train and y_train and optionally x_test and y_test (np.savez): samples
+    (N, ...) of any shape, (N, C, H, W) or (N, H, W) images (one channel) or (N, D) vectors; labels (N,) integers
+    0..K-1, K the largest label + 1 unless `classes` says. `idx`: IDX files (MNIST's format, gzipped or not),
+    `images` and `labels`, optionally `test_images` and `test_labels`, relative to the folder `path` if given.
+    Relative paths are relative to the working directory. The network's input shape and K come from the files.
+    validation: samples held out of the training set: the last ones for mnist, fashion-mnist, kmnist and cifar10
+    (the papers' convention); for digits and your own data a stratified draw (each class in proportion) shuffled
+    by the spec's `seed`. test: for data without a test split (digits; your own without test files): that many
+    samples (default 20 %), a stratified draw with a fixed seed, the same in every run. scale: `unit` divides by
+    the largest possible value (digits 16, the published sets 255, your own data the largest magnitude in its
+    training samples), `standard` standardises each feature by the training split's mean and std, `none`.
+    """
+
+    # digits (bundled), mnist, fashion-mnist, kmnist, cifar10 (found on disk or downloaded), or your own: arrays, idx
     name: str = option(choices=lambda: _datasets())
+    # built-in sets: a folder looked in first; `arrays`: the .npz file; `idx`: the folder of its files
     path: str | None = None
+    # samples held out of training: the last ones of mnist, fashion-mnist, kmnist and cifar10, else a stratified
+    # draw shuffled by the seed
     validation: int = option(0, ge=0)
-    test: int | None = option(None, ge=1)
+    test: int | None = option(None, ge=1)  # data without a test split: that many (default 20 %), stratified, fixed
+    # unit: by the largest possible value; standard: by the training split's per-feature mean and std; none: as read
     scale: str = option("unit", choices=("unit", "standard", "none"))
-    download: bool = True
+    download: bool = True  # the published sets: fetch them when they are nowhere on disk
+    images: str | None = None  # `idx`: the training images' file
+    labels: str | None = None  # `idx`: the training labels' file
+    test_images: str | None = None  # `idx`, optional, with test_labels: the test split's images
+    test_labels: str | None = None  # `idx`, optional, with test_images: the test split's labels
+    # `arrays`, `idx`: the number of classes, if not the largest label + 1
+    classes: int | None = option(None, ge=1, le=MAX_UNITS)
 
 
 @dataclass(frozen=True)
