@@ -49,13 +49,6 @@ DESCRIPTIONS = {
         "description": "Free text, kept in the resolved spec.",
     },
     "DataSpec": {
-        "name": "The data set: `digits` ships with localnet; the others are looked up and, if allowed, "
-                "downloaded (see Data).",
-        "path": "A folder holding the data set's files, looked in first.",
-        "validation": "How many samples, from the end of the training part, are held out as the validation split.",
-        "test": "Only for `digits`, which has no official test split: how many samples are set aside for testing.",
-        "scale": "`unit`: pixels in [0, 1]; `standard`: zero mean and unit variance per feature, with the training "
-                 "split's statistics; `none`: as stored.",
         "download": "Whether a data set that is found nowhere may be downloaded (also `LOCALNET_NO_DOWNLOAD=1`).",
     },
     "NetworkSpec": {
@@ -105,7 +98,8 @@ DESCRIPTIONS = {
     "ConstraintSpec": {
         "type": "The constraint (see Constraints).",
         "kind": "Limit a message constraint to channels of this kind.",
-        "std": "`noise`: the standard deviation of the Gaussian noise added.",
+        "std": "`noise`: the standard deviation of the Gaussian noise added (with `relative: true`, in units of "
+               "each sample's RMS of what crosses: for a target, of its displacement).",
         "bits": "`quantize`: bits per value (2^bits − 1 levels symmetric about 0).",
         "range": "`quantize`: clip to ±range instead of scaling by each sample's largest magnitude.",
         "p": "`drop`: the probability that a sample's message is lost.",
