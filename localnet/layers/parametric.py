@@ -204,16 +204,17 @@ class ParametricLayer(Layer):
         return out
 
     def train_feedback(self, respond=None):
-        """Fit g for this step with the rule's feedback objective (`rule.feedback_gradient`), for the layer's
+        """Fit g for this step with the rule's feedback objective (`rule.feedback_gradients`), for the layer's
         feedback iterations. `respond` is the engine's service the rule names (`rule.feedback_service`)."""
         if self.feedback_fixed:
             return  # g keeps its initial weights
         prepared, self._prepared_feedback = self._prepared_feedback, None
+        gradients = self.rule.feedback_gradients(self, respond)  # each taken only when asked for
         for i in range(self.feedback_iterations):
             if i == 0 and prepared is not None and prepared[0] is self.x:
                 grads, self.reconstruction_loss = prepared[1]
             else:
-                grads, self.reconstruction_loss = self.rule.feedback_gradient(self, respond)
+                grads, self.reconstruction_loss = next(gradients)
             self.feedback_optimizer.step(self.feedback_params, grads)
 
     @property

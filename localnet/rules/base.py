@@ -7,7 +7,8 @@ A rule decides, for one layer at a time and with that layer's own numbers only,
 2. **what it sends down** — `send(layer, step, kinds, out)`: a target, a gradient, or nothing, with what each
    payload was computed from (its provenance, which the locality audit reads);
 3. **how the feedback map learns** — `feedback_gradient(layer, respond)`: the gradient of the rule's feedback
-   objective over g's parameters and its value; `feedback = "fixed"` for a rule whose g never learns.
+   objective over g's parameters and its value (`feedback_gradients` yields one per iteration, for iterations
+   that share work); `feedback = "fixed"` for a rule whose g never learns.
 
 The layer turns δ into its weight update through its own derivative (e = δ ⊙ s'(a), then the family's parameter
 gradient of e), so every rule shares the update's kernels. A rule speaks of the layer's maps, never of its
@@ -153,3 +154,10 @@ class Rule:
         """({parameter: gradient} of g, loss) of one feedback-training iteration, from g as it is now; `respond`
         is the engine's service when `feedback_service` names one."""
         raise LocalnetError(f"rule {self.name!r} does not train feedback maps")
+
+    def feedback_gradients(self, layer, respond=None):
+        """(gradients, loss) of each feedback iteration of a step in turn, each taken when asked for, from g as the
+        previous iteration's optimiser step left it. By default one `feedback_gradient` each; a rule whose
+        iterations share work (DDTP: the output's response to h itself) overrides this."""
+        while True:
+            yield self.feedback_gradient(layer, respond)

@@ -80,16 +80,20 @@ class DirectDifferenceTargetPropagation(Rule):
             super().send(layer, step, kinds, out)
 
     def feedback_gradient(self, layer, respond=None):
+        return next(self.feedback_gradients(layer, respond))
+
+    def feedback_gradients(self, layer, respond=None):
         """The DRL (1/σ²)‖g(r_L − h_L) − ε‖² over Q (summed over units, averaged over the batch), from the output's
-        response r_L to the noise ε injected at this layer."""
+        response r_L to the noise ε injected at this layer; h_L, the response to h itself, once per step."""
         if respond is None:
             raise LocalnetError(f"layer {layer.name!r}: direct feedback training needs the output's response to "
                                 "a perturbation, which only the local engine provides")
         h, sigma = layer.h, layer.feedback_noise
         base = respond(h)
-        eps = layer.noise(h.shape)
-        g, pullback = layer.g_pullback(respond(h + eps) - base)
-        diff = g - eps
-        scale = 1.0 / (sigma * sigma * len(eps))
-        rows = diff.reshape(len(diff), -1)  # a conv block's C×H×W as one row per sample
-        return pullback(diff, scale=2 * scale), float(np.einsum("ij,ij->", rows, rows) * scale)
+        scale = 1.0 / (sigma * sigma * len(h))
+        while True:
+            eps = layer.noise(h.shape)
+            g, pullback = layer.g_pullback(respond(h + eps) - base)
+            diff = g - eps
+            rows = diff.reshape(len(diff), -1)  # a conv block's C×H×W as one row per sample
+            yield pullback(diff, scale=2 * scale), float(np.einsum("ij,ij->", rows, rows) * scale)
