@@ -51,7 +51,7 @@ class Network:
         seeds = np.random.SeedSequence(seed).spawn(len(spec.network.layers))
         nodes = {INPUT: InputNode(INPUT, self.backend.arrays),
                  LOSS: LossNode(LOSS, spec.network.loss, r.target_step, self.backend.loss,
-                                _down_kinds(self.graph, LOSS), self.backend.arrays, rule,
+                                _down_kinds(self.graph, LOSS), rule, self.backend.arrays,
                                 [c.receiver for c in self.graph.outbound(LOSS, ("gradient", "target"))
                                  if c.receiver in (self.graph.direct_in or {})])}
         for layer_spec, layer_seed in zip(spec.network.layers, seeds):

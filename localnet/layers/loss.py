@@ -1,17 +1,16 @@
 """The global loss node: receives h_L and labels, and sends the first target or ℒ's gradient down."""
 
 from ..messages import Outbox
-from ..rules.base import Rule
 from .base import Node
 
 LOSSES = {"softmax_cross_entropy": "softmax_cross_entropy", "mse": "mse", "reconstruction": "reconstruction"}
 
 
 class LossNode(Node):
-    def __init__(self, name, loss, target_step, kernels, down_kinds, arrays=None, rule=None, direct=()):
-        """kernels: the backend's loss module; arrays: its array API (numpy's when not given); rule: what it sends
-        down (`Rule.loss_send`; None: ℒ's gradient or the first target); direct: the layers below the top one it
-        sends to straight (DRTP)."""
+    def __init__(self, name, loss, target_step, kernels, down_kinds, rule, arrays=None, direct=()):
+        """kernels: the backend's loss module; rule: says what it sends down (`Rule.loss_send`); arrays: the
+        backend's array API (numpy's when not given); direct: the layers below the top one it sends to straight
+        (DRTP)."""
         if arrays is None:
             from ..backends.numpy import arrays
         self.name = name
@@ -44,8 +43,5 @@ class LossNode(Node):
 
     def backward(self, inbox):
         out = Outbox()
-        if self.rule is not None:
-            self.rule.loss_send(self, self.down_kinds, out)
-        else:
-            Rule.loss_send(None, self, self.down_kinds, out)
+        self.rule.loss_send(self, self.down_kinds, out)
         return out
