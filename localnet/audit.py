@@ -39,6 +39,9 @@ ROUND_TRIP = ("the network's round trip of noise injected here (forward through 
 CATEGORIES = (ACTIVATION, LABEL, TARGET_ABOVE, TARGET_OUTPUT, LOSS_GRADIENT, GRADIENT_ABOVE, WEIGHTS, RESPONSE,
               ROUND_TRIP)
 
+# what a sender declares when its message carries its forward weights (or their signs) to the receiver
+TRANSPORTED = frozenset({"Wᵀ", "sign(Wᵀ)"})
+
 LOCAL = "local"
 FIRST_TARGET = "local apart from the first target"
 NON_LOCAL = "non-local"
@@ -107,7 +110,7 @@ def _above(graph, receiver, sender):
 def classify(graph, receiver, kind, sender, provenance, transports=None, phase="backward"):
     """(categories, first) of one read. `transports`: whether the message changes with its sender's W (measured);
     None falls back to the sender's declaration (Wᵀ in the provenance)."""
-    transports = bool({"Wᵀ", "sign(Wᵀ)"} & provenance) if transports is None else transports
+    transports = bool(TRANSPORTED & provenance) if transports is None else transports
     if kind == "activation" and phase == "feedback":  # DDTP's DRL: the output's response to a perturbation
         return (RESPONSE,), False
     if kind == "target" and phase == "feedback":  # DTP-DRL: the perturbation's round trip through the layers above
@@ -268,8 +271,7 @@ def audit_network(net, x, y, *, measure=True) -> AuditReport:
     for (sender, kind), m in sorted(measured.items(), key=lambda kv: order[kv[0][0]]):
         receivers = [c.receiver for c in graph.outbound(sender, (kind,))]
         declared = next((u.provenance for u in uses if u.sender == sender and u.kind == kind), frozenset())
-        ok = all(m[p] == (p == "W" and bool({"Wᵀ", "sign(Wᵀ)"} & declared) or p == "V" and "V" in declared)
-                 for p in m)
+        ok = all(m[p] == (p == "W" and bool(TRANSPORTED & declared) or p == "V" and "V" in declared) for p in m)
         checked.extend((sender, kind, r, declared, m, ok) for r in receivers)
 
     layers = tuple(n for n in graph.forward_order if n in net.layers)

@@ -100,8 +100,8 @@ class Conv2dLayer(ParametricLayer):
         self.pool_size = spec.pool_size
         pre_hw = conv_output_hw(in_shape[1:], k, spec.stride, spec.padding)
         init_rng, rng = (np.random.Generator(np.random.PCG64(s)) for s in seed.spawn(2))
-        shape = (c_out, c_in, k, k)
-        forward_params = {"W": initialize_kernel(spec.init or init, (c_out, c_in, k, k), init_rng, dtype)}
+        kernel = (c_out, c_in, k, k)
+        forward_params = {"W": initialize_kernel(spec.init or init, kernel, init_rng, dtype)}
         if spec.bias:
             forward_params["b"] = np.zeros(c_out, dtype)
         fixed = layer_constraint(spec, "fixed_feedback")
@@ -110,8 +110,7 @@ class Conv2dLayer(ParametricLayer):
         # from it to the block's output, g(z) = z V reshaped to C×H×W, V of shape (that size, C·H·W)
         self.direct_from = direct_from
         n_out = int(np.prod(self.output_shape(spec, in_shape)))
-        if direct_from is not None:
-            shape = (direct_from, n_out)
+        shape = kernel if direct_from is None else (direct_from, n_out)
         if feedback is not None:
             self.feedback_activation = feedback.activation
             if fixed is not None and fixed.scale is not None:
@@ -119,7 +118,7 @@ class Conv2dLayer(ParametricLayer):
             elif direct_from is not None:
                 feedback_params["V"] = initialize(feedback.init, direct_from, n_out, init_rng, dtype)
             else:
-                feedback_params["V"] = initialize_kernel(feedback.init, shape, init_rng, dtype)
+                feedback_params["V"] = initialize_kernel(feedback.init, kernel, init_rng, dtype)
             if feedback.bias and direct_from is None:
                 feedback_params["c"] = (np.zeros(c_in, dtype) if fixed is None or fixed.scale is None else
                                         init_rng.uniform(-fixed.scale, fixed.scale, c_in).astype(dtype))
@@ -180,8 +179,14 @@ class Conv2dLayer(ParametricLayer):
         return self.k.dense.pre_activation_error(_rows(a), _rows(self.s), _rows(ds), self.activation).reshape(a.shape)
 
     def vjp(self, e, through="forward"):
-        W = {"forward": lambda: self.forward_params["W"], "signs": lambda: np.sign(self.forward_params["W"]),
-             "feedback": lambda: self.feedback_params["V"]}[through]()  # V has W's shape: convT with it is B's
+        if through == "forward":
+            W = self.forward_params["W"]
+        elif through == "signs":
+            W = np.sign(self.forward_params["W"])
+        elif through == "feedback":  # V has W's shape: convT with it is B's
+            W = self.feedback_params["V"]
+        else:
+            raise ValueError(through)
         return self.k.conv.conv_transpose(e, W, None, self.stride, self.padding, self.in_shape[1:])
 
     def _weight_grads(self, x, e):
