@@ -137,18 +137,20 @@ class DenseLayer(ParametricLayer):
             W[W * self.weight_signs < 0] = 0
 
     def reconstruction_gradient(self):
-        W, b = self.forward_params["W"], self.forward_params.get("b")
-        V, c = self.feedback_params["V"], self.feedback_params.get("c")
-        dV, dc, value = self.k.dense.feedback_grads(self.x, W, b, self.activation, V, c, self.feedback_activation,
-                                                    self.feedback_noise, self.rng)
-        return ({"V": dV, "c": dc} if c is not None else {"V": dV}), value
+        dV, dc, value = self.k.dense.feedback_grads(self.x, *self._f_and_g())
+        return self._g_grads(dV, dc), value
 
     def ldrl_gradient(self):
-        W, b = self.forward_params["W"], self.forward_params.get("b")
-        V, c = self.feedback_params["V"], self.feedback_params.get("c")
-        dV, dc, value = self.k.dense.ldrl_grads(self.x, self.h, W, b, self.activation, V, c,
-                                                self.feedback_activation, self.feedback_noise, self.rng)
-        return ({"V": dV, "c": dc} if c is not None else {"V": dV}), value
+        dV, dc, value = self.k.dense.ldrl_grads(self.x, self.h, *self._f_and_g())
+        return self._g_grads(dV, dc), value
+
+    def _f_and_g(self):
+        """W, b, s, V, c, s̄, σ, the generator: what the fused feedback kernels take after their inputs."""
+        return (self.forward_params["W"], self.forward_params.get("b"), self.activation, self.feedback_params["V"],
+                self.feedback_params.get("c"), self.feedback_activation, self.feedback_noise, self.rng)
+
+    def _g_grads(self, dV, dc):
+        return {"V": dV, "c": dc} if "c" in self.feedback_params else {"V": dV}
 
     def g_pullback(self, z):
         V, c, act, k = self.feedback_params["V"], self.feedback_params.get("c"), self.feedback_activation, self.k.dense
@@ -158,7 +160,7 @@ class DenseLayer(ParametricLayer):
             dV, dc = k.weight_grads(z, k.pre_activation_error(q, g, upstream, act))
             if scale != 1.0:
                 dV, dc = scale * dV, scale * dc
-            return {"V": dV, "c": dc} if c is not None else {"V": dV}
+            return self._g_grads(dV, dc)
         return g, pullback
 
     def f(self, x):
