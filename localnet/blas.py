@@ -24,9 +24,11 @@ is why the bench times PyTorch in a process of its own.
 
 `$LOCALNET_BLAS`: `auto` (default: MKL when installed), `mkl` (an error if it is not installed) or `openblas`.
 Numbers differ between the two in their last bits (summation order), as between any two BLAS builds; each is
-deterministic for a given thread count (MKL's code path can depend on the arrays' memory alignment, so `select` sets
-`MKL_CBWR=AUTO,STRICT`, its conditional numerical reproducibility, when unset: about 1 % slower on a DTP step), and
-the provider is recorded in a run's `environment.json`.
+deterministic for a given thread count, and OpenBLAS's bits change with it. MKL's code path can depend on the
+arrays' memory alignment, so `select` sets `MKL_CBWR=AUTO,STRICT`, its strict conditional numerical reproducibility,
+when unset (about 1 % slower on a DTP step); under it a product's bits do not depend on the thread count either,
+which is what lets the MPI engine equal the local engine whatever each gives BLAS (docs/mpi.md). The provider is
+recorded in a run's `environment.json`.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ def select(choice=None) -> str:
     if choice == "mkl" and path is None:
         raise LocalnetError("LOCALNET_BLAS=mkl, but MKL is not installed: pip install -e \".[mkl]\"")
     if path is None:
+        import scipy.linalg.cython_blas  # noqa: F401  loads SciPy's OpenBLAS now, so that threadpoolctl, whose
+        # controllers localnet/threads.py builds once, can set its threads: else MPI ranks left it on every core
         PROVIDER = "openblas"
         return PROVIDER
     # Intel's OpenMP threads when intel-openmp is there (several BLAS threads for a one-thread engine layout), else

@@ -64,10 +64,10 @@ def cores() -> int:
     return configure() if _cores is None else _cores
 
 
-def layout(parallel: bool) -> tuple[int, int]:
-    """(threads for layer jobs, BLAS threads per job) for an engine: two job threads only when it has work to run
-    beside its chain of messages (`parallel`) and two cores to run it on."""
-    n = cores()
+def layout(parallel: bool, n: int | None = None) -> tuple[int, int]:
+    """(threads for layer jobs, BLAS threads per job) for an engine on `n` cores (default: `cores()`): two job
+    threads only when it has work to run beside its chain of messages (`parallel`) and two cores to run it on."""
+    n = cores() if n is None else n
     workers = 2 if parallel and n >= 2 else 1
     return workers, n // workers
 

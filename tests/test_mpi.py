@@ -183,6 +183,49 @@ def test_the_feedback_alignment_family_across_ranks_is_bit_identical(rule, tmp_p
     assert logged(only_run(tmp_path / "mpi")) == logged(only_run(tmp_path / "local"))
 
 
+def _have_mkl():
+    from localnet.blas import _mkl_library
+    return _mkl_library() is not None
+
+
+def _as_a_user(command, blas, tmp):
+    """`command` with the environment a user has: no thread variables, the BLAS chosen by LOCALNET_BLAS only."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("LOCALNET_") and k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=180,
+                          env={**env, "LOCALNET_BLAS": blas, "LOCALNET_RUNS": str(tmp)})
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done, only_run(tmp)
+
+
+@needs_mpi
+@pytest.mark.parametrize("blas", ["openblas", "mkl"])
+@pytest.mark.parametrize("rule", ["dtp", "bp"])
+def test_the_default_backend_across_ranks_equals_localnet_run_or_says_which_run_it_equals(rule, blas, tmp_path):
+    """As a user runs it: `mpiexec -n 2 localnet run SPEC --engine mpi` on the default backend (numba) and the
+    machine's cores, against `localnet run SPEC`. On MKL every product's bits are independent of its thread count,
+    so the two are identical for every rule. On OpenBLAS they are where each product runs on as many threads in
+    both (DTP's layer jobs have one BLAS thread each, like each rank); for backprop the local engine gives BLAS
+    both cores, and the MPI run says so in one line and names the local run it equals, which it then does."""
+    if blas == "mkl" and not _have_mkl():
+        pytest.skip("MKL is not installed (pip install -e \".[mkl]\")")
+    args = [str(SPECS / "quickstart.yaml"), "--set", "train.epochs=2", "--set", f"rule.name={rule}"]
+    mpi, mpi_run = _as_a_user([MPIEXEC, "-n", "2", sys.executable, "-m", "localnet", "run", *args, "--engine", "mpi"],
+                              blas, tmp_path / "mpi")
+    _, plain = _as_a_user([sys.executable, "-m", "localnet", "run", *args], blas, tmp_path / "local")
+    identical = blas == "mkl" or rule == "dtp"
+    assert ("agree to rounding, not bit for bit" in mpi.stderr) == (not identical), mpi.stderr
+    if identical:
+        assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(plain))
+        assert logged(mpi_run) == logged(plain)
+        return
+    assert not np.array_equal(checkpoint_arrays(mpi_run)["h1.npz"]["param.W"],
+                              checkpoint_arrays(plain)["h1.npz"]["param.W"])  # else the note would be wrong
+    named = mpi.stderr.split("`localnet ")[2].split(" run`")[0]  # the run it names: `localnet --threads N run`
+    _, same = _as_a_user([sys.executable, "-m", "localnet", *named.split(), "run", *args], blas, tmp_path / "named")
+    assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(same))
+
+
 # -- faults --------------------------------------------------------------------------------------------------------
 @needs_mpi
 def test_a_rank_that_raises_stops_every_rank_and_rank_0_names_it(tmp_path):

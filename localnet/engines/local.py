@@ -45,10 +45,8 @@ class LocalEngine:
         # those layers train their feedback maps one after another, in the serial order
         self._feedback_reads_above = any(nodes[name].feedback_service == "round_trip"
                                          for name in graph.feedback_layers)
-        if workers is None:  # two threads where feedback training is work beside the chain (threads.py)
-            one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
-            workers, self.blas = layout(not one and not self._feedback_reads_above
-                                        and len(graph.feedback_layers) >= 2)
+        if workers is None:
+            workers, self.blas = layout(self.runs_beside(graph, nodes))
         else:
             self.blas = max(1, cores() // workers)
         self.blas = blas or self.blas
@@ -61,6 +59,15 @@ class LocalEngine:
                           for name in graph.backward_order if name != INPUT]
         self._sent = {"forward": {}, "backward": {}}  # phase -> node -> its outbox this step
         self.inboxes = {"forward": {}, "backward": {}}  # phase -> node -> its inbox this step (for the audit)
+
+    @staticmethod
+    def runs_beside(graph, nodes) -> bool:
+        """Whether this net has work to run beside its chain of messages, so that the engine lays it out on two
+        job threads (localnet/threads.py): each layer's feedback training, unless it reads the maps above or the
+        backend runs everything on one stream."""
+        one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
+        reads_above = any(nodes[name].feedback_service == "round_trip" for name in graph.feedback_layers)
+        return not one and not reads_above and len(graph.feedback_layers) >= 2
 
     # -- routing -----------------------------------------------------------------------------------------------
     def _run(self, phase, schedule, call, train):

@@ -37,13 +37,14 @@ import signal
 import sys
 import time
 import traceback
+import warnings
 
 import numpy as np
 
-from ..errors import GraphError, LocalnetError, SpecError
+from ..errors import GraphError, LocalnetError, LocalnetWarning, SpecError
 from ..graph import INPUT, LOSS
 from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Message, Outbox
-from ..threads import cores, limit_blas
+from ..threads import cores, layout, limit_blas
 from .local import LocalEngine
 
 LATE_KINDS = ("target", "gradient")  # what a pipelined schedule delivers a step late where it crosses ranks
@@ -630,9 +631,27 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
     every other rank serves its layers and returns (None, None). Any failure stops every rank."""
     from mpi4py import MPI
     comm = MPI.COMM_WORLD
-    holder = {}
-    with limit_blas(threads_per_rank(comm) if comm.Get_size() > 1 else None):
+    holder = {"threads": threads_per_rank(comm)}
+    with limit_blas(holder["threads"]):
         return _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks)
+
+
+def bits_note(graph, nodes, rank_threads):
+    """The one line to say where this run's numbers cannot equal the local engine's (`localnet run` on this
+    machine) bit for bit, else None. They can wherever each product runs on as many BLAS threads in both, or its
+    bits do not depend on them (the numba backend on MKL): the rest of a step's arithmetic is the same in both."""
+    kernels = {getattr(node, "k", None) for node in nodes.values()}
+    if not any(getattr(k, "BITS_FOLLOW_THREADS", False) for k in kernels):
+        return None
+    beside = LocalEngine.runs_beside(graph, nodes)
+    local = layout(beside)[1]
+    if local == rank_threads:
+        return None
+    same = rank_threads * layout(beside, 2)[0]  # `--threads` for which the local engine gives products as many
+    return (f"each rank runs a product on {rank_threads} BLAS thread(s), `localnet run` would run it on {local} for "
+            f"this net, and this BLAS rounds differently on another number of threads: the two agree to rounding, "
+            f"not bit for bit (`localnet --threads {same} run` gives these numbers exactly; so does every thread "
+            f"count with the numba backend on MKL, pip install -e \".[mkl]\")")
 
 
 def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
@@ -641,6 +660,11 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
 
     def factory(graph, nodes):
         engine = holder["engine"] = engine_factory(holder["spec"], comm, placement)(graph, nodes)
+        if comm.Get_rank() == 0 and not holder.get("noted"):
+            holder["noted"] = True
+            note = bits_note(graph, nodes, holder["threads"])
+            if note:
+                warnings.warn(note, LocalnetWarning, stacklevel=2)
         return engine
 
     try:
