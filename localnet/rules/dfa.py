@@ -24,7 +24,7 @@ class DirectFeedbackAlignment(Backprop):
     feedback = "fixed"
     linear_feedback = True
     first_targets = ("output",)  # the output's error goes to every hidden layer: no first target to move
-    invariants = frozenset({"locality", "determinism"})
+    invariants = frozenset({"first_order_descent", "locality", "determinism"})  # ⟨δ, f⟩ for the δ the rule makes
 
     def check_spec(self, spec, error):
         _linear_feedback(self, spec, error)

@@ -20,7 +20,7 @@ class FeedbackAlignment(Backprop):
     uses_feedback = True
     feedback = "fixed"
     linear_feedback = True
-    invariants = frozenset({"locality", "determinism"})
+    invariants = frozenset({"first_order_descent", "locality", "determinism"})  # ⟨δ, f⟩ for the δ the rule makes
 
     def owns_feedback(self, sends, received):
         return "gradient" in sends  # every layer that sends an error down sends it through its own B

@@ -14,7 +14,7 @@ from .bp import Backprop
 
 class SignSymmetry(Backprop):
     name = "sign_symmetry"
-    invariants = frozenset({"locality", "determinism"})
+    invariants = frozenset({"first_order_descent", "locality", "determinism"})  # ⟨δ, f⟩ for the δ the rule makes
 
     def send(self, layer, step, kinds, out):
         if "gradient" in kinds:

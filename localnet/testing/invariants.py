@@ -36,6 +36,7 @@ from ..layers.base import combined
 from ..messages import BACKWARD_KINDS
 from ..network import Network
 from ..rules import get_rule
+from ..rules.base import Step
 from ..spec import load_spec
 
 __all__ = ["check_no_error_no_change", "check_exact_inverse_dtp_equals_tp", "check_difference_identity",
@@ -244,10 +245,13 @@ def _layer_loss(layer, record):
     x = np.asarray(record.x, np.float64)
     keys = layer.forward_keys
     shapes = [layer.parameters()[k].shape for k in keys]
+    # what the message means is the rule's to say (`Rule.error`): the target the layer descends (what it received,
+    # or the one it formed from a direct message, DDTP), or the gradient δ at its output (DFA's e B, say)
     kind = record.received
-    # the target the layer descends: what it received, or, for a direct target (DDTP), the one it formed
-    message = np.asarray(record.target if kind == "target" else combined(record.inbox("backward"), kind, record.h),
-                         np.float64)
+    step = Step(record.x, record.a, record.h, kind, combined(record.inbox("backward"), kind, record.h))
+    delta, target = layer.rule.error(layer, step)
+    kind = "target" if target is not None else "gradient"
+    message = np.asarray(record.target if target is not None else delta, np.float64)
 
     def unflat(theta):
         out, at = {}, 0
