@@ -69,9 +69,20 @@ STEPS = 3
 
 
 def machine():
-    """What decides whether sums come out in the same order: the CPU and the numpy build's BLAS."""
+    """What decides whether sums come out in the same order: the CPU model, the numpy build's BLAS and the kernels
+    that BLAS picked for this CPU (OpenBLAS's differ between, say, Intel's and AMD's, at the same version)."""
+    from threadpoolctl import threadpool_info
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return f"{platform.machine()} {platform.processor()} {blas.get('name')} {blas.get('version')} numpy {np.__version__}"
+    kernels = sorted({lib["architecture"] for lib in threadpool_info()  # (MKL, where loaded, names none)
+                      if lib.get("user_api") == "blas" and lib.get("architecture")})
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return (f"{platform.machine()} {model or platform.processor()} {blas.get('name')} {blas.get('version')} "
+            f"({', '.join(kernels)}) numpy {np.__version__}")
 
 
 def numbers(name):
