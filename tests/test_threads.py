@@ -137,6 +137,35 @@ def test_thread_settings(monkeypatch):
         threads.set_blas(threads.cores())
 
 
+@pytest.mark.parametrize("rule", ["bp", "dtp"])
+def test_a_conv_net_runs_on_two_job_threads_whatever_its_rule(rule):
+    """A conv block's products are one sample's, too small to split across BLAS threads: its weight gradients
+    (and feedback training) go beside the chain instead, backprop's too; the numbers are the one-thread layout's."""
+    conv = load_spec({
+        "name": "conv-threads", "seed": 5, "backend": "numpy", "data": {"name": "digits"},
+        "network": {"layers": [{"name": "c1", "type": "conv2d", "channels": 3, "kernel": 3, "pool": "max"},
+                               {"name": "fl", "type": "flatten"}, {"name": "f2", "size": 8},
+                               {"name": "out", "size": N_CLASSES, "activation": "linear"}]},
+        "rule": {"name": rule},
+    })
+    threads.configure(2)
+    try:
+        net = Network(conv, 5, (1, 8, 8), N_CLASSES)
+        assert (net.engine.workers, net.engine.blas) == (2, 1)
+    finally:
+        threads.configure()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 1, 8, 8)), rng.integers(0, N_CLASSES, 6)
+    with using(lambda graph, nodes: LocalEngine(graph, nodes, workers=1, blas=1)):
+        serial = Network(conv, 5, (1, 8, 8), N_CLASSES)
+    for _ in range(3):
+        net.train_step(x, y)
+        serial.train_step(x, y)
+    for name, params in serial.parameters().items():
+        for key, value in params.items():
+            assert np.array_equal(net.parameters()[name][key], value), (name, key)
+
+
 @pytest.mark.parametrize("case,workers", [(dict(rule="dtp"), 2), (dict(rule="ldrl"), 2), (dict(rule="bp"), 1),
                                           (dict(rule="ddtp_linear", fb_act="linear"), 2), (dict(rule="dtp_drl"), 1)])
 def test_the_engine_picks_two_threads_where_feedback_training_can_run_beside_the_chain(case, workers):

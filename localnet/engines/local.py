@@ -62,12 +62,17 @@ class LocalEngine:
 
     @staticmethod
     def runs_beside(graph, nodes) -> bool:
-        """Whether this net has work to run beside its chain of messages, so that the engine lays it out on two
-        job threads (localnet/threads.py): each layer's feedback training, unless it reads the maps above or the
-        backend runs everything on one stream."""
-        one = any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values())
+        """Whether the engine lays this net out on two job threads (localnet/threads.py): where it has work to run
+        beside its chain of messages and that work pays for the BLAS threads it takes from the chain's products —
+        each layer's feedback training (unless it reads the maps above), or, where some family's products are too
+        small to split across BLAS threads, each layer's weight gradients too. Never where the backend runs
+        everything on one stream."""
+        if any(getattr(getattr(node, "k", None), "ONE_THREAD", False) for node in nodes.values()):
+            return False
+        if len(graph.layers) >= 2 and not all(getattr(nodes[n], "products_split", True) for n in graph.layers):
+            return True
         reads_above = any(nodes[name].feedback_service == "round_trip" for name in graph.feedback_layers)
-        return not one and not reads_above and len(graph.feedback_layers) >= 2
+        return not reads_above and len(graph.feedback_layers) >= 2
 
     # -- routing -----------------------------------------------------------------------------------------------
     def _run(self, phase, schedule, call, train):

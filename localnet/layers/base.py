@@ -128,6 +128,9 @@ class Layer(Node):
     #: to this layer's activation h, DDTP) or "round_trip" (h -> DTP-DRL's round trip of h through the layers above)
     feedback_service = None
     prepares_feedback = False  # whether `prepare_feedback` may run beside the chain of messages
+    #: whether this family's matrix products are large enough to gain from several BLAS threads each; where they
+    #: are not (a conv block's one-sample products), the engine runs layer jobs in threads instead (threads.py)
+    products_split = True
 
     def prepare_feedback(self):
         """Take the first feedback gradient of the step early (see LocalEngine); only where `prepares_feedback`."""

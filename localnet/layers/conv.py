@@ -39,6 +39,9 @@ def conv_output_hw(hw, kernel, stride, padding):
 class Conv2dLayer(ParametricLayer):
     family = "conv2d"
     offers = frozenset({"direct_feedback"})
+    # one sample's products at a time, (C_out, C_in·k²)·(C_in·k², H·W): LeNet's backprop epoch took 26.0 s with
+    # BLAS on both cores and 17.9 s as two job threads of one BLAS thread each (docs/performance.md, "Conv nets")
+    products_split = False
     STEP_STATE = (*ParametricLayer.STEP_STATE, "s", "idx")
 
     @classmethod
