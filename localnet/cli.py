@@ -103,9 +103,13 @@ def main(threads=None):
               help="mpi: layers on MPI ranks, under `mpiexec -n K localnet run SPEC --engine mpi`.")
 @click.option("--placement", metavar="LAYER=RANK,...",
               help="With --engine mpi: the rank of every layer (default: contiguous, balanced by parameters).")
+@click.option("--allow-other-data", is_flag=True,
+              help="With --resume: train on the data found now even where it is not the data the run trained on "
+                   "(its files or splits changed), which is refused otherwise; warns, and records the new data.")
 @plugin_option
 @_fail_cleanly
-def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", placement=None, plugins=()):
+def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", placement=None, allow_other_data=False,
+        plugins=()):
     """Train the network SPEC describes and write a run directory, or continue one with --resume RUN_DIR.
 
     SIGINT (Ctrl-C) or SIGTERM finishes the current batch, writes a checkpoint and exits with status 130; a second
@@ -119,6 +123,8 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
             raise click.UsageError("--resume continues a run with its own spec; give no SPEC, --set or --backend")
     elif spec_path is None:
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
+    elif allow_other_data:
+        raise click.UsageError("--allow-other-data applies to --resume RUN_DIR; a new run records the data it finds")
     load_plugins(plugins)  # a run directory's spec may name the rules they register
     if engine == "mpi":
         from .engines import mpi as mpi_engine
@@ -153,7 +159,8 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
         if resume_dir is None:
             summary, run_dir = train(spec, runs_root=runs_dir, stop=stop, **callbacks)
         else:
-            summary, run_dir = resume(resume_dir, stop=stop, on_warning=_warn, **callbacks)
+            summary, run_dir = resume(resume_dir, stop=stop, on_warning=_warn, allow_other_data=allow_other_data,
+                                      **callbacks)
     table = Table(title="summary", show_header=False, box=None)
     for key in ("train", "validation", "test"):
         if f"{key}_loss" in summary:
@@ -283,7 +290,7 @@ def eval_(run_dir, split, best, unverified=False, plugins=()):
     """Reload RUN_DIR's checkpoint and report its accuracy on a split."""
     from .training import evaluate_run
     load_plugins(plugins)
-    result, run = evaluate_run(run_dir, split, best=best, unverified=unverified)
+    result, run = evaluate_run(run_dir, split, best=best, unverified=unverified, on_warning=_warn)
     if not math.isfinite(result["loss"]):
         _warn(f"the loss is {result['loss']}: the parameters overflow on this split")
     if run.unchecked:

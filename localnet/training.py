@@ -9,6 +9,7 @@ position in the schedule (epoch, pass, next batch), the data-order generator's s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import time
@@ -19,6 +20,7 @@ import numpy as np
 
 from .curves import Curves
 from .data import load_dataset
+from .data.datasets import absolute_paths, data_changes
 from .diagnostics import Probe
 from .errors import DiskFull, Interrupted, LocalnetError, RunError
 from .network import build
@@ -170,6 +172,34 @@ def load_data(spec):
                         labels=d.labels, test_images=d.test_images, test_labels=d.test_labels, classes=d.classes)
 
 
+def _absolute_data(spec):
+    """`spec` with its data's relative file and folder names made absolute (`absolute_paths`), so that its run
+    directory's spec.yaml names the files it reads wherever a resume or an eval starts; the origin (file,
+    overrides) is kept."""
+    data = absolute_paths(spec.data)
+    if data == spec.data:
+        return spec
+    pinned = dataclasses.replace(spec, data=data)
+    object.__setattr__(pinned, "origin", spec.origin)
+    return pinned
+
+
+def _data_check(run, data):
+    """Whether `data`, loaded now, is the data the run trained on, by its record (data.json): (verdict, why,
+    record), the verdict "same", "unrecorded" (a run made before localnet kept one) or "other" (the data
+    differs, or the record is unreadable: then record is None), `why` one line saying so (None when the same)."""
+    try:
+        recorded = run.data_record()
+    except RunError as exc:
+        return "other", str(exc), None
+    if recorded is None:
+        return "unrecorded", f"{run.path} records no digest of its data (made before localnet kept one)", None
+    changed = data_changes(recorded, data.digest)
+    if changed is None:
+        return "same", None, recorded
+    return "other", f"the data is not the data {run.path} trained on: {changed}", recorded
+
+
 def feedback_noise(rule, epoch):
     """σ of feedback training in `epoch` (from 1): σ / (1 + (epoch − 1)/τ) with τ = rule.feedback_noise_decay."""
     tau = rule.feedback_noise_decay
@@ -212,21 +242,25 @@ def train(spec, *, runs_root="runs", on_epoch=None, on_batch=None, stop=None):
     `on_batch(done, total)` and `on_epoch(record)` report progress; when `stop` (a StopRequest) becomes true,
     the loop checkpoints at the next batch boundary and raises Interrupted.
     """
+    spec = _absolute_data(spec)
     data = load_data(spec)
     net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
-    run = RunDir.create(runs_root, spec, net.backend.NAME)
+    run = RunDir.create(runs_root, spec, net.backend.NAME, data.digest)
     summary = {"status": "running", "run_dir": str(run.path), "epochs": 0}
     return _run(spec, net, data, run, Curves(run.path), Position(_first_epoch(spec, net)), None, None, summary,
                 on_epoch, on_batch, stop)
 
 
-def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None):
+def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None, allow_other_data=False):
     """Continue a run from its last checkpoint (from the start if it stopped before its first one), with the run
     directory's own spec and backend; returns (summary, run directory) like `train`.
 
     Metrics logged after the checkpoint are dropped (the resumed run logs those epochs again). A completed run,
     a directory that is not a run, a run another process holds, and a checkpoint that cannot be read or does not
-    fit the run's network are refused with a RunError.
+    fit the run's network are refused with a RunError; so is data other than the run trained on (its files or
+    splits changed: data.json, `_data_check`), or an unreadable record of it, unless `allow_other_data`, which
+    warns and records the data found now. A run that records no data (made before localnet kept a record)
+    resumes with a warning and gets a record.
     """
     warn = on_warning or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
     run = RunDir(run_dir)
@@ -241,6 +275,12 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         if spec.backend == "auto" and isinstance(backend, str):
             spec = load_spec(spec, [f"backend={backend}"])  # the backend it trained with, not today's fastest
         data = load_data(spec)
+        verdict, why, recorded = _data_check(run, data)
+        if verdict == "other" and not allow_other_data:
+            raise RunError(f"{why}; refused (`localnet run --resume RUN_DIR --allow-other-data` trains on it anyway)")
+        if verdict != "same":
+            warn(f"{why}; resuming on the data found now" + (" (--allow-other-data)" if verdict == "other" else
+                                                             ", whose digest is recorded from now on"))
         net = build(spec, n_features=data.sample_shape, n_classes=data.n_classes)
         pos, saved, best = _restore(run, spec, net, data)
         records, skipped = run.read_metrics()
@@ -253,6 +293,10 @@ def resume(run_dir, *, on_epoch=None, on_batch=None, stop=None, on_warning=None)
         summary = {"status": "running", "run_dir": str(run.path), "epochs": max(pos.epoch - 1, 0),
                    "resumes": (resumes if isinstance(resumes, int) else 0) + 1,
                    "resumed_at": {"epoch": pos.epoch, "pass": pos.pass_, "batch": pos.batch}}
+        if verdict != "same":  # the data trained on from here; what it replaced goes with it
+            earlier = [*recorded.get("earlier", []), {k: v for k, v in recorded.items() if k != "earlier"}] \
+                if recorded is not None else []
+            run.write_data(data.digest, earlier)
         run.write_summary(summary)
     except BaseException:
         run.unlock()
@@ -486,14 +530,19 @@ def _check_divergence(net, metrics, epoch, batch, phase, saved):
                    f"stopped{_kept(saved)}")
 
 
-def evaluate_run(run_dir, split="test", best=False, unverified=False):
+def evaluate_run(run_dir, split="test", best=False, unverified=False, on_warning=None):
     """Reload a run's current checkpoint and evaluate it on a split of its data set (the same numbers training
     reported, for a completed run); works on interrupted, diverged and killed runs too. With `best`, the
     parameters of the epoch with the best validation score so far instead of the latest; with `unverified`,
-    checkpoint files that record no checksum are read (RunDir's `unverified`) instead of refused."""
+    checkpoint files that record no checksum are read (RunDir's `unverified`) instead of refused. Data that may
+    not be what the run trained on (`_data_check`) is evaluated on with a warning: reading changes nothing."""
+    warn = on_warning or (lambda message: warnings.warn(message, RuntimeWarning, stacklevel=3))
     run = RunDir(run_dir, unverified=unverified)
     spec = run.spec()
     data = load_data(spec)
+    verdict, why, _ = _data_check(run, data)
+    if verdict != "same":
+        warn(f"{why}; the scores are of the data found now")
     part = getattr(data, split)
     if part is None:
         raise LocalnetError(f"the run's data has no {split} split")

@@ -453,7 +453,8 @@ def _json_paths(node, path=()):
 def _mutate_json(run, draw):
     """One value anywhere in one JSON file replaced (raw text: integers of any length, any nesting) or deleted;
     a trainer file's checksum made to match, sometimes, as an attacker would."""
-    name = draw(st.sampled_from(["summary.json", "environment.json", "checkpoints/latest.json", "trainer"]))
+    name = draw(st.sampled_from(["summary.json", "environment.json", "data.json", "checkpoints/latest.json",
+                                 "trainer"]))
     path = _trainer(run) if name == "trainer" else run / name
     data = json.loads(path.read_text())
     where = draw(st.sampled_from(list(_json_paths(data))))
@@ -527,7 +528,8 @@ def _mutate_entry(run, draw, outside):
     """A file or folder deleted, or replaced by a FIFO, a link to /dev/zero or a link to a copy of itself
     outside the run directory."""
     checkpoint = _trainer(run).parent
-    path = draw(st.sampled_from([run / "summary.json", run / "environment.json", run / "metrics.jsonl",
+    path = draw(st.sampled_from([run / "summary.json", run / "environment.json", run / "data.json",
+                                 run / "metrics.jsonl",
                                  run / "spec.yaml", run / "checkpoints", run / "checkpoints" / "latest.json",
                                  checkpoint, checkpoint / "trainer.json", checkpoint / "h1.npz"]))
     if path.is_symlink() or not (path.is_file() or path.is_dir()):

@@ -1,7 +1,11 @@
 """Loading a data set into fixed train / validation / test splits: a bundled or published one by name, or your
-own (`arrays`: an .npz file; `idx`: IDX files) by the files the spec names."""
+own (`arrays`: an .npz file; `idx`: IDX files) by the files the spec names; and its digest, by which a run
+directory tells whether a resume would train on the data it trained on."""
 
+import dataclasses
+import hashlib
 import math
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -53,6 +57,8 @@ class Dataset:
     train: Split
     validation: Split | None  # None when no validation samples were asked for
     test: Split
+    # {"files": {path: SHA-256}, "splits": {split: {"samples": n, "sha256": ...}}}: what `data_changes` compares
+    digest: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,7 @@ class _Raw:
     top: float  # the largest possible feature value, what `unit` divides by
     shape: tuple  # one sample's shape as a network sees it
     n_classes: int
+    files: tuple  # the files read, for the digest
 
 
 # -- shape and classes before the data ----------------------------------------------------------------------------
@@ -151,7 +158,7 @@ def _load_digits(path):
         raise DataError(f"{file}: expected integer labels and finite numeric images, found labels of "
                         f"{y.dtype.name} and images of {x.dtype.name}" + (" holding NaN or infinite values"
                                                                          if x.dtype.kind == "f" else ""))
-    return _Raw(x, y, None, None, 16, SAMPLE_SHAPES["digits"], N_CLASSES)
+    return _Raw(x, y, None, None, 16, SAMPLE_SHAPES["digits"], N_CLASSES, (file,))
 
 
 def _load_idx(name, path, download):
@@ -166,13 +173,14 @@ def _load_idx(name, path, download):
             raise DataError(f"{labels}: labels must be integers, found {y.dtype.name}")
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             raise DataError(f"{images}: images hold NaN or infinite values")
-    return _Raw(train_x, train_y, test_x, test_y, 255, SAMPLE_SHAPES[name], N_CLASSES)
+    return _Raw(train_x, train_y, test_x, test_y, 255, SAMPLE_SHAPES[name], N_CLASSES, tuple(files))
 
 
 def _load_cifar10(name, path, download):
     files = fetch.locate(name, path, download=download)
     # One file is the archive; otherwise they are the unpacked batches of one directory.
-    return _Raw(*read_cifar10(files[0] if len(files) == 1 else files[0].parent), 255, SAMPLE_SHAPES[name], N_CLASSES)
+    return _Raw(*read_cifar10(files[0] if len(files) == 1 else files[0].parent), 255, SAMPLE_SHAPES[name], N_CLASSES,
+                tuple(files))
 
 
 # -- your own data ------------------------------------------------------------------------------------------------
@@ -243,7 +251,7 @@ def _load_arrays(path, classes):
     with _open_npz(file) as npz:
         arrays = {key: _array(npz, file, key) for key in ARRAY_KEYS if key in headers}
     return _own(arrays.get("x_train"), arrays.get("y_train"), arrays.get("x_test"), arrays.get("y_test"), classes,
-                [f"{file}: {key}" for key in ARRAY_KEYS])
+                [f"{file}: {key}" for key in ARRAY_KEYS], (file,))
 
 
 def _idx_files(path, images, labels, test_images, test_labels):
@@ -260,10 +268,10 @@ def _idx_files(path, images, labels, test_images, test_labels):
 def _load_own_idx(path, classes, files):
     files = _idx_files(path, *files)
     arrays = [read_idx(f) for f in files]
-    return _own(*arrays[:2], *(arrays[2:] or (None, None)), classes, [str(f) for f in files])
+    return _own(*arrays[:2], *(arrays[2:] or (None, None)), classes, [str(f) for f in files], tuple(files))
 
 
-def _own(x, y, test_x, test_y, classes, where):
+def _own(x, y, test_x, test_y, classes, where, files):
     """Your own samples and labels, checked; `where` names each of the four arrays (its file, and key) for errors:
     samples (N, ...) of finite numbers, labels (N,) of integers in 0..K-1, the test samples of the train's shape."""
     pairs = [(x, y, where[0], where[1])] + ([(test_x, test_y, where[2], where[3])] if test_x is not None else [])
@@ -283,7 +291,7 @@ def _own(x, y, test_x, test_y, classes, where):
         raise DataError(f"{where[2]}: samples of shape {test_x.shape[1:]}, those of {where[0]} are {x.shape[1:]}")
     n_classes = _n_classes({wy: ys for _, ys, _, wy in pairs}, classes)
     top = max(abs(float(x.min())), abs(float(x.max())))
-    return _Raw(x, y, test_x, test_y, top or 1.0, _image_shape(x.shape[1:]), n_classes)
+    return _Raw(x, y, test_x, test_y, top or 1.0, _image_shape(x.shape[1:]), n_classes, files)
 
 
 def _load_raw(name, path, download, classes, files):
@@ -296,6 +304,63 @@ def _load_raw(name, path, download, classes, files):
     if name == "idx":
         return _load_own_idx(path, classes, files)
     return _load_idx(name, path, download)
+
+
+def absolute_paths(data):
+    """A spec's `data` section (a DataSpec) with its relative file and folder names made absolute against the
+    working directory, which is what they are relative to: a run directory records them so, and a resume or an
+    eval started in another folder reads the same files. (`images` and the other IDX names stay relative to an
+    absolute `path`.)"""
+    def absolute(name):
+        return None if name is None else os.path.abspath(name)
+
+    names = ("path",) if data.path is not None else ("path", "images", "labels", "test_images", "test_labels")
+    return dataclasses.replace(data, **{key: absolute(getattr(data, key)) for key in names})
+
+
+# -- the digest ---------------------------------------------------------------------------------------------------
+def _file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _split_digest(x, y, shape):
+    """One split's size and the SHA-256 of its samples and labels as read (dtype, shape and bytes) and of the sample
+    shape a network views them in. Taken before scaling: the raw values and which of them went where decide the
+    data (scaling is the spec's, fixed in a run directory), and float rounding, which may differ between machines,
+    plays no part."""
+    digest = hashlib.sha256(repr((tuple(shape), x.dtype.str, x.shape, y.dtype.str, y.shape)).encode())
+    for array in (x, y):
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    return {"samples": len(y), "sha256": digest.hexdigest()}
+
+
+def _said(split):
+    return "nothing" if split is None else f"{split['samples']} samples, sha256 {split['sha256'][:12]}"
+
+
+def data_changes(recorded: dict, found: dict) -> str | None:
+    """What differs between two digests (`Dataset.digest`), in one line, or None when every split is the same. The
+    splits decide, the files only explain: the same samples in the same places are the same data whichever files
+    they came from (a gzipped file unpacked, a folder moved), and a changed split names the files whose bytes
+    changed, vanished or came new."""
+    splits = [f"{split} split: {_said(recorded['splits'].get(split))} recorded, {_said(part)} found"
+              for split, part in found["splits"].items() if recorded["splits"].get(split) != part]
+    if not splits:
+        return None
+    was, now = recorded["files"], found["files"]
+    files = []
+    for path, digest in was.items():
+        if digest in now.values():
+            continue
+        files.append(f"file {path}: sha256 {digest[:12]} recorded, {now[path][:12]} found" if path in now else
+                     f"file {path} (sha256 {digest[:12]}) is not read now")
+    files += [f"file {path} (sha256 {digest[:12]}) is read instead" for path, digest in now.items()
+              if path not in was and digest not in was.values()]
+    return "; ".join(files + splits)
 
 
 # -- splits -------------------------------------------------------------------------------------------------------
@@ -402,6 +467,8 @@ def load_dataset(
             out /= std
         return Split(np.ascontiguousarray(out), np.ascontiguousarray(labels, dtype=np.int64))
 
+    digest = {"files": {os.path.abspath(f): _file_sha256(f) for f in raw.files},
+              "splits": {split: _split_digest(*part, raw.shape) for split, part in parts.items()}}
     return Dataset(
         name=name,
         n_features=x.shape[1],
@@ -410,4 +477,5 @@ def load_dataset(
         train=split(*parts["train"]),
         validation=split(*parts["validation"]) if validation else None,
         test=split(*parts["test"]),
+        digest=digest,
     )

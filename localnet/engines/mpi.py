@@ -717,6 +717,7 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
             print(f"localnet mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}; stopping all ranks",
                   file=sys.stderr, flush=True)
             comm.Abort(1)
+            os._exit(1)  # Abort may return before mpiexec ends this process: no traceback after the line
         engine.fail(exc)
         raise
 

@@ -68,6 +68,10 @@ MAX_METRICS_BYTES = 1 << 30
 MAX_NPZ_BYTES = 4 << 30
 MAX_MEMBERS = 4096  # arrays in one checkpoint file
 MAX_TEXT_BYTES = 1 << 20  # a text member (a generator's state as JSON)
+MAX_DATA_BYTES = 1 << 20  # data.json: a hundred bytes per data file and split, the records of a few resumes
+DATA = "data.json"
+DATA_FORMAT = 1
+MAX_PATH = 4096  # a file name in data.json: Linux's PATH_MAX
 
 
 def _fsync_dir(path: Path):
@@ -211,7 +215,7 @@ def _kind_name(want) -> str:
         return " or ".join(map(_kind_name, want))
     if isinstance(want, list):
         return f"a list of {_kind_name(want[0])}"
-    return {int: "an integer", float: "a number", str: "text", None: "null"}[want]
+    return {int: "an integer", float: "a number", str: "text", None: "null", list: "a list"}[want]
 
 
 def _check_schema(data, schema: dict, where: str, _key=()):
@@ -231,10 +235,10 @@ def _check_schema(data, schema: dict, where: str, _key=()):
     return data
 
 
-def read_json(path: Path, what: str, schema: dict, raw: bytes | None = None):
-    """A run directory's JSON file (or its bytes, `raw`, already read): bounded (`_read_bytes`, `parse_json`) and
-    checked against `schema` (`_check_schema`); RunError naming the file otherwise."""
-    raw = _read_bytes(path, what, MAX_JSON_BYTES) if raw is None else raw
+def read_json(path: Path, what: str, schema: dict, raw: bytes | None = None, limit: int = MAX_JSON_BYTES):
+    """A run directory's JSON file (or its bytes, `raw`, already read): bounded (`_read_bytes` to `limit` bytes,
+    `parse_json`) and checked against `schema` (`_check_schema`); RunError naming the file otherwise."""
+    raw = _read_bytes(path, what, limit) if raw is None else raw
     try:
         data = parse_json(raw.decode("utf-8"))
     except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -250,6 +254,9 @@ _SUMMARY = {"status": str, "error": str, "run_dir": str, "epochs": int, "resumes
 _ENVIRONMENT = {"spec_file": (str, None), "overrides": [str], "backend": str}
 _POINTER = {"checkpoint": str, "epoch": (int, None), "pass": (int, None), "batch": (int, None), "sha256": str}
 _TRAINER = {"layers": [str], "sha256": {}, "best": {}}
+_SPLIT = {"samples": int, "sha256": str}
+_DATA = {"format": int, "files": {}, "splits": {split: _SPLIT for split in ("train", "validation", "test")},
+         "earlier": list}
 
 
 def _sha256(data: bytes) -> str:
@@ -341,11 +348,12 @@ class RunDir:
         self._trainer_sha256 = {}  # checkpoint directory -> the SHA-256 its pointer recorded for trainer.json
 
     @classmethod
-    def create(cls, root, spec, backend):
+    def create(cls, root, spec, backend, data_digest=None):
         """A new, uniquely named run directory, locked by this process. It is made under a hidden temporary name
         (mkdir without exist_ok: two runs started in the same second, in threads or processes, stay distinct) and
-        renamed into place once it holds its spec, environment and summary, so a kill while it is made leaves no
-        half-made run directory; the next `create` deletes the hidden folder such a kill left."""
+        renamed into place once it holds its spec, environment, data digest (`data_digest`, a Dataset's `digest`,
+        when given) and summary, so a kill while it is made leaves no half-made run directory; the next `create`
+        deletes the hidden folder such a kill left."""
         root = Path(root)
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -370,6 +378,8 @@ class RunDir:
         try:
             run.lock()
             run._write_start(spec, backend)
+            if data_digest is not None:
+                run.write_data(data_digest)
             while path.exists() or path.is_symlink():  # taken since the temporary name was made
                 path = root / f"{stamp}-{name}-{secrets.token_hex(3)}"
             with _writing(path):
@@ -430,6 +440,40 @@ class RunDir:
 
     def environment(self) -> dict:
         return read_json(self.path / "environment.json", "environment file", _ENVIRONMENT)
+
+    # -- the data it trains on -----------------------------------------------------------------------------------
+    def write_data(self, digest: dict, earlier=()):
+        """Record the digest of the data the run trains on (`Dataset.digest`) in data.json; `earlier`: the records
+        of the data it trained on before a resume on other data (`--allow-other-data`), oldest first."""
+        write_json(self.path / DATA, {"format": DATA_FORMAT, **digest, "earlier": list(earlier)})
+
+    def data_record(self) -> dict | None:
+        """data.json, the digest of the data the run trained on, read bounded and type-checked (every file's and
+        split's digest a SHA-256), RunError naming the file otherwise; None where there is none (a run made before
+        localnet recorded one)."""
+        path = self.path / DATA
+        if not own(path).exists():
+            return None
+        record = read_json(path, "data record", _DATA, limit=MAX_DATA_BYTES)
+
+        def bad(why):
+            return RunError(f"data record {path} is invalid: {why}")
+
+        if record.get("format") != DATA_FORMAT:
+            raise bad(f"format {short_repr(record.get('format'))}, this localnet reads {DATA_FORMAT}")
+        files, splits = record.get("files"), record.get("splits")
+        if files is None or splits is None:
+            raise bad("it has no files or no splits")
+        for name, digest in files.items():
+            if len(name) > MAX_PATH:
+                raise bad(f"it names a file of {len(name)} characters")
+            if not isinstance(digest, str) or not _SHA256.match(digest):
+                raise bad(f"the SHA-256 of {short_repr(name)} is {short_repr(digest)}")
+        for split in ("train", "validation", "test"):
+            part = splits.get(split)
+            if part is None or not _SHA256.match(part.get("sha256", "")) or not isinstance(part.get("samples"), int):
+                raise bad(f"splits.{split} is {short_repr(part)}, expected its samples and their SHA-256")
+        return record
 
     # -- the lock: one writing process per run directory -------------------------------------------------------
     def _open(self) -> int:

@@ -191,7 +191,8 @@ class DataSpec:
     (N, ...) of any shape, (N, C, H, W) or (N, H, W) images (one channel) or (N, D) vectors; labels (N,) integers
     0..K-1, K the largest label + 1 unless `classes` says. `idx`: IDX files (MNIST's format, gzipped or not),
     `images` and `labels`, optionally `test_images` and `test_labels`, relative to the folder `path` if given.
-    Relative paths are relative to the working directory. The network's input shape and K come from the files.
+    Relative paths are relative to the working directory; a run records them absolute (its spec.yaml), so a resume
+    or an eval started elsewhere reads the same files. The network's input shape and K come from the files.
     validation: samples held out of the training set: the last ones for mnist, fashion-mnist, kmnist and cifar10
     (the papers' convention); for digits and your own data a stratified draw (each class in proportion) shuffled
     by the spec's `seed`. test: for data without a test split (digits; your own without test files): that many
