@@ -24,11 +24,12 @@ is why the bench times PyTorch in a process of its own.
 
 `$LOCALNET_BLAS`: `auto` (default: MKL when installed), `mkl` (an error if it is not installed) or `openblas`.
 Numbers differ between the two in their last bits (summation order), as between any two BLAS builds; each is
-deterministic for a given thread count, and OpenBLAS's bits change with it. MKL's code path can depend on the
-arrays' memory alignment, so `select` sets `MKL_CBWR=AUTO,STRICT`, its strict conditional numerical reproducibility,
-when unset (about 1 % slower on a DTP step); under it a product's bits do not depend on the thread count either,
-which is what lets the MPI engine equal the local engine whatever each gives BLAS (docs/mpi.md). The provider is
-recorded in a run's `environment.json`.
+deterministic for a given thread count, and both change their bits with it. MKL's code path can also depend on
+the arrays' memory alignment, so `select` sets `MKL_CBWR=AUTO,STRICT`, its strict conditional numerical
+reproducibility, when unset (about 1 % slower on a DTP step). Intel documents strict mode as independent of the
+thread count for ?gemm too, but on an AMD EPYC (2026-12-02) MKL 2026.2 rounded (11, 64)·(64, 12) and (9, 64)·(64, 12)
+float32 products differently on one thread and on two under every strict branch tried (AUTO, AVX2, AVX512,
+COMPATIBLE); so nothing here relies on it (docs/mpi.md). The provider is recorded in a run's `environment.json`.
 """
 
 from __future__ import annotations

@@ -203,24 +203,26 @@ def _as_a_user(command, blas, tmp):
 @pytest.mark.parametrize("rule", ["dtp", "bp"])
 def test_the_default_backend_across_ranks_equals_localnet_run_or_says_which_run_it_equals(rule, blas, tmp_path):
     """As a user runs it: `mpiexec -n 2 localnet run SPEC --engine mpi` on the default backend (numba) and the
-    machine's cores, against `localnet run SPEC`. On MKL every product's bits are independent of its thread count,
-    so the two are identical for every rule. On OpenBLAS they are where each product runs on as many threads in
-    both (DTP's layer jobs have one BLAS thread each, like each rank); for backprop the local engine gives BLAS
-    both cores, and the MPI run says so in one line and names the local run it equals, which it then does."""
+    machine's cores, against `localnet run SPEC`. A BLAS rounds many products differently on another number of
+    threads, so the two are identical where each product runs on as many in both: DTP's layer jobs have one BLAS
+    thread each on two cores, like each rank. Backprop's local engine gives BLAS both cores: the MPI run says so in
+    one line and names the local run it equals, which it then does."""
     if blas == "mkl" and not _have_mkl():
         pytest.skip("MKL is not installed (pip install -e \".[mkl]\")")
+    if os.cpu_count() != 2:
+        pytest.skip("written for two cores: two ranks of one BLAS thread each")
     args = [str(SPECS / "quickstart.yaml"), "--set", "train.epochs=2", "--set", f"rule.name={rule}"]
     mpi, mpi_run = _as_a_user([MPIEXEC, "-n", "2", sys.executable, "-m", "localnet", "run", *args, "--engine", "mpi"],
                               blas, tmp_path / "mpi")
     _, plain = _as_a_user([sys.executable, "-m", "localnet", "run", *args], blas, tmp_path / "local")
-    identical = blas == "mkl" or rule == "dtp"
-    assert ("agree to rounding, not bit for bit" in mpi.stderr) == (not identical), mpi.stderr
-    if identical:
+    assert ("not bit for bit" in mpi.stderr) == (rule == "bp"), mpi.stderr
+    if rule == "dtp":
         assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(plain))
         assert logged(mpi_run) == logged(plain)
         return
-    assert not np.array_equal(checkpoint_arrays(mpi_run)["h1.npz"]["param.W"],
-                              checkpoint_arrays(plain)["h1.npz"]["param.W"])  # else the note would be wrong
+    if blas == "openblas":  # (32, 128)·(128, 128) on one thread and on two: the note is not a formality
+        assert not np.array_equal(checkpoint_arrays(mpi_run)["h1.npz"]["param.W"],
+                                  checkpoint_arrays(plain)["h1.npz"]["param.W"])
     named = mpi.stderr.split("`localnet ")[2].split(" run`")[0]  # the run it names: `localnet --threads N run`
     _, same = _as_a_user([sys.executable, "-m", "localnet", *named.split(), "run", *args], blas, tmp_path / "named")
     assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(same))

@@ -637,21 +637,18 @@ def run(spec=None, *, resume_dir=None, runs_root="runs", placement=None, **callb
 
 
 def bits_note(graph, nodes, rank_threads):
-    """The one line to say where this run's numbers cannot equal the local engine's (`localnet run` on this
-    machine) bit for bit, else None. They can wherever each product runs on as many BLAS threads in both, or its
-    bits do not depend on them (the numba backend on MKL): the rest of a step's arithmetic is the same in both."""
-    kernels = {getattr(node, "k", None) for node in nodes.values()}
-    if not any(getattr(k, "BITS_FOLLOW_THREADS", False) for k in kernels):
-        return None
+    """The one line to say where this run's numbers may not equal the local engine's (`localnet run` on this
+    machine) bit for bit, else None. They do wherever each product runs on as many BLAS threads in both: the rest of
+    a step's arithmetic is the same in both, but OpenBLAS and MKL round many products differently on another
+    number of threads (docs/mpi.md)."""
     beside = LocalEngine.runs_beside(graph, nodes)
     local = layout(beside)[1]
     if local == rank_threads:
         return None
     same = rank_threads * layout(beside, 2)[0]  # `--threads` for which the local engine gives products as many
     return (f"each rank runs a product on {rank_threads} BLAS thread(s), `localnet run` would run it on {local} for "
-            f"this net, and this BLAS rounds differently on another number of threads: the two agree to rounding, "
-            f"not bit for bit (`localnet --threads {same} run` gives these numbers exactly; so does every thread "
-            f"count with the numba backend on MKL, pip install -e \".[mkl]\")")
+            f"this net, and BLAS rounds many products differently on another number of threads: the two may agree "
+            f"to rounding only, not bit for bit (`localnet --threads {same} run` gives these numbers exactly)")
 
 
 def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):

@@ -10,15 +10,11 @@ alternating between the two (a NumPy matrix product in every training step, say)
 slows both several-fold. Keep per-step arithmetic on one backend; occasional NumPy products cost nothing.
 """
 
-import os
-
 import scipy.linalg.cython_blas  # noqa: F401  np.dot inside @njit calls SciPy's BLAS: fail at import, not mid-run
 
 from ...blas import select as _select_blas
 
-# MKL's products where it is installed (localnet/blas.py), before any kernel runs. With MKL's strict conditional
-# numerical reproducibility a product's bits do not depend on its thread count; OpenBLAS's do (docs/mpi.md)
-BITS_FOLLOW_THREADS = _select_blas() != "mkl" or "STRICT" not in os.environ.get("MKL_CBWR", "").upper()
+_select_blas()  # MKL's products where it is installed (localnet/blas.py): before any kernel runs
 
 from ..numpy import check_supported  # noqa: F401  (nothing to refuse, as numpy)
 from . import activations, arrays, conv, dense, loss, optim  # noqa: F401

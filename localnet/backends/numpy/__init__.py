@@ -3,8 +3,6 @@
 from . import activations, arrays, conv, dense, loss, optim
 
 NAME = "numpy"
-BITS_FOLLOW_THREADS = True  # NumPy's own BLAS (OpenBLAS in its wheels) rounds a product differently on another
-# number of threads: engines that give products different thread counts agree to rounding only (docs/mpi.md)
 
 
 def check_supported(spec, engine):
