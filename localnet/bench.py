@@ -5,8 +5,8 @@ One process, side by side:
   its matrix products alone would take at that rate (and, measured, at the net's own matrix shapes);
 - seconds per training epoch for every backend that imports (numpy reference, numba, cuda on a real GPU; numba
   also in the engine layout it does not pick for the spec, one thread or two (localnet/threads.py)) and, when
-  PyTorch is installed, for a straightforward PyTorch implementation of the same step; each against the floor and
-  against PyTorch; the rule's spec (DTP by default) and backprop on the same net;
+  PyTorch or JAX is installed, for a straightforward implementation of the same step in it (localnet/peers/); each
+  against the floor and against the peers; the rule's spec (DTP by default) and backprop on the same net;
 - a per-phase breakdown (data, forward, targets, feedback training, updates), peak memory, a size sweep (batch,
   width, depth) and start-up to the first batch in a fresh process (first run compiling, then with the cache warm);
 - on a real GPU (backend cuda imports, not under the simulator): the FLOP rate of the cuda backend's own matrix
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import importlib.util
 import json
 import os
 import platform
@@ -359,210 +360,23 @@ def phase_breakdown(spec, x, y, n_classes, batches=150):
 
 
 # -------------------------------------------------------------------------------------------------------------
-# PyTorch: a straightforward implementation of the same step
+# The peers: the same step in PyTorch and in JAX (localnet/peers/), each timed in a process of its own
 # -------------------------------------------------------------------------------------------------------------
-class TorchNet:
-    """The spec's chain of dense layers in PyTorch, trained by DTP (the spec's settings) or by backprop.
+PEERS = {"pytorch": "torch", "jax": "jax"}  # each peer (localnet/peers/<name>.py) and the package it needs
 
-    Written the way one would in PyTorch: forward under no_grad, each local loss through autograd, one Adam per
-    pathway (the sum of independent local losses has the same gradients as each loss alone).
-    """
-
-    ACTS = ("linear", "tanh", "sigmoid", "relu", "elu")
-
-    def __init__(self, spec, n_features, n_classes, device="cpu"):
-        import torch
-        self.torch, self.device = torch, device
-        if spec.dtype != "float32":
-            raise ValueError("the PyTorch comparison is float32 only")
-        layers = spec.network.layers
-        for layer in layers:
-            if layer.activation not in self.ACTS:
-                raise ValueError(f"activation {layer.activation} has no PyTorch comparison")
-        if spec.network.chain is not None or spec.network.channels is not None or \
-                any(layer.inputs is not None for layer in layers):
-            raise ValueError("only plain chains have a PyTorch comparison")
-        r = spec.rule
-        if r.name not in ("dtp", "bp") or (r.name == "dtp" and (r.first_target != "output"
-                                                                 or r.schedule != "alternate_batch")):
-            raise ValueError("PyTorch comparison: DTP with the first target on the output, alternate_batch, or BP")
-        sizes = [n_features] + [layer.size for layer in layers[:-1]] + [n_classes]
-        gen = torch.Generator().manual_seed(spec.seed)
-        self.acts = [self._act(layer.activation) for layer in layers]
-        self.W = [torch.nn.init.xavier_normal_(torch.empty(a, b), generator=gen).to(device).requires_grad_()
-                  for a, b in zip(sizes[:-1], sizes[1:])]
-        self.b = [torch.zeros(b, device=device, requires_grad=True) for b in sizes[1:]]
-        self.rule = r
-        fo = spec.optimizer.forward
-        self.opt = self._adam(self.W + self.b, fo)
-        if r.name == "dtp":
-            fb = spec.network.feedback
-            self.fb_act = self._act(fb.activation)
-            self.V = [None] + [torch.nn.init.xavier_normal_(torch.empty(b, a), generator=gen).to(device)
-                               .requires_grad_() for a, b in zip(sizes[1:-1], sizes[2:])]
-            self.c = [None] + [torch.zeros(a, device=device, requires_grad=True) for a in sizes[1:-1]]
-            self.fb_opt = self._adam(self.V[1:] + self.c[1:], spec.optimizer.feedback)
-
-    def _act(self, name):
-        torch = self.torch
-        return {"linear": lambda a: a, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "relu": torch.relu,
-                "elu": torch.nn.functional.elu}[name]
-
-    def _adam(self, params, o):
-        if o.type != "adam":
-            raise ValueError("the PyTorch comparison uses Adam")
-        return self.torch.optim.Adam(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
-
-    def step(self, x, y):
-        torch = self.torch
-        x, y = torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(np.asarray(y, np.int64))
-        x, y = x.to(self.device), y.to(self.device)
-        if self.rule.name == "bp":
-            h = x
-            for W, b, act in zip(self.W, self.b, self.acts):
-                h = act(h @ W + b)
-            loss = torch.nn.functional.cross_entropy(h, y)
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            return float(loss.detach())
-        B, n = x.shape[0], len(self.W)
-        with torch.no_grad():
-            hs = [x]
-            for W, b, act in zip(self.W, self.b, self.acts):
-                hs.append(act(hs[-1] @ W + b))
-        # targets: first target on the output, then the difference correction down the chain
-        out = hs[n].clone().requires_grad_(True)
-        loss = torch.nn.functional.cross_entropy(out, y)
-        (grad,) = torch.autograd.grad(loss, out)
-        with torch.no_grad():
-            targets = [None] * (n + 1)
-            targets[n] = hs[n] - self.rule.target_step * grad
-            for i in range(n - 1, 0, -1):  # layer i+1's feedback map g(h) = s̄(h V + c)
-                V, c = self.V[i], self.c[i]
-                targets[i] = hs[i] + self.fb_act(targets[i + 1] @ V + c) - self.fb_act(hs[i + 1] @ V + c)
-        # feedback training, after the targets (they used g as it was), every layer from the second up:
-        # ‖g(f(x̃)) − x̃‖², x̃ = x + N(0, σ²)
-        self.fb_opt.zero_grad(set_to_none=True)
-        rec = 0
-        for i in range(1, n):
-            xn = hs[i] + self.rule.feedback_noise * torch.randn_like(hs[i])
-            with torch.no_grad():
-                hn = self.acts[i](xn @ self.W[i] + self.b[i])
-            r = self.fb_act(hn @ self.V[i] + self.c[i])
-            rec = rec + ((r - xn) ** 2).sum() / B
-        rec.backward()
-        self.fb_opt.step()
-        # forward training: each layer's local loss ‖f(h_{i-1}) − ĥ_i‖²
-        self.opt.zero_grad(set_to_none=True)
-        local = 0
-        for i in range(n):
-            local = local + ((self.acts[i](hs[i] @ self.W[i] + self.b[i]) - targets[i + 1]) ** 2).sum() / B
-        local.backward()
-        self.opt.step()
-        return float(loss.detach())
-
-
-class TorchConvBP:
-    """Backprop on the spec's chain of conv2d, flatten and dense layers in PyTorch, as one would write it: an
-    nn.Sequential of Conv2d, the activation, MaxPool2d/AvgPool2d, Flatten and Linear, xavier_normal weights, zero
-    biases, Adam, mean cross-entropy."""
-
-    def __init__(self, spec, n_features, n_classes, device="cpu"):
-        import torch
-        from torch import nn
-
-        from .data import sample_shape
-        self.torch, self.device = torch, device
-        if spec.dtype != "float32" or spec.rule.name != "bp":
-            raise ValueError("the PyTorch comparison of conv nets is float32 backprop only")
-        if any(layer.inputs is not None for layer in spec.network.layers):
-            raise ValueError("only plain chains have a PyTorch comparison")
-        acts = {"linear": nn.Identity, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "relu": nn.ReLU, "elu": nn.ELU}
-        self.shape = sample_shape(spec.data)
-        torch.manual_seed(spec.seed)
-        modules, shape = [], self.shape
-        for layer in spec.network.layers:
-            if layer.activation not in acts:
-                raise ValueError(f"activation {layer.activation} has no PyTorch comparison")
-            if layer.type == "conv2d":
-                conv = nn.Conv2d(shape[0], layer.channels, layer.kernel, layer.stride, layer.padding, bias=layer.bias)
-                modules += [conv, acts[layer.activation]()]
-                if layer.pool and layer.pool_size > 1:
-                    pool = nn.MaxPool2d if layer.pool == "max" else nn.AvgPool2d
-                    modules.append(pool(layer.pool_size))
-            elif layer.type == "flatten":
-                modules.append(nn.Flatten())
-            elif layer.type == "dense":
-                if len(shape) > 1:
-                    modules.append(nn.Flatten())
-                modules += [nn.Linear(int(np.prod(shape)), layer.size, bias=layer.bias), acts[layer.activation]()]
-            else:
-                raise ValueError(f"{layer.type} layers have no PyTorch comparison")
-            with torch.no_grad():
-                shape = tuple(nn.Sequential(*modules)(torch.zeros(1, *self.shape)).shape[1:])
-        for m in modules:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_normal_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        self.net = nn.Sequential(*modules).to(device)
-        o = spec.optimizer.forward
-        if o.type != "adam":
-            raise ValueError("the PyTorch comparison uses Adam")
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                                    weight_decay=o.weight_decay)
-
-    def step(self, x, y):
-        torch = self.torch
-        x = torch.from_numpy(np.ascontiguousarray(x, np.float32)).reshape(len(x), *self.shape).to(self.device)
-        y = torch.from_numpy(np.asarray(y, np.int64)).to(self.device)
-        loss = torch.nn.functional.cross_entropy(self.net(x), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        return float(loss.detach())
-
-
-def time_torch_epochs(spec, x, y, n_classes, *, epochs, warmup, batches=None, device="cpu"):
-    import torch
-
-    from .threads import cores
-    torch.set_num_threads(cores())  # every core, whatever OMP_NUM_THREADS says (localnet/blas.py may have set it)
-    dense = all(layer.type == "dense" for layer in spec.network.layers)
-    net = (TorchNet if dense else TorchConvBP)(spec, x.shape[1], n_classes, device)
-    torch.manual_seed(spec.seed)
-    size, n = spec.train.batch_size, len(x)
-    starts = list(range(0, n, size))
-    for i in range(warmup):
-        s = starts[i % len(starts)]
-        net.step(x[s:s + size], y[s:s + size])
-    rng = np.random.default_rng(0)
-    seconds = []
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        todo = starts if batches is None else starts[:batches]
-        began = time.perf_counter()
-        for start in todo:
-            idx = order[start:start + size]
-            net.step(x[idx], y[idx])
-        seconds.append((time.perf_counter() - began) * len(starts) / len(todo))
-    return dict(seconds=float(np.median(seconds)), epochs=[round(s, 4) for s in seconds],
-                threads=torch.get_num_threads(), version=torch.__version__)
-
-
-TORCH = """
-import json, sys
+PEER = """
+import importlib, json, sys
 import numpy as np
 from localnet import bench, plugins
-plugins.load(sys.argv[5:])
-spec = bench._load(sys.argv[1], "numpy")
+plugins.load(sys.argv[6:])
+spec = bench._load(sys.argv[2], "numpy")
 x, y, n_classes, _ = bench._dataset(spec)
 x = np.ascontiguousarray(x, dtype=spec.dtype)
 load = bench.LoadMeter()
 try:
-    out = bench.time_torch_epochs(spec, x, y, n_classes, epochs=int(sys.argv[2]), warmup=int(sys.argv[3]),
-                                  batches=None if sys.argv[4] == "all" else int(sys.argv[4]))
+    peer = importlib.import_module("localnet.peers." + sys.argv[1])
+    out = peer.time_epochs(spec, x, y, n_classes, epochs=int(sys.argv[3]), warmup=int(sys.argv[4]),
+                           batches=None if sys.argv[5] == "all" else int(sys.argv[5]))
 except ValueError as exc:
     out = {"error": str(exc)}
 try:
@@ -575,13 +389,16 @@ print(json.dumps(out))
 """
 
 
-def time_torch_in_own_process(spec_path, *, epochs, warmup, batches=None, plugins=()):
-    """`time_torch_epochs` in a fresh process, as a user would run PyTorch: in the bench's own process PyTorch's
-    OpenMP calls would bind to the Intel runtime localnet/blas.py loads for MKL, which measured up to 12 % slower
-    for PyTorch after localnet's kernels had run. ValueError if the step cannot be written in PyTorch."""
+def time_peer_in_own_process(peer, spec_path, *, epochs, warmup, batches=None, plugins=()):
+    """`localnet.peers.<peer>.time_epochs` in a fresh process, as a user would run PyTorch or JAX: in the bench's
+    own process PyTorch's OpenMP calls would bind to the Intel runtime localnet/blas.py loads for MKL, which
+    measured up to 12 % slower for PyTorch after localnet's kernels had run. Each peer gets the cores localnet
+    uses: PyTorch through `torch.set_num_threads`, XLA's CPU client through PJRT_NPROC, the size of the thread
+    pool it creates at start-up (its default is every core; XLA_FLAGS are left as they are). ValueError if the
+    step cannot be written in the peer."""
     from .threads import cores
-    env = dict(os.environ, LOCALNET_THREADS=str(cores()))
-    done = subprocess.run([sys.executable, "-c", TORCH, str(spec_path), str(epochs), str(warmup),
+    env = dict(os.environ, LOCALNET_THREADS=str(cores()), PJRT_NPROC=str(cores()))
+    done = subprocess.run([sys.executable, "-c", PEER, peer, str(spec_path), str(epochs), str(warmup),
                            "all" if batches is None else str(batches), *plugins], env=env, capture_output=True,
                           text=True, timeout=3600, check=False)
     if done.returncode != 0:
@@ -645,8 +462,9 @@ def time_cuda(rules, x, y, n_classes, *, epochs, warmup, batches, torch):
                    seconds=timed["seconds"], vs_gemm_floor=timed["seconds"] / gemm_s)
         if use_torch:
             try:
-                row["pytorch_seconds"] = time_torch_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup,
-                                                           batches=batches, device="cuda")["seconds"]
+                from .peers import pytorch
+                row["pytorch_seconds"] = pytorch.time_epochs(s, x, y, n_classes, epochs=epochs, warmup=warmup,
+                                                             batches=batches, device="cuda")["seconds"]
             except ValueError as exc:
                 row["pytorch_skipped"] = str(exc)
         out["rows"].append(row)
@@ -739,9 +557,11 @@ def measure_startup(spec_path, backend, cold, plugins=()):
 # The command
 # -------------------------------------------------------------------------------------------------------------
 def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, warmup=20, batches=None,
-              torch=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None, plugins=()):
-    """Everything `localnet bench` measures, as a JSON-ready dict; `plugins` (imported already, by the command)
-    are imported again in the fresh processes that time PyTorch and start-up."""
+              torch=True, jax=True, sweep=True, startup=True, cold=True, breakdown_batches=150, progress=None,
+              plugins=()):
+    """Everything `localnet bench` measures, as a JSON-ready dict; `torch`, `jax`: whether to time those peers
+    (where installed); `plugins` (imported already, by the command) are imported again in the fresh processes
+    that time the peers and start-up."""
     say = progress or (lambda msg: None)
     if batches is not None:  # a quick bench is quick everywhere
         breakdown_batches = min(breakdown_batches, batches)
@@ -834,30 +654,31 @@ def run_bench(spec_path=None, bp_spec_path=None, *, backends=None, epochs=3, war
             say(f"breakdown {name} {rule}")
             report["breakdown"].setdefault(name, {})[rule] = phase_breakdown(s, x, y, n_classes, breakdown_batches)
             time.sleep(QUIET_S)
-        if torch:
-            try:
-                import torch as _torch  # noqa: F401
-            except ImportError:
-                report["skipped"]["pytorch"] = "not installed"
+        for peer, wanted in (("pytorch", torch), ("jax", jax)):
+            if not wanted:
                 continue
-            say(f"timing pytorch {rule} (in a process of its own)")
+            if importlib.util.find_spec(PEERS[peer]) is None:
+                report["skipped"][peer] = "not installed"
+                continue
+            say(f"timing {peer} {rule} (in a process of its own)")
             try:
-                timed = time_torch_in_own_process(path, epochs=epochs, warmup=warmup, batches=batches,
-                                                  plugins=plugins)
+                timed = time_peer_in_own_process(peer, path, epochs=epochs, warmup=warmup, batches=batches,
+                                                 plugins=plugins)
             except (ValueError, RuntimeError, subprocess.TimeoutExpired) as exc:
-                report["skipped"][f"pytorch {rule}"] = str(exc)
+                report["skipped"][f"{peer} {rule}"] = str(exc)
                 continue
-            report["results"].append(dict(backend="pytorch", rule=rule, **timed))
+            report["results"].append(dict(backend=peer, rule=rule, **timed))
             time.sleep(QUIET_S)
-    torch_s = {r["rule"]: r["seconds"] for r in report["results"] if r["backend"] == "pytorch"}
+    peer_s = {(r["backend"], r["rule"]): r["seconds"] for r in report["results"] if r["backend"] in PEERS}
     bp_s = {r["backend"]: r["seconds"] for r in report["results"] if r["rule"] == "bp"}
     for r in report["results"]:
         fl = report["floor"].get(r["rule"])
         if fl is not None:
             r["vs_peak_floor"] = r["seconds"] / fl["peak_s"]
             r["vs_gemm_at_shapes"] = r["seconds"] / fl["gemm_at_shapes_s"]
-        if r["rule"] in torch_s:
-            r["vs_pytorch"] = r["seconds"] / torch_s[r["rule"]]
+        for peer in PEERS:
+            if (peer, r["rule"]) in peer_s:
+                r[f"vs_{peer}"] = r["seconds"] / peer_s[peer, r["rule"]]
         if r["backend"] in bp_s:  # what the rule costs against backprop on the same net and backend
             r["vs_bp"] = r["seconds"] / bp_s[r["backend"]]
 
@@ -917,8 +738,8 @@ def render(report, console):
     console.print(f"cores used: {report['machine']['threads']} (`localnet --threads N`); the results' `job "
                   "threads` column: the local engine's layout (localnet/threads.py)")
     res = Table(title="seconds per training epoch (median)")
-    for col in ("backend", "rule", "job threads", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "× bp",
-                "peak RSS MiB", "first step s", "other load", "epochs"):
+    for col in ("backend", "rule", "job threads", "s / epoch", "× floor", "× GEMM at shapes", "× PyTorch", "× JAX",
+                "× bp", "peak RSS MiB", "first step s", "other load", "epochs"):
         res.add_column(col)
 
     def ratio(r, key):
@@ -926,6 +747,7 @@ def render(report, console):
     for r in report["results"]:
         res.add_row(r["backend"], r["rule"], str(r.get("job_threads", "-")), f"{r['seconds']:.2f}",
                     ratio(r, "vs_peak_floor"), ratio(r, "vs_gemm_at_shapes"), ratio(r, "vs_pytorch"),
+                    ratio(r, "vs_jax"),
                     ratio(r, "vs_bp") if r["rule"] != "bp" else "-",
                     f"{r['peak_rss_mib']:.0f}", f"{r['first_step']:.2f}" if r.get("first_step") else "-",
                     f"{100 * r['other_load']:.0f}%" if r.get("other_load") is not None else "-",
@@ -996,6 +818,7 @@ def render(report, console):
 @click.option("--warmup", default=20, show_default=True, help="Untimed batches before the timed epochs.")
 @click.option("--batches", type=int, default=None, help="Time only this many batches per epoch, scaled up (quick).")
 @click.option("--no-torch", is_flag=True, help="Skip the PyTorch comparison.")
+@click.option("--no-jax", is_flag=True, help="Skip the JAX comparison.")
 @click.option("--no-sweep", is_flag=True, help="Skip the size sweep.")
 @click.option("--no-startup", is_flag=True, help="Skip start-up timing in fresh processes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of tables.")
@@ -1006,9 +829,9 @@ def render(report, console):
 @click.option("--placement", metavar="LAYER=RANK,...", help="With --engine mpi: the rank of every layer.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="With --engine mpi: spec overrides.")
 @plugin_option
-def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_sweep, no_startup, as_json,
-          engine="local", steps=200, repeats=3, placement=None, overrides=(), plugins=()):
-    """Time every backend (and PyTorch, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
+def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, no_jax, no_sweep, no_startup,
+          as_json, engine="local", steps=200, repeats=3, placement=None, overrides=(), plugins=()):
+    """Time every backend (and PyTorch and JAX, when installed) on SPEC (default specs/fashion-mnist-dtp.yaml) and
     backprop on the same net, against the machine's float32 GEMM floor."""
     from .cli import _fail_cleanly, make_console
     err = make_console(stderr=True)
@@ -1016,7 +839,8 @@ def bench(spec_path, bp_spec_path, backends, epochs, warmup, batches, no_torch, 
     if engine == "mpi":
         return _bench_mpi(spec_path, backends, warmup, steps, repeats, placement, overrides, as_json)
     report = run_bench(spec_path, bp_spec_path, backends=list(backends) or None, epochs=epochs, warmup=warmup,
-                       batches=batches, torch=not no_torch, sweep=not no_sweep, startup=not no_startup, plugins=plugins,
+                       batches=batches, torch=not no_torch, jax=not no_jax, sweep=not no_sweep,
+                       startup=not no_startup, plugins=plugins,
                        progress=None if as_json else (lambda msg: err.print(f"[dim]{msg}…[/]")))
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 import localnet
-from localnet.bench import TorchNet, bench, flops, step_gemms
+from localnet.bench import bench, flops, step_gemms
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
@@ -47,7 +47,7 @@ train: {{batch_size: 32}}
 def test_quick_bench_runs_and_reports_json(tmp_path):
     spec = tiny_spec(tmp_path)
     result = CliRunner().invoke(bench, [str(spec), "--epochs", "1", "--warmup", "2", "--batches", "3", "--no-torch",
-                                        "--no-sweep", "--no-startup", "--json", "--backend", "numpy",
+                                        "--no-jax", "--no-sweep", "--no-startup", "--json", "--backend", "numpy",
                                         "--bp-spec", str(spec)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
@@ -62,21 +62,6 @@ def test_quick_bench_runs_and_reports_json(tmp_path):
     assert report["machine"]["threads"] >= 1 and report["results"][0]["job_threads"] in (1, 2)
 
 
-def test_pytorch_comparison_step_runs_when_torch_is_installed():
-    torch = pytest.importorskip("torch")
-    import numpy as np
-    for name in ("fashion-mnist-dtp.yaml", "fashion-mnist-bp.yaml"):
-        spec = localnet.load_spec(SPECS / name, ["network.layers.h1.size=8", "network.layers.h2.size=8",
-                                                 "network.layers.h3.size=8", "network.layers.h4.size=8",
-                                                 "network.layers.h5.size=8"])
-        net = TorchNet(spec, 12, 10)
-        rng = np.random.default_rng(0)
-        x, y = rng.random((16, 12), dtype=np.float32), rng.integers(0, 10, 16)
-        losses = [net.step(x, y) for _ in range(30)]
-        assert np.isfinite(losses).all() and losses[-1] < losses[0]
-    assert torch.get_num_threads() >= 1
-
-
 def quick_numba_bench_on_two_cores(spec, bp_spec):
     """`run_bench` on the numba backend with 3 batches an epoch, as on a 2-core machine."""
     from localnet import threads
@@ -84,8 +69,8 @@ def quick_numba_bench_on_two_cores(spec, bp_spec):
     before = threads.cores()
     threads.configure(2)
     try:
-        return run_bench(spec, bp_spec, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, sweep=False,
-                         startup=False, breakdown_batches=3)
+        return run_bench(spec, bp_spec, backends=["numba"], epochs=1, warmup=2, batches=3, torch=False, jax=False,
+                         sweep=False, startup=False, breakdown_batches=3)
     finally:
         threads.configure(before)
 
@@ -123,13 +108,30 @@ def test_where_kernels_split_across_a_threads_cores_the_bench_also_times_them_un
     assert cores.splits()  # the block put it back
 
 
-def test_pytorch_is_timed_in_a_process_of_its_own(tmp_path):
-    """Not in the bench's process, where its OpenMP calls would bind to the Intel runtime loaded for MKL."""
-    pytest.importorskip("torch")
-    from localnet.bench import time_torch_in_own_process
-    out = time_torch_in_own_process(tiny_spec(tmp_path), epochs=1, warmup=1, batches=2)
-    assert out["seconds"] > 0 and len(out["epochs"]) == 1 and out["threads"] >= 1
-    assert out["localnet_openmp_loaded"] is False and out["peak_rss_mib"] > 0
+@pytest.mark.parametrize("peer, package", [("pytorch", "torch"), ("jax", "jax")])
+def test_each_peer_is_timed_in_a_process_of_its_own(tmp_path, peer, package):
+    """Not in the bench's process, where PyTorch's OpenMP calls would bind to the Intel runtime loaded for MKL;
+    XLA's CPU client on the cores localnet uses (PJRT_NPROC)."""
+    pytest.importorskip(package)
+    from localnet.bench import time_peer_in_own_process
+    from localnet.threads import cores
+    out = time_peer_in_own_process(peer, tiny_spec(tmp_path), epochs=1, warmup=1, batches=2)
+    assert out["seconds"] > 0 and len(out["epochs"]) == 1 and out["threads"] == cores()
+    assert out["localnet_openmp_loaded"] is False and out["peak_rss_mib"] > 0 and out["version"]
+
+
+def test_the_bench_has_a_jax_row_and_ratio_where_jax_is_installed(tmp_path):
+    pytest.importorskip("jax")
+    spec = tiny_spec(tmp_path)
+    result = CliRunner().invoke(bench, [str(spec), "--no-torch", "--batches", "2", "--epochs", "1", "--warmup", "1",
+                                        "--no-sweep", "--no-startup", "--json", "--backend", "numpy",
+                                        "--bp-spec", str(spec)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    rows = {(r["backend"], r["rule"]): r for r in report["results"] if r["rule"] == "dtp"}
+    assert set(rows) == {("numpy", "dtp"), ("jax", "dtp")} and rows["jax", "dtp"]["seconds"] > 0
+    assert rows["numpy", "dtp"]["vs_jax"] == rows["numpy", "dtp"]["seconds"] / rows["jax", "dtp"]["seconds"]
+    assert "vs_pytorch" not in rows["numpy", "dtp"] and "pytorch" not in report["skipped"]
 
 
 def test_a_conv_net_is_benched_against_its_backprop_twin_without_a_gemm_floor():
@@ -137,7 +139,7 @@ def test_a_conv_net_is_benched_against_its_backprop_twin_without_a_gemm_floor():
     rule's (`-bp.yaml`) is found by itself; each rule is reported against backprop on the same backend."""
     from localnet.bench import run_bench
     report = run_bench(SPECS / "fashion-mnist-lenet-dtp.yaml", backends=["numpy"], epochs=1, warmup=1, batches=1,
-                       torch=False, startup=False)
+                       torch=False, jax=False, startup=False)
     assert report["net"]["bp"]["spec"].endswith("fashion-mnist-lenet-bp.yaml")
     assert report["net"]["dtp"]["layers"] == ["6c5m", "16c5m", "flatten", "120", "84", "10"]
     assert report["floor"] == {} and "floor dtp" in report["skipped"] and "sweep" in report["skipped"]
@@ -146,29 +148,3 @@ def test_a_conv_net_is_benched_against_its_backprop_twin_without_a_gemm_floor():
     assert dtp["vs_bp"] == pytest.approx(dtp["seconds"] / bp["seconds"]) and "vs_peak_floor" not in dtp
 
 
-def test_pytorch_conv_backprop_takes_localnets_step_on_the_same_weights():
-    """The peer bench times is the same computation: with localnet's initial weights copied in, one Adam step of
-    PyTorch's LeNet gives localnet's loss and its parameters after the step (float32)."""
-    torch = pytest.importorskip("torch")
-    import numpy as np
-    from localnet.bench import TorchConvBP
-    spec = localnet.load_spec(SPECS / "fashion-mnist-lenet-bp.yaml", ["backend=numpy"])
-    net = localnet.build(spec)
-    peer = TorchConvBP(spec, 784, 10)
-    modules = [m for m in peer.net if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    params = net.parameters()
-    with torch.no_grad():
-        for module, name in zip(modules, ["c1", "c2", "f3", "f4", "out"]):
-            W = params[name]["W"]
-            module.weight.copy_(torch.from_numpy(W if W.ndim == 4 else W.T.copy()))
-            module.bias.copy_(torch.from_numpy(params[name]["b"]))
-    rng = np.random.default_rng(0)
-    x, y = rng.random((32, 784), dtype=np.float32), rng.integers(0, 10, 32)
-    ours = net.train_step(x, y)["loss"]
-    assert peer.step(x, y) == pytest.approx(ours, rel=1e-5)
-    after = net.parameters()
-    for module, name in zip(modules, ["c1", "c2", "f3", "f4", "out"]):
-        W = after[name]["W"]
-        # Adam's first step is lr·g/(|g| + ε) per weight: where |g| is near ε its size follows g's rounding, so
-        # the tolerance is 5 % of one step (lr 1e-3)
-        np.testing.assert_allclose(module.weight.detach().numpy(), W if W.ndim == 4 else W.T, rtol=1e-4, atol=5e-5)
