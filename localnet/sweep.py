@@ -5,14 +5,17 @@ runs in depth)."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
 import click
 
-from .errors import LocalnetError, SpecError
+from .errors import Interrupted, LocalnetError, SpecError
 from .plugins import option as plugin_option
 from .threads import configure, cores
 
@@ -67,23 +70,68 @@ def plan(spec_path, grid, seeds, plugins=()):
     return runs
 
 
+_STOP = None  # in a local worker process: the StopRequest its SIGTERM sets (`_worker_start`)
+_BUSY = threading.Event()  # set while a worker process runs `run_one`
+
+
+def _worker_start(sweep_pid):
+    """Initializer of a local worker process. SIGTERM stops its run as it stops `localnet run` (checkpointed,
+    resumable) and the worker starts no other; SIGINT is ignored, as a Ctrl-C reaches the whole process group and
+    the sweep passes it on as SIGTERM, once; and a thread watches the sweep, so the worker dies with it."""
+    global _STOP
+    from .training import StopRequest
+    _STOP = StopRequest()
+    signal.signal(signal.SIGTERM, lambda signum, frame: _STOP.request(signum))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_sweep, args=(sweep_pid,), daemon=True, name="watch-sweep").start()
+
+
+def _watch_sweep(sweep_pid):
+    """Once the sweep is gone (even SIGKILLed: this process is re-parented), stop the run in hand as on SIGTERM
+    and exit when it has, instead of waiting forever for work from a dead sweep. Polled, not Linux's
+    PR_SET_PDEATHSIG: that follows the thread that started the worker, not the sweep, and Linux only."""
+    while os.getppid() == sweep_pid:
+        time.sleep(0.2)
+    os.kill(os.getpid(), signal.SIGTERM)
+    while _BUSY.is_set():
+        time.sleep(0.05)
+    os._exit(1)
+
+
 def run_one(spec_path, overrides, seed, name, runs_root, threads=None, plugins=()):
-    """Train one run of the sweep (in a worker process); its summary, or its failure, as a dict."""
+    """Train one run of the sweep (in a worker process); its summary, or its failure, as a dict. A worker told to
+    stop (`_STOP`) stops its run at the next batch boundary, checkpointed, and starts no other."""
     from .spec import load_spec
     from .training import train
-    spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"], plugins)
-    configure(threads)  # this worker process's share of the cores
+    _BUSY.set()
     try:
-        summary, run = train(spec, runs_root=runs_root)
-    except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others go on
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    return {**summary, "run_dir": str(run.path)}
+        if _STOP:
+            return {"status": "not started"}
+        spec = load_spec(spec_path, [*overrides, f"seed={seed}", f"name={name}"], plugins)
+        configure(threads)  # this worker process's share of the cores
+        try:
+            summary, run = train(spec, runs_root=runs_root, stop=_STOP)
+        except Interrupted as exc:
+            return {"status": "interrupted", "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one failed run is reported, the others go on
+            return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {**summary, "run_dir": str(run.path)}
+    finally:
+        _BUSY.clear()
 
 
 def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", on_done=None, plugins=()):
     """Run every combination; returns [(name, overrides, seed, result)] in plan order. `jobs` local processes
     (default: the cores), or with `use_mpi` the mpi4py.futures workers (`mpiexec -n K python -m mpi4py.futures
-    -m localnet sweep ... --mpi`: K − 1 workers); each run's spec records `plugins` (--plugin) with its own."""
+    -m localnet sweep ... --mpi`: K − 1 workers); each run's spec records `plugins` (--plugin) with its own.
+
+    SIGINT or SIGTERM (called in the main thread: it sets their handlers) cancels the runs not started and passes
+    SIGTERM to the local workers, whose runs stop checkpointed, as `localnet run` stops; once they have, Interrupted
+    says what stopped (a second signal: KeyboardInterrupt). A worker also stops if the sweep is killed outright."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+
+    from .training import stop_on_signals
     runs = plan(spec_path, grid, seeds, plugins)
     root = Path(runs_dir) / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{Path(spec_path).stem}"
     n_cores = cores()
@@ -92,24 +140,49 @@ def sweep(spec_path, grid, seeds, *, jobs=None, use_mpi=False, runs_dir="runs", 
         executor = MPIPoolExecutor()
         threads = 1  # workers share their machines' cores: one BLAS thread each avoids oversubscribing them
     else:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
         jobs = max(1, min(jobs or n_cores, len(runs)))
-        executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_worker_start, initargs=(os.getpid(),))
         threads = max(1, n_cores // jobs)
     results = {}
-    with executor:
+
+    def halt():
+        for future in pending:
+            future.cancel()  # those not yet handed to a worker; a worker told to stop starts no other
+        for worker in multiprocessing.active_children():
+            with contextlib.suppress(ProcessLookupError):  # it may have just ended
+                os.kill(worker.pid, signal.SIGTERM)
+
+    with stop_on_signals() as stop, executor:
         futures = {executor.submit(run_one, str(spec_path), overrides, seed, name, str(root), threads, plugins): name
                    for name, overrides, seed in runs}
-        from concurrent.futures import as_completed
-        for future in as_completed(futures):
-            name = futures[future]
-            try:
-                results[name] = future.result()
-            except Exception as exc:  # noqa: BLE001 - a worker that died: reported like a failed run
-                results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            if on_done:
-                on_done(name, results[name])
+        pending, halted = set(futures), False
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                if stop and not halted:
+                    halt()
+                    halted = True
+                for future in done:
+                    name = futures[future]
+                    try:
+                        results[name] = future.result()
+                    except CancelledError:
+                        results[name] = {"status": "not started"}
+                    except Exception as exc:  # noqa: BLE001 - a worker that died: reported like a failed run
+                        results[name] = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    if on_done:
+                        on_done(name, results[name])
+        except BaseException:  # a second signal (KeyboardInterrupt), or a failure here: no worker goes on alone
+            halt()
+            raise
+    stopped = {status: sum(r.get("status") == status for r in results.values())
+               for status in ("interrupted", "not started")}
+    if stop and any(stopped.values()):
+        raise Interrupted(f"stopped by {stop.name}: {stopped['interrupted']} run(s) interrupted, checkpointed "
+                          f"(continue each with `localnet run --resume RUN_DIR`), {stopped['not started']} not "
+                          f"started, {len(runs) - sum(stopped.values())} ended before; the runs are in {root}")
     return root, [(name, overrides, seed, results[name]) for name, overrides, seed in runs]
 
 

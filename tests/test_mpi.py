@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -30,11 +31,15 @@ except ImportError:
 needs_mpi = pytest.mark.skipif(not (MPIEXEC and HAVE_MPI4PY), reason="mpi4py and mpiexec (pip install mpich)")
 
 
-def mpirun(k, *args, env=None, timeout=120):
+def mpi_command(k, *args, env=None):
     full = {k: v for k, v in os.environ.items() if not k.startswith("LOCALNET_MPI_")}
     full.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", **(env or {}))
-    return subprocess.run([MPIEXEC, "-n", str(k), sys.executable, "-m", "localnet", "run", *args, "--engine", "mpi"],
-                          capture_output=True, text=True, timeout=timeout, env=full, check=False)
+    return [MPIEXEC, "-n", str(k), sys.executable, "-m", "localnet", "run", *args, "--engine", "mpi"], full
+
+
+def mpirun(k, *args, env=None, timeout=120):
+    command, full = mpi_command(k, *args, env=env)
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=full, check=False)
 
 
 def local(*args, timeout=120):
@@ -271,6 +276,51 @@ def test_a_receive_that_waits_too_long_names_what_it_waited_for(tmp_path):
                   timeout=60)
     assert done.returncode != 0
     assert "rank 0 waited" in done.stderr and "rank 1" in done.stderr, done.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("placement", ["h1=0,h2=1,out=5", "h1=-1,h2=1,out=2", "zzz"])
+def test_a_bad_placement_is_one_line_on_every_try(tmp_path, placement):
+    """Every rank refuses the placement alike; they agree on it, so none aborts the job: one line from rank 0, no
+    MPI_Abort, no traceback (before, each rank aborted and one abort could return into the error path)."""
+    for _ in range(3):
+        done = mpirun(3, str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--placement", placement,
+                      "--runs-dir", str(tmp_path), timeout=60)
+        assert done.returncode == 1, done.stderr
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: placement "), done.stderr
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # refused before a run directory exists
+
+
+@needs_mpi
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_mpiexec_checkpoints_stops_every_rank_exits_130_and_resumes_bit_identical(tmp_path, signame):
+    """hydra forwards the signal to every rank; rank 0 checkpoints at the next batch and stops the others as at the
+    end of a run, so the job ends at once with status 130 and the local engine's one line, resumable bit for bit."""
+    args = [str(SPECS / "quickstart.yaml"), "--backend", "numpy", "--set", "train.epochs=8"]
+    command, env = mpi_command(3, *args, "--runs-dir", str(tmp_path / "mpi"))
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    give_up = time.monotonic() + 120
+    while not list((tmp_path / "mpi").glob("*/metrics.jsonl")) or \
+            not next((tmp_path / "mpi").glob("*/metrics.jsonl")).read_text():  # an epoch trained on every rank
+        assert proc.poll() is None and time.monotonic() < give_up, proc.communicate()
+        time.sleep(0.01)
+    sent = time.monotonic()
+    proc.send_signal(getattr(signal, signame))
+    out, err = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 10
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("[mpiexec@")]  # hydra's
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: stopped by {signame} at epoch "), err
+    run = only_run(tmp_path / "mpi")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["checkpoint"]["epoch"] < 9
+    again = mpirun(2, "--resume", str(run))  # a different K
+    assert again.returncode == 0, again.stdout + again.stderr
+    ref = local(*args, "--runs-dir", str(tmp_path / "local"))
+    assert ref.returncode == 0, ref.stderr
+    assert_bit_identical(checkpoint_arrays(run), checkpoint_arrays(only_run(tmp_path / "local")))
+    assert logged(run) == logged(only_run(tmp_path / "local"))
 
 
 # -- placement from the spec ---------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@ local processes and mpi4py.futures workers under mpiexec."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -74,6 +77,97 @@ def test_local_sweep_runs_every_combination_like_single_runs(tmp_path):
     best = max(vals, key=vals.get)  # ties keep the first in plan order, as max does
     (chosen,) = [line for line in done.stdout.splitlines() if line.startswith("chosen on validation (means over 2")]
     assert f"optimizer.forward.lr={best} " in chosen and f"validation accuracy {100 * vals[best]:.2f}%" in chosen
+
+
+def children(pid):
+    """The processes whose parent is `pid` (from /proc): a sweep's workers and multiprocessing's resource tracker."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid):
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def long_sweep(tmp_path):
+    """Starts a sweep of three long runs on two workers and returns, once both workers are training (each run has
+    logged an epoch), the sweep process and its children; its output goes to files, as a pipe held open by a
+    stray worker would hang the test. Whatever is still alive at the end is killed."""
+    started = []
+
+    def start():
+        out, err = (open(tmp_path / name, "w") for name in ("out.txt", "err.txt"))  # noqa: SIM115
+        proc = subprocess.Popen([sys.executable, "-m", "localnet", "sweep", QUICK, "--grid",
+                                 "optimizer.forward.lr=0.001,0.002,0.003", "--grid", "train.epochs=500",
+                                 "--grid", "backend=numpy", "--jobs", "2", "--runs-dir", str(tmp_path / "runs")],
+                                stdout=out, stderr=err, text=True)
+        started.append(proc.pid)
+        give_up = time.monotonic() + 120
+        while sum(1 for m in (tmp_path / "runs").glob("*/*/metrics.jsonl") if m.read_text()) < 2:
+            assert proc.poll() is None and time.monotonic() < give_up, (tmp_path / "err.txt").read_text()
+            time.sleep(0.05)
+        kids = children(proc.pid)
+        started.extend(kids)
+        commands = [Path(f"/proc/{k}/cmdline").read_bytes() for k in kids]
+        assert sum(b"spawn_main" in c for c in commands) == 2 and any(b"resource_tracker" in c for c in commands)
+        return proc, kids
+
+    yield start
+    for pid in started:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def assert_gone(pids, within=10):
+    give_up = time.monotonic() + within
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < give_up, [pid for pid in pids if alive(pid)]
+        time.sleep(0.05)
+
+
+def interrupted_runs(root):
+    summaries = [json.loads(s.read_text()) for s in Path(root).glob("*/*/summary.json")]
+    return [s for s in summaries if s["status"] == "interrupted" and s["checkpoint"]]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+def test_a_killed_sweep_takes_its_workers_and_their_resource_tracker_with_it(tmp_path, long_sweep):
+    """SIGKILL leaves the sweep no chance to stop anything: each worker notices its parent has gone, stops its run
+    as on SIGTERM (checkpointed, resumable) and exits; the resource tracker follows once no process holds its pipe."""
+    proc, kids = long_sweep()
+    proc.kill()
+    proc.wait()
+    assert_gone(kids)
+    assert len(interrupted_runs(tmp_path / "runs")) == 2
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc")
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_sweep_and_its_workers_promptly_with_one_line(tmp_path, long_sweep, signame):
+    proc, kids = long_sweep()
+    sent = time.monotonic()
+    proc.send_signal(getattr(signal, signame))
+    proc.wait(timeout=60)
+    assert time.monotonic() - sent < 15
+    err = (tmp_path / "err.txt").read_text()
+    assert proc.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"interrupted: stopped by {signame}: 2 run(s) interrupted"), err
+    assert "1 not started" in lines[0]  # the third run, queued to a worker, never began
+    assert_gone(kids)
+    assert len(interrupted_runs(tmp_path / "runs")) == 2
+    assert len(list((tmp_path / "runs").glob("*/*/summary.json"))) == 2
 
 
 def test_over_seeds_takes_mean_and_sample_deviation_per_combination():

@@ -20,10 +20,13 @@ groups balanced by parameter count. Pipelining (`train.pipeline`): target and gr
 deliver the previous step's message (`_late`), so a rank goes on to the next batch instead of waiting for the
 targets from above; the numbers are the local engine's with one more step of delay on those channels.
 
-Faults (DESIGN.md §7): every wait polls with a deadline ($LOCALNET_MPI_TIMEOUT seconds, default 120; commands
-wait 10x that) and names the rank and channel it waited for. A rank that raises sends its error to rank 0 and
-aborts the job after a short grace; rank 0 notices the report in any wait, raises `RankFailed` naming the rank
-and its error (the run's summary records it; the last checkpoint is untouched) and aborts every rank.
+Faults (DESIGN.md §7): every wait polls with a deadline ($LOCALNET_MPI_TIMEOUT seconds, default 30; commands, and
+the first step, wait 10x that) and names the rank and channel it waited for. A rank that raises sends its error to
+rank 0 and aborts the job after a short grace; rank 0 notices the report in any wait, raises `RankFailed` naming
+the rank and its error (the run's summary records it; the last checkpoint is untouched) and aborts every rank. An
+error every rank has while building its engine (a bad placement) is agreed on instead (`_agree`): no rank aborts,
+rank 0 reports it. hydra passes SIGINT/SIGTERM to every rank and all but rank 0 ignore them: rank 0 checkpoints at
+the next batch boundary and stops every rank as at the end of a run (`STOP`), so the job exits 130.
 
 Checkpoints: `synchronise()` (called before a checkpoint) gathers each rank's layer and channel states into rank
 0's copies, so rank 0 writes the usual one-file-per-layer checkpoint; the first phase after build or resume
@@ -41,7 +44,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import GraphError, LocalnetError, LocalnetWarning, SpecError
+from ..errors import GraphError, Interrupted, LocalnetError, LocalnetWarning, SpecError
 from ..graph import INPUT, LOSS
 from ..messages import BACKWARD_KINDS, FORWARD_KINDS, NO_PROVENANCE, PROVENANCE, Message, Outbox
 from ..threads import cores, layout, limit_blas
@@ -62,6 +65,10 @@ PHASE_NAMES = {FORWARD: "forward", FEEDBACK: "feedback", BACKWARD: "backward", U
 
 class RankFailed(LocalnetError):
     """Another rank raised, died or stopped answering; the message names it and its error."""
+
+
+class EngineRefused(LocalnetError):
+    """Building the engine failed on every rank alike (`_agree`): rank 0 reports it, the others exit quietly."""
 
 
 def _mask(provenance):
@@ -86,7 +93,7 @@ def threads_per_rank(comm):
 
 
 def timeout_seconds():
-    return float(os.environ.get("LOCALNET_MPI_TIMEOUT", "120"))
+    return float(os.environ.get("LOCALNET_MPI_TIMEOUT", "30"))
 
 
 def auto_placement(spec_layers, sizes, ranks):
@@ -159,9 +166,37 @@ def engine_factory(spec, comm=None, placement=None):
     def factory(graph, nodes):
         from mpi4py import MPI
         world = comm or MPI.COMM_WORLD
-        layers = resolve_placement(spec, graph.layers, parameter_counts(graph, nodes), world.Get_size(), placement)
-        return MPIEngine(graph, nodes, world, layers, pipeline=spec.train.pipeline)
+        engine, error = None, None
+        try:
+            layers = resolve_placement(spec, graph.layers, parameter_counts(graph, nodes), world.Get_size(),
+                                       placement)
+            engine = MPIEngine(graph, nodes, world, layers, pipeline=spec.train.pipeline)
+        except LocalnetError as exc:
+            error = exc
+        _agree(world, error)
+        return engine
     return factory
+
+
+def _agree(comm, error):
+    """Collective, once per engine built: whether any rank failed to build its engine (`error`). A bad placement
+    fails alike on every rank, and each aborting the job raced (K messages; an MPI_Abort that returned); so no rank
+    aborts: every rank raises a SpecError it had as it is (naming its line), else EngineRefused with the first
+    failing rank's error; `_run` has rank 0 report it and the others exit quietly."""
+    failed = [(r, text) for r, text in enumerate(comm.allgather(None if error is None else str(error))) if text]
+    if not failed:
+        return
+    if isinstance(error, SpecError):
+        raise error
+    rank, text = failed[0]
+    raise EngineRefused(text if error is not None else f"rank {rank} could not build its engine: {text}")
+
+
+def _abort(comm, code=1):
+    """MPI_Abort, then exit: under mpich's hydra it returns when another rank's abort is already ending the job,
+    and nothing after it may run as if the job went on."""
+    comm.Abort(code)
+    os._exit(code)
 
 
 class MPIEngine(LocalEngine):
@@ -219,11 +254,14 @@ class MPIEngine(LocalEngine):
     # -- waiting, with deadlines -------------------------------------------------------------------------------
     def _wait(self, test, what, timeout=None):
         """Poll `test()` until it is true; RankFailed when another rank reported an error or the deadline
-        passes (naming `what` this rank waited for)."""
+        passes (naming `what` this rank waited for). The first step's waits get a command's deadline, 10x: the
+        ranks may be compiling their kernels (numba, no cache yet)."""
         if test():
             return
         began = time.perf_counter()
-        deadline = began + (self.timeout if timeout is None else timeout)
+        if timeout is None:
+            timeout = self.timeout * (10 if self._steps <= 1 else 1)
+        deadline = began + timeout
         spins = 0
         comm, MPI = self.comm, self.MPI
         while not test():
@@ -603,19 +641,22 @@ class MPIEngine(LocalEngine):
     # -- failing -----------------------------------------------------------------------------------------------
     def fail(self, exc, grace=10.0):
         """Report `exc` and end the job: rank 0 prints it and aborts every rank; another rank sends it to rank 0,
-        waits up to `grace` seconds for rank 0 to abort the job, then aborts it itself."""
+        waits up to `grace` seconds for rank 0 to abort the job, then aborts it itself. A KeyboardInterrupt (a
+        second SIGINT/SIGTERM, mid-step) ends the job with status 130, as it ends `localnet run`."""
         text = f"{type(exc).__name__}: {exc}"
         if self.rank == 0:
+            if isinstance(exc, KeyboardInterrupt):
+                text = "interrupted; the last checkpoint stays in force"
             print(f"localnet mpi: {text}; stopping all {self.size} ranks", file=sys.stderr, flush=True)
             time.sleep(0.5)  # mpiexec forwards output asynchronously: an abort at once can lose this line
-            self.comm.Abort(1)
+            _abort(self.comm, 130 if isinstance(exc, KeyboardInterrupt) else 1)
         try:
             self.comm.isend(text, 0, ERROR)
         except Exception:  # noqa: BLE001, S110 - reporting is best effort; aborting is not
             pass
         print(f"localnet mpi: rank {self.rank} failed: {text}", file=sys.stderr, flush=True)
         time.sleep(grace)
-        self.comm.Abort(1)
+        _abort(self.comm)
 
 
 def mpi_network(spec, n_features, n_classes, placement=None):
@@ -665,6 +706,9 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
         return engine
 
     try:
+        if comm.Get_rank() != 0:  # rank 0 decides when to stop, and tells the others (hydra signals every rank)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(signum, signal.SIG_IGN)
         if resume_dir is not None:
             from ..runs import RunDir
             checked = RunDir(resume_dir).spec()
@@ -678,12 +722,11 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
                         result = training.train(spec, runs_root=runs_root, **callbacks)
                     else:
                         result = training.resume(resume_dir, **callbacks)
-                finally:
-                    if "engine" in holder and sys.exc_info()[0] is None:
-                        holder["engine"].stop()
+                except Interrupted:  # raised at a batch boundary, checkpointed: the others wait for a command
+                    holder["engine"].stop()
+                    raise
+                holder["engine"].stop()
             return result
-        for signum in (signal.SIGINT, signal.SIGTERM):  # rank 0 decides when to stop, and tells the others
-            signal.signal(signum, signal.SIG_IGN)
         if resume_dir is not None:
             from ..runs import RunDir
             from ..spec import load_spec
@@ -701,20 +744,19 @@ def _run(comm, holder, spec, resume_dir, runs_root, placement, callbacks):
         holder["engine"].serve()
         return None, None
     except BaseException as exc:
-        if comm.Get_size() == 1:
+        if comm.Get_size() == 1 or isinstance(exc, Interrupted):  # Interrupted: every rank has stopped
             raise
         if os.environ.get("LOCALNET_MPI_TRACEBACK"):
             traceback.print_exc()
         engine = holder.get("engine")
-        if engine is None and isinstance(exc, SpecError):  # the spec and K alone decide it: every rank has it
+        if engine is None and isinstance(exc, (SpecError, EngineRefused)):  # every rank has it (`_agree`)
             if comm.Get_rank() == 0:
                 raise
-            sys.exit(2)
+            sys.exit(2 if isinstance(exc, SpecError) else 1)
         if engine is None:
             print(f"localnet mpi: rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}; stopping all ranks",
                   file=sys.stderr, flush=True)
-            comm.Abort(1)
-            os._exit(1)  # Abort may return before mpiexec ends this process: no traceback after the line
+            _abort(comm)
         engine.fail(exc)
         raise
 
@@ -733,16 +775,6 @@ def trainer(placement=None):
         return run(None, resume_dir=run_dir, placement=placement, **callbacks)
 
     return train, resume
-
-
-def abort_others(code=1):
-    """Rank 0, after reporting an error: end every other rank (they may be waiting for a command)."""
-    try:
-        from mpi4py import MPI
-    except ImportError:
-        return
-    if MPI.Is_initialized() and MPI.COMM_WORLD.Get_size() > 1:
-        MPI.COMM_WORLD.Abort(code)
 
 
 BENCH = 5  # message tag: which network the other ranks serve next in `bench` (-1: none, done)
