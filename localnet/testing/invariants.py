@@ -248,8 +248,11 @@ def _layer_loss(layer, record):
     # what the message means is the rule's to say (`Rule.error`): the target the layer descends (what it received,
     # or the one it formed from a direct message, DDTP), or the gradient δ at its output (DFA's e B, say)
     kind = record.received
-    step = Step(record.x, record.a, record.h, kind, combined(record.inbox("backward"), kind, record.h))
-    delta, target = layer.rule.error(layer, step)
+    message = combined(record.inbox("backward"), kind, record.h)
+    if getattr(layer, "rule", None) is None:  # a family without parameters (flatten, add) takes messages as they come
+        delta, target = (None, record.target) if kind == "target" else (message, None)
+    else:
+        delta, target = layer.rule.error(layer, Step(record.x, record.a, record.h, kind, message))
     kind = "target" if target is not None else "gradient"
     message = np.asarray(record.target if target is not None else delta, np.float64)
 
