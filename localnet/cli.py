@@ -125,14 +125,18 @@ def run(spec_path, overrides, backend, runs_dir, resume_dir, engine="local", pla
         raise click.UsageError("give a SPEC to train, or --resume RUN_DIR")
     elif allow_other_data:
         raise click.UsageError("--allow-other-data applies to --resume RUN_DIR; a new run records the data it finds")
-    load_plugins(plugins)  # a run directory's spec may name the rules they register
     if engine == "mpi":
         from .engines import mpi as mpi_engine
         if not mpi_engine.is_root():  # ranks other than 0 serve their layers; rank 0 reports
-            mpi_engine.run(None if resume_dir else _load(spec_path, overrides, backend, plugins),
-                           resume_dir=resume_dir, placement=placement)
+            try:
+                load_plugins(plugins)
+                spec = None if resume_dir else _load(spec_path, overrides, backend, plugins)
+            except LocalnetError as exc:  # the same spec and plugins on every rank: rank 0 says it, once
+                sys.exit(2 if isinstance(exc, SpecError) else 1)
+            mpi_engine.run(spec, resume_dir=resume_dir, placement=placement)
             return
         train, resume = mpi_engine.trainer(placement)
+    load_plugins(plugins)  # a run directory's spec may name the rules they register
     if resume_dir is None:
         spec = _load(spec_path, overrides, backend, plugins)  # the spec records them: a resume imports them too
         console.print(f"[bold]{shown(spec.name)}[/]: {spec.rule.name} on {spec.data.name}, "

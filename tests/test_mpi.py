@@ -357,6 +357,16 @@ def test_a_placement_on_more_ranks_than_running_fails_on_every_rank_naming_the_l
     assert not (tmp_path / "runs").exists()  # refused before a run directory exists
 
 
+@needs_mpi
+@pytest.mark.parametrize("args", [["--set", "network.layers.h1.size=-3"], ["--plugin", "no_such_plugin_module"]])
+def test_a_bad_spec_or_plugin_under_mpiexec_is_one_line_not_one_per_rank(args, tmp_path):
+    done = mpirun(3, str(SPECS / "quickstart.yaml"), *args, "--runs-dir", str(tmp_path / "runs"), timeout=60)
+    assert done.returncode == (2 if "--set" in args else 1), done.stderr
+    said = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(said) == 1, done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 # -- pipelining ----------------------------------------------------------------------------------------------------
 DELAYED = "[{type: delay, steps: 1, kind: target}]"
 
