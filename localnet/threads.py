@@ -9,8 +9,8 @@ training, whose first gradient can be taken as soon as the layer's forward pass 
 soon as the layer has sent its target down (DTP, TP, L-DRL; DDTP-linear's only after its target). They do not for
 backprop, whose work is the chain itself, nor for DTP-DRL, whose feedback training reads every feedback map above;
 those keep one thread and the faster multi-threaded BLAS — except where a layer family's products are too small to
-split (`products_split`, a conv block's one-sample products): there weight gradients beside the chain pay more. Seconds per epoch of the Fashion-MNIST 784-256x5-10 net
-(numba on SciPy's OpenBLAS, 2 cores, quiet; `localnet bench SPEC --backend numba`, which times both layouts;
+split (`products_split`, a conv block's one-sample products): there weight gradients beside the chain pay more.
+Seconds per epoch of the Fashion-MNIST 784-256x5-10 net (numba on SciPy's OpenBLAS, 2 cores, quiet; `localnet bench SPEC --backend numba`, which times both layouts;
 with MKL, localnet/blas.py, DTP takes 1.62 and 1.49 s, backprop 0.75 and 1.09 s, L-DRL 9.60 and 6.88 s, DDTP 4.03 and
 3.74 s: there one thread's kernels also split their element-wise passes across its cores,
 localnet/backends/numba/cores.py):

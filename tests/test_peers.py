@@ -41,28 +41,26 @@ def x64():
     jax.config.update("jax_enable_x64", before)
 
 
-@pytest.mark.parametrize("name, overrides", CASES, ids=["bp", "dtp", "lenet-bp"])
-def test_the_jax_step_is_localnets_step_in_float64(x64, name, overrides):
-    from localnet.peers.jax import JaxNet
-    spec, net, x, y, batches = localnet_and_batches(name, overrides, "float64")
-    peer = JaxNet(spec, x.shape[1], 10, params=net.parameters())
-    peer.place(x, y)
-    for idx in batches:
-        assert float(peer.step(idx)) == pytest.approx(net.train_step(x[idx], y[idx])["loss"], rel=1e-12)
-    assert_same_parameters(net.parameters(), peer.parameters(), rtol=1e-10, atol=1e-12)
+# (loss rel, parameters rtol, atol) per dtype; in float32 Adam's first steps are lr·g/(|g| + ε) per weight: where
+# |g| is near ε their size follows g's rounding
+TOLERANCES = {"float64": (1e-12, 1e-10, 1e-12), "float32": (1e-5, 1e-4, 5e-5)}
 
 
-@pytest.mark.parametrize("name, overrides", CASES[:2], ids=["bp", "dtp"])
-def test_the_jax_step_is_localnets_step_in_float32(name, overrides):
+@pytest.mark.parametrize("name, overrides, dtype",
+                         [(*case, "float64") for case in CASES] + [(*case, "float32") for case in CASES[:2]],
+                         ids=["bp-float64", "dtp-float64", "lenet-bp-float64", "bp-float32", "dtp-float32"])
+def test_the_jax_step_is_localnets_step(request, name, overrides, dtype):
+    if dtype == "float64":
+        request.getfixturevalue("x64")
     pytest.importorskip("jax")
     from localnet.peers.jax import JaxNet
-    spec, net, x, y, batches = localnet_and_batches(name, overrides, "float32")
+    loss_rel, rtol, atol = TOLERANCES[dtype]
+    spec, net, x, y, batches = localnet_and_batches(name, overrides, dtype)
     peer = JaxNet(spec, x.shape[1], 10, params=net.parameters())
     peer.place(x, y)
     for idx in batches:
-        assert float(peer.step(idx)) == pytest.approx(net.train_step(x[idx], y[idx])["loss"], rel=1e-5)
-    # Adam's first steps are lr·g/(|g| + ε) per weight: where |g| is near ε their size follows g's rounding
-    assert_same_parameters(net.parameters(), peer.parameters(), rtol=1e-4, atol=5e-5)
+        assert float(peer.step(idx)) == pytest.approx(net.train_step(x[idx], y[idx])["loss"], rel=loss_rel)
+    assert_same_parameters(net.parameters(), peer.parameters(), rtol=rtol, atol=atol)
 
 
 def test_the_jax_peer_trains_from_its_own_weights_with_noise():

@@ -43,8 +43,7 @@ class LocalEngine:
         self.audit = Audit()
         # DTP-DRL's feedback training reads the feedback maps above, which their own feedback training changes:
         # those layers train their feedback maps one after another, in the serial order
-        self._feedback_reads_above = any(nodes[name].feedback_service == "round_trip"
-                                         for name in graph.feedback_layers)
+        self._feedback_reads_above = self.feedback_reads_above(graph, nodes)
         if workers is None:
             workers, self.blas = layout(self.runs_beside(graph, nodes))
         else:
@@ -71,8 +70,12 @@ class LocalEngine:
             return False
         if len(graph.layers) >= 2 and not all(getattr(nodes[n], "products_split", True) for n in graph.layers):
             return True
-        reads_above = any(nodes[name].feedback_service == "round_trip" for name in graph.feedback_layers)
-        return not reads_above and len(graph.feedback_layers) >= 2
+        return not LocalEngine.feedback_reads_above(graph, nodes) and len(graph.feedback_layers) >= 2
+
+    @staticmethod
+    def feedback_reads_above(graph, nodes) -> bool:
+        """Whether some layer's feedback training reads the feedback maps above it (DTP-DRL's round trips)."""
+        return any(nodes[name].feedback_service == "round_trip" for name in graph.feedback_layers)
 
     # -- routing -----------------------------------------------------------------------------------------------
     def _run(self, phase, schedule, call, train):
