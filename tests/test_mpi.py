@@ -225,9 +225,8 @@ def test_the_default_backend_across_ranks_equals_localnet_run_or_says_which_run_
         assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(plain))
         assert logged(mpi_run) == logged(plain)
         return
-    if blas == "openblas":  # (32, 128)·(128, 128) on one thread and on two: the note is not a formality
-        assert not np.array_equal(checkpoint_arrays(mpi_run)["h1.npz"]["param.W"],
-                                  checkpoint_arrays(plain)["h1.npz"]["param.W"])
+    # Whether (32, 128)·(128, 128) rounds differently on one OpenBLAS thread and on two depends on the CPU and the
+    # OpenBLAS build (it did on one AMD EPYC machine, not on another), so the test does not assert that they differ.
     named = mpi.stderr.split("`localnet ")[2].split(" run`")[0]  # the run it names: `localnet --threads N run`
     _, same = _as_a_user([sys.executable, "-m", "localnet", *named.split(), "run", *args], blas, tmp_path / "named")
     assert_bit_identical(checkpoint_arrays(mpi_run), checkpoint_arrays(same))
