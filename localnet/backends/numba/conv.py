@@ -61,9 +61,10 @@ def _im2col(x, n, kh, kw, s, p, ho, wo, cols):
                     cf[base + hi:base + wo] = 0
                     # unsigned indices: a signed index is checked for wrap-around (x[-1]) at every element,
                     # which keeps LLVM from vectorising the copy (3-4x slower at LeNet's shapes)
-                    dst, src = uint64(base), uint64(((n * c_in + c) * H + y) * W + j - p)
-                    for ox in range(uint64(lo), uint64(hi)):
-                        cf[dst + ox] = xf[src + ox * su]
+                    # (both start at output column lo, whose input column lo*s + j - p is >= 0 by _span)
+                    dst, src = uint64(base + lo), uint64(((n * c_in + c) * H + y) * W + lo * s + j - p)
+                    for t in range(uint64(hi - lo)):
+                        cf[dst + t] = xf[src + t * su]
 
 
 @njit(**JIT)
@@ -81,9 +82,9 @@ def _col2im(cols, y, n, kh, kw, s, p, ho, wo):
                     yy = oy * s + i - p
                     if yy < 0 or yy >= H:
                         continue
-                    src, dst = uint64(r + oy * wo), uint64(((n * c_in + c) * H + yy) * W + j - p)
-                    for ox in range(uint64(lo), uint64(hi)):  # unsigned: see _im2col
-                        yf[dst + ox * su] += cf[src + ox]
+                    src, dst = uint64(r + oy * wo + lo), uint64(((n * c_in + c) * H + yy) * W + lo * s + j - p)
+                    for t in range(uint64(hi - lo)):  # unsigned, from column lo: see _im2col
+                        yf[dst + t * su] += cf[src + t]
 
 
 @njit(**JIT)
