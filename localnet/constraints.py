@@ -298,6 +298,7 @@ class Pipeline:
         if self.delay is not None:
             self.delay.load_state(part, np.dtype(dtype))
         self.rng.bit_generator.state = rng_state
+        self.checked = True  # a checkpoint comes after the run's first training step, which was looked at then
 
 
 # -- layer constraints ----------------------------------------------------------------------------------------

@@ -93,6 +93,18 @@ def test_an_absolute_noise_that_drowns_its_messages_is_warned_about_once_naming_
     assert not recwarn.list
 
 
+def test_a_channel_restored_from_a_checkpoint_does_not_warn_again(recwarn):
+    """A resumed run's first step is not the run's first training step: the warning was given when that ran."""
+    quiet = np.full((50, 50), 0.01)
+    c = channel({"type": "noise", "std": 1.0})
+    with pytest.warns(LocalnetWarning, match="noise std 1 is 100×"):
+        c.deliver(quiet)
+    resumed = channel({"type": "noise", "std": 1.0})
+    resumed.load_state(c.state())
+    resumed.deliver(quiet)
+    assert not recwarn.list
+
+
 def test_the_cli_prints_the_noise_warning_as_one_line(tmp_path):
     import subprocess
     import sys
