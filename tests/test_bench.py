@@ -141,7 +141,7 @@ def test_a_conv_net_is_benched_against_its_backprop_twin_without_a_gemm_floor():
     report = run_bench(SPECS / "fashion-mnist-lenet-dtp.yaml", backends=["numpy"], epochs=1, warmup=1, batches=1,
                        torch=False, jax=False, startup=False)
     assert report["net"]["bp"]["spec"].endswith("fashion-mnist-lenet-bp.yaml")
-    assert report["net"]["dtp"]["layers"] == ["6c5m", "16c5m", "flatten", "120", "84", "10"]
+    assert report["net"]["dtp"]["layers"] == ["16c5m", "32c5m", "flatten", "120", "84", "10"]
     assert report["floor"] == {} and "floor dtp" in report["skipped"] and "sweep" in report["skipped"]
     (dtp,) = [r for r in report["results"] if r["rule"] == "dtp"]
     (bp,) = [r for r in report["results"] if r["rule"] == "bp"]
